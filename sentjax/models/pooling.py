@@ -1,0 +1,68 @@
+"""Poolers: token states ``[batch, length, hidden]`` -> sentence embeddings ``[batch, hidden]``.
+
+Modes:
+  mean     mask-aware mean over real tokens (Sentence-BERT, all-MiniLM-L6-v2)
+  cls      hidden state of the first token
+  cls_mlp  SimCSE: dense + tanh over the CLS state. ``mlp_at_inference=False`` reproduces
+           unsupervised SimCSE, which trains with the MLP and evaluates the bare CLS state.
+  max      mask-aware max over real tokens
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+POOLING_MODES = ("mean", "cls", "cls_mlp", "max")
+
+
+def mean_pool(hidden: jax.Array, mask: jax.Array) -> jax.Array:
+    """[b, l, h], [b, l] -> [b, h]; an all-padding row gives zeros, not NaN."""
+    m = mask.astype(jnp.float32)[..., None]
+    summed = jnp.sum(hidden.astype(jnp.float32) * m, axis=1)
+    return summed / jnp.maximum(jnp.sum(m, axis=1), 1e-9)
+
+
+def max_pool(hidden: jax.Array, mask: jax.Array) -> jax.Array:
+    """[b, l, h], [b, l] -> [b, h]; padding is excluded (sentence-transformers sets it to -1e9)."""
+    h = jnp.where(mask[..., None] > 0, hidden.astype(jnp.float32), -1e9)
+    return jnp.max(h, axis=1)
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """Row-wise x / max(||x||, eps), as torch.nn.functional.normalize."""
+    norm = jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=-1, keepdims=True))
+    return x / jnp.maximum(norm, eps)
+
+
+class Pooler(nn.Module):
+    """Pools token states into one vector per sentence.
+
+    Attributes:
+      mode: one of POOLING_MODES.
+      normalize: L2-normalise the output.
+      mlp_at_inference: for cls_mlp, whether the MLP is applied when deterministic=True.
+    """
+    mode: str = "mean"
+    normalize: bool = False
+    mlp_at_inference: bool = True
+
+    @nn.compact
+    def __call__(self, hidden: jax.Array, mask: jax.Array, deterministic: bool = True) -> jax.Array:
+        if self.mode not in POOLING_MODES:
+            raise ValueError(f"pooling mode {self.mode!r} is unknown; use one of {POOLING_MODES}.")
+        if self.mode == "mean":
+            out = mean_pool(hidden, mask)
+        elif self.mode == "max":
+            out = max_pool(hidden, mask)
+        else:
+            out = hidden[:, 0].astype(jnp.float32)
+            if self.mode == "cls_mlp":
+                dense = nn.Dense(hidden.shape[-1], name="mlp")
+                # Always create the parameters so the pytree shape does not depend on the flag.
+                projected = jnp.tanh(dense(out))
+                if not deterministic or self.mlp_at_inference:
+                    out = projected
+        if self.normalize:
+            out = l2_normalize(out)
+        return out

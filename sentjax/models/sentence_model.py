@@ -1,0 +1,56 @@
+"""Encoder + pooler as one Flax module: token batch -> sentence embeddings ``[batch, dim]``.
+
+Parameter tree: ``{"encoder": <BertEncoder params>, "pooler": <Pooler params, cls_mlp only>}``.
+A *token batch* is a dict of ``[batch, length]`` int32 arrays with keys ``input_ids``,
+``attention_mask`` and optionally ``token_type_ids`` / ``position_ids``.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sentjax.models.bert import BertEncoder
+from sentjax.models.config import EncoderConfig
+from sentjax.models.pooling import Pooler
+
+_TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+
+
+class SentenceEncoderModule(nn.Module):
+    """BERT-family encoder followed by a pooler.
+
+    Attributes:
+      config: encoder architecture.
+      pooling: pooler mode (see ``sentjax.models.pooling.POOLING_MODES``).
+      normalize: L2-normalise embeddings.
+      mlp_at_inference: keep SimCSE's MLP when deterministic (cls_mlp only).
+      dtype: compute dtype; parameters stay float32.
+    """
+    config: EncoderConfig
+    pooling: str = "mean"
+    normalize: bool = False
+    mlp_at_inference: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, batch: Mapping[str, jax.Array], deterministic: bool = True) -> jax.Array:
+        tokens = {k: batch[k] for k in _TOKEN_KEYS if k in batch and batch[k] is not None}
+        out = BertEncoder(self.config, self.dtype, name="encoder")(
+            **tokens, deterministic=deterministic)
+        mask = tokens.get("attention_mask")
+        if mask is None:
+            mask = jnp.ones_like(tokens["input_ids"])
+        return Pooler(self.pooling, self.normalize, self.mlp_at_inference, name="pooler")(
+            out["last_hidden_state"], mask, deterministic)
+
+
+def embed_fn(module: SentenceEncoderModule):
+    """Returns ``f(params, batch, rng=None) -> [batch, dim]``; dropout is on iff rng is given."""
+    def f(params, batch, rng=None):
+        if rng is None:
+            return module.apply({"params": params}, batch, deterministic=True)
+        return module.apply({"params": params}, batch, deterministic=False, rngs={"dropout": rng})
+    return f
