@@ -60,11 +60,14 @@ class SentenceModel:
         return self.config.hidden_size
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, normalize: bool | None = None,
-               show_progress: bool | None = None) -> np.ndarray:
+               show_progress: bool | None = None, packing: bool = True) -> np.ndarray:
         """Embeds texts: ``[n, dim]`` float32, rows in input order.
 
-        Texts are sorted by token count so each batch pads to a short bucketed length;
-        empty strings encode as [CLS][SEP]. ``normalize`` overrides the model's own setting.
+        With ``packing`` (default) several sentences share a row under block-diagonal
+        attention, so almost no compute goes to padding; otherwise texts are sorted by
+        token count and each batch pads to a bucketed length. Both give the same
+        embeddings (to float rounding). Empty strings encode as [CLS][SEP].
+        ``normalize`` overrides the model's own setting.
         """
         texts = _check_texts(texts)
         if batch_size < 1:
@@ -72,28 +75,52 @@ class SentenceModel:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         ids = self.tokenizer.encode_ids(texts)
-        order = np.argsort([-len(x) for x in ids], kind="stable")
-        out = np.zeros((len(texts), self.dim), np.float32)
-        # Batch rows are padded up to a power of two (<= batch_size) to bound the number of
-        # compiled shapes; lengths are bucketed by the tokenizer.
-        rows = min(batch_size, 1 << (len(texts) - 1).bit_length())
-        starts = range(0, len(texts), batch_size)
-        if show_progress is None:
-            show_progress = len(starts) > 8
-        if show_progress:
-            from tqdm.auto import tqdm
-            starts = tqdm(starts, desc="encode", unit="batch")
-        for s in starts:
-            idx = order[s:s + batch_size]
-            chunk = [ids[i] for i in idx]
-            chunk += [[self.tokenizer.pad_token_id]] * (rows - len(chunk))
-            batch = self.tokenizer.pad(chunk)
-            emb = np.asarray(self._forward(self.params, batch))
-            out[idx] = emb[:len(idx)]
-        if normalize or (normalize is None and self.module.normalize):
+        run = self._encode_packed if packing else self._encode_padded
+        out = run(ids, batch_size, show_progress)
+        if normalize and not self.module.normalize:
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-        elif normalize is False and self.module.normalize:
-            pass  # the module normalises inside; already unit vectors
+        return out
+
+    def _progress(self, it, n_batches: int, show_progress: bool | None):
+        if show_progress or (show_progress is None and n_batches > 8):
+            from tqdm.auto import tqdm
+            return tqdm(it, total=n_batches, desc="encode", unit="batch")
+        return it
+
+    def _encode_padded(self, ids, batch_size, show_progress) -> np.ndarray:
+        out = np.zeros((len(ids), self.dim), np.float32)
+        order = np.argsort([-len(x) for x in ids], kind="stable")
+        # Rows are padded up to a power of two (<= batch_size) to bound compiled shapes.
+        rows = min(batch_size, 1 << (len(ids) - 1).bit_length())
+        starts = range(0, len(ids), batch_size)
+        for s in self._progress(starts, len(starts), show_progress):
+            idx = order[s:s + batch_size]
+            chunk = [ids[i] for i in idx] + [[self.tokenizer.pad_token_id]] * (rows - len(idx))
+            emb = np.asarray(self._forward(self.params, self.tokenizer.pad(chunk)))
+            out[idx] = emb[:len(idx)]
+        return out
+
+    def _encode_packed(self, ids, batch_size, show_progress) -> np.ndarray:
+        from sentjax.packing import pack_rows, packed_batch
+        from sentjax.tokenization import bucket_length
+        lengths = np.array([len(x) for x in ids])
+        tok = self.tokenizer
+        row_length = bucket_length(max(64, int(lengths.max())), tok.max_length, 16)
+        max_segments = 16
+        rows = pack_rows(lengths, row_length, max_segments)
+        # About batch_size sentences' worth of tokens per call, rounded to a power of two rows.
+        per_call = max(1, int(batch_size * lengths.mean()) // row_length)
+        per_call = min(1 << (per_call - 1).bit_length(), 1 << (len(rows) - 1).bit_length())
+        offset = self.config.pad_token_id + 1 if self.config.uses_padding_offset_positions else 0
+        out = np.zeros((len(ids), self.dim), np.float32)
+        starts = range(0, len(rows), per_call)
+        for s in self._progress(starts, len(starts), show_progress):
+            chunk = rows[s:s + per_call]
+            batch = packed_batch(ids, chunk, row_length, max_segments, per_call,
+                                 tok.pad_token_id, offset)
+            emb = np.asarray(self._forward(self.params, batch))  # [rows, k, dim]
+            for r, row in enumerate(chunk):
+                out[row] = emb[r, :len(row)]
         return out
 
 
@@ -200,9 +227,9 @@ def load(path_or_hub_id: str, *, max_length: int | None = None, pooling: str | N
                 f"pooling {pool_mode!r} needs MLP weights that {folder} does not have; "
                 "initialise them with sentjax.init_model or choose pooling='cls'.")
     tokenizer = Tokenizer.from_dir(base, max_length=max_length)
-    if tokenizer.max_length > config.max_tokens:
-        tokenizer = Tokenizer(tokenizer.backend, config.max_tokens, tokenizer.bucket_multiple,
-                              tokenizer.pad_token_id)
+    # Padding must use the model's pad id: RoBERTa-style position ids are derived from it.
+    tokenizer = Tokenizer(tokenizer.backend, min(tokenizer.max_length, config.max_tokens),
+                          tokenizer.bucket_multiple, config.pad_token_id)
     params = jax.tree.map(jnp.asarray, params)
     return SentenceModel(module, params, tokenizer, source_dir=base)
 

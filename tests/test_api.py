@@ -155,3 +155,10 @@ def test_missing_weights_and_tokenizer(tmp_path):
          "num_attention_heads": 2, "intermediate_size": 16}))
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         sentjax.load(str(tmp_path))
+
+
+@needs_minilm
+def test_packed_and_padded_encode_agree(model):
+    packed = model.encode(SENTENCES * 3, packing=True)
+    padded = model.encode(SENTENCES * 3, packing=False)
+    np.testing.assert_allclose(packed, padded, atol=1e-5)

@@ -139,3 +139,33 @@ def test_packed_rows_match_separate_rows(tmp_path):
     for text, sl in ((a, slice(0, 4)), (b, slice(4, 7))):
         alone = enc.apply({"params": params}, jnp.asarray([text], jnp.int32))["last_hidden_state"]
         np.testing.assert_allclose(np.asarray(out[0, sl]), np.asarray(alone[0]), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["bert", "xlm-roberta"])
+@pytest.mark.parametrize("pooling", ["mean", "cls", "max"])
+def test_packed_encode_matches_hf_pooled(tmp_path, kind, pooling):
+    """sentjax.load + packed encode on a tiny HF model equals pooled HF PyTorch outputs."""
+    from tokenizers import Tokenizer as HFTok, models, pre_tokenizers, processors
+    hf = _hf_model(kind)
+    hf.save_pretrained(tmp_path)
+    vocab = {w: i for i, w in enumerate(["[PAD]", "<pad>", "[UNK]", "[CLS]", "[SEP]"]
+                                        + [f"w{i}" for i in range(90)])}
+    tok = HFTok(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 3), ("[SEP]", 4)])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    pad = 1 if kind != "bert" else 0
+    rng = np.random.default_rng(0)
+    texts = [" ".join(f"w{j}" for j in rng.integers(0, 90, size=n)) for n in (0, 3, 17, 40, 5, 9, 1)]
+    model = sentjax.load(str(tmp_path), pooling=pooling)
+    assert model.tokenizer.pad_token_id == pad
+    got = model.encode(texts, batch_size=2, packing=True)
+    got_padded = model.encode(texts, batch_size=3, packing=False)
+    for i, t in enumerate(texts):
+        ids = torch.tensor([tok.encode(t).ids])
+        with torch.no_grad():
+            h = hf(input_ids=ids).last_hidden_state[0].numpy().astype(np.float64)
+        want = {"mean": h.mean(0), "cls": h[0], "max": h.max(0)}[pooling]
+        np.testing.assert_allclose(got[i], want, atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(got_padded[i], want, atol=1e-5, rtol=1e-5)

@@ -35,6 +35,21 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
     return x / jnp.maximum(norm, eps)
 
 
+def segment_pool(hidden: jax.Array, segment_ids: jax.Array, starts: jax.Array, mode: str) -> jax.Array:
+    """Pools packed rows: [b, l, h] states, [b, l] segment ids (0 = pad, 1..k), [b, k] first-token
+    index of each segment -> [b, k, h]. Empty segment slots give zeros (mean/cls) or -1e9 (max)."""
+    k = starts.shape[1]
+    onehot = (segment_ids[:, :, None] == jnp.arange(1, k + 1)[None, None, :])  # [b, l, k]
+    h = hidden.astype(jnp.float32)
+    if mode == "mean":
+        m = onehot.astype(jnp.float32)
+        summed = jnp.einsum("blk,blh->bkh", m, h)
+        return summed / jnp.maximum(jnp.sum(m, axis=1), 1e-9)[..., None]
+    if mode == "max":
+        return jnp.max(jnp.where(onehot[..., None], h[:, :, None, :], -1e9), axis=1)
+    return jnp.take_along_axis(h, starts[:, :, None], axis=1)  # cls / cls_mlp
+
+
 class Pooler(nn.Module):
     """Pools token states into one vector per sentence.
 
@@ -48,10 +63,19 @@ class Pooler(nn.Module):
     mlp_at_inference: bool = True
 
     @nn.compact
-    def __call__(self, hidden: jax.Array, mask: jax.Array, deterministic: bool = True) -> jax.Array:
+    def __call__(self, hidden: jax.Array, mask: jax.Array, deterministic: bool = True,
+                 segment_ids: jax.Array | None = None, segment_starts: jax.Array | None = None
+                 ) -> jax.Array:
+        """[b, l, h] -> [b, h]; or, for packed rows (segment_ids given), [b, k, h]."""
         if self.mode not in POOLING_MODES:
             raise ValueError(f"pooling mode {self.mode!r} is unknown; use one of {POOLING_MODES}.")
-        if self.mode == "mean":
+        if segment_ids is not None:
+            out = segment_pool(hidden, segment_ids, segment_starts, self.mode)
+            if self.mode == "cls_mlp":
+                projected = jnp.tanh(nn.Dense(hidden.shape[-1], name="mlp")(out))
+                if not deterministic or self.mlp_at_inference:
+                    out = projected
+        elif self.mode == "mean":
             out = mean_pool(hidden, mask)
         elif self.mode == "max":
             out = max_pool(hidden, mask)

@@ -3,6 +3,10 @@
 Parameter tree: ``{"encoder": <BertEncoder params>, "pooler": <Pooler params, cls_mlp only>}``.
 A *token batch* is a dict of ``[batch, length]`` int32 arrays with keys ``input_ids``,
 ``attention_mask`` and optionally ``token_type_ids`` / ``position_ids``.
+
+A *packed* batch (see ``sentjax.packing``) holds several sentences per row: it adds
+``segment_ids`` ``[rows, length]`` (0 = pad, 1..k) and ``segment_starts`` ``[rows, k]`` and
+the module then returns ``[rows, k, dim]``, one embedding per segment slot.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from sentjax.models.bert import BertEncoder
 from sentjax.models.config import EncoderConfig
 from sentjax.models.pooling import Pooler
 
-_TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+_TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "segment_ids")
 
 
 class SentenceEncoderModule(nn.Module):
@@ -44,7 +48,8 @@ class SentenceEncoderModule(nn.Module):
         if mask is None:
             mask = jnp.ones_like(tokens["input_ids"])
         return Pooler(self.pooling, self.normalize, self.mlp_at_inference, name="pooler")(
-            out["last_hidden_state"], mask, deterministic)
+            out["last_hidden_state"], mask, deterministic, tokens.get("segment_ids"),
+            batch.get("segment_starts"))
 
 
 def embed_fn(module: SentenceEncoderModule):
