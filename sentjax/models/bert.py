@@ -76,14 +76,20 @@ class BertSelfAttention(nn.Module):
         dense = functools.partial(nn.Dense, cfg.hidden_size, dtype=self.dtype,
                                   kernel_init=nn.initializers.normal(cfg.initializer_range))
         b, length, _ = x.shape
-        q = dense(name="query")(x).reshape(b, length, heads, head_dim)
-        k = dense(name="key")(x).reshape(b, length, heads, head_dim)
-        v = dense(name="value")(x).reshape(b, length, heads, head_dim)
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(head_dim).astype(self.dtype)
+
+        def heads_first(t):  # [b, l, H] -> [b, heads, l, head_dim]
+            return t.reshape(b, length, heads, head_dim).transpose(0, 2, 1, 3)
+
+        # Heads-first layout: XLA:CPU runs these batched matmuls ~4x faster than the
+        # equivalent "bqhd,bkhd->bhqk" einsum (experiments/bench/results/encode.md).
+        q = heads_first(dense(name="query")(x))
+        k = heads_first(dense(name="key")(x))
+        v = heads_first(dense(name="value")(x))
+        scores = (q @ k.swapaxes(-1, -2)) / jnp.sqrt(head_dim).astype(self.dtype)
         # Softmax in float32 whatever the compute dtype: bf16 logits lose the tail.
         probs = jax.nn.softmax(scores.astype(jnp.float32) + bias, axis=-1)
         probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v)
+        out = (probs.astype(self.dtype) @ v).transpose(0, 2, 1, 3)
         return out.reshape(b, length, cfg.hidden_size)
 
 

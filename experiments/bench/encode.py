@@ -1,0 +1,100 @@
+"""Encode throughput: sentjax vs sentence-transformers on the frozen 2,048-sentence file.
+
+all-MiniLM-L6-v2, batch 64, max length 128, float32, 2 threads; each engine runs in its own
+process so that peak RSS is its own. Timings are the median of --runs passes after one
+warm-up pass (which for sentjax includes jit compilation; compile time is reported apart).
+
+  python experiments/bench/encode.py            # prints the table, writes results/encode.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+BATCH, MAX_LEN = 64, 128
+
+
+def child(engine: str, runs: int) -> dict:
+    texts = common.read_sentences()
+    from sentjax.testing import minilm_dir
+    path = minilm_dir()
+    if engine == "sentence-transformers":
+        import torch
+        torch.set_num_threads(2)
+        from sentence_transformers import SentenceTransformer
+        model = SentenceTransformer(path, device="cpu")
+        model.max_seq_length = MAX_LEN
+        enc = lambda: model.encode(texts, batch_size=BATCH, convert_to_numpy=True)  # noqa: E731
+    else:
+        import sentjax
+        model = sentjax.load(path, max_length=MAX_LEN)
+        packing = engine == "sentjax-packed"
+        enc = lambda: model.encode(texts, batch_size=BATCH, packing=packing)  # noqa: E731
+    t = time.perf_counter()
+    first = enc()
+    warm = time.perf_counter() - t
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        out = enc()
+        times.append(time.perf_counter() - t)
+    import numpy as np
+    assert np.allclose(first, out, atol=1e-5)
+    np.save(os.environ["BENCH_EMB_OUT"], out) if os.environ.get("BENCH_EMB_OUT") else None
+    sec = statistics.median(times)
+    return {"engine": engine, "seconds": sec, "sent_per_s": len(texts) / sec, "warmup_s": warm,
+            "peak_rss_mib": common.peak_rss_mib()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--runs", type=int, default=2)
+    p.add_argument("--out", default=os.path.join(common.HERE, "results", "encode.md"))
+    a = p.parse_args()
+    if a.child:
+        print(json.dumps(child(a.child, a.runs)))
+        return
+    texts = common.read_sentences()
+    from sentjax.testing import minilm_dir
+    import sentjax
+    tok = sentjax.load(minilm_dir(), max_length=MAX_LEN).tokenizer
+    lengths = tok.count_tokens(texts)
+    real_flops = sum(common.bert_flops_per_sentence(int(n)) for n in lengths)
+    np_rate, jax_rate = common.numpy_matmul_gflops(), common.jax_matmul_gflops()
+    rows = [common.run_child(__file__, [e, "--runs", str(a.runs)])
+            for e in ("sentence-transformers", "sentjax-padded", "sentjax-packed")]
+    peer = rows[0]["sent_per_s"]
+    lines = [
+        "# Encode benchmark: sentjax vs sentence-transformers",
+        "",
+        f"Command: `python experiments/bench/encode.py --runs {a.runs}`  ",
+        f"Input: experiments/bench/sentences-2048.txt (sha256 {common.SENTENCES_SHA256[:12]}...), "
+        f"{len(texts)} sentences, {int(lengths.sum())} real tokens (max length {MAX_LEN}).  ",
+        f"Model: all-MiniLM-L6-v2, batch {BATCH}, float32. Machine: {json.dumps(common.machine())}  ",
+        f"float32 2048x2048 matmul: numpy {np_rate:.1f} GFLOP/s, jax {jax_rate:.1f} GFLOP/s.  ",
+        "Utilisation = model FLOPs on real tokens / time / numpy matmul rate.",
+        "",
+        "| engine | sentences/s | ratio vs peer | utilisation | peak RSS MiB | warm-up s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        util = real_flops / r["seconds"] / (np_rate * 1e9)
+        lines.append(f"| {r['engine']} | {r['sent_per_s']:.1f} | {r['sent_per_s'] / peer:.2f} | "
+                     f"{util:.0%} | {r['peak_rss_mib']:.0f} | {r['warmup_s']:.1f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    with open(a.out, "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
