@@ -1,0 +1,152 @@
+"""Experiment configs: ``get_config()`` files plus ``--config.a.b=value`` overrides.
+
+A config file is a Python file (``experiments/*.py``) defining ``get_config(arg: str | None = None)``
+that returns an ``ml_collections.ConfigDict``. ``path.py:arg`` passes ``arg`` (big_vision style).
+Overrides are validated against the ConfigDict: an unknown or mistyped key is an error that
+lists the valid keys (and the closest match), so a typo never silently trains the wrong model.
+Values are parsed as Python literals and coerced to the existing field's type
+(``--config.lr=1e-4`` on a float field, ``--config.datasets=nli,sts`` on a tuple field).
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import os
+from typing import Any, Sequence
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be applied."""
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """Runs ``get_config`` of a config file; ``spec`` is ``path.py`` or ``path.py:arg``."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"Config file {path!r} does not exist; pass e.g. "
+                          "--config experiments/simcse_unsup.py.")
+    mod_spec = importlib.util.spec_from_file_location(
+        f"sentjax_config_{abs(hash(os.path.abspath(path)))}", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path} defines no get_config() function returning a ConfigDict.")
+    cfg = module.get_config(arg) if arg else module.get_config()
+    if not isinstance(cfg, ml_collections.ConfigDict):
+        raise ConfigError(f"{path}: get_config() returned {type(cfg).__name__}, not a ConfigDict.")
+    return cfg
+
+
+def valid_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """All dotted leaf keys of a ConfigDict, sorted."""
+    keys = []
+    for k, v in cfg.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, ml_collections.ConfigDict):
+            keys.extend(valid_keys(v, name + "."))
+        else:
+            keys.append(name)
+    return sorted(keys)
+
+
+def _parse_value(text: str, old: Any, key: str) -> Any:
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text  # bare strings need no quotes on a command line
+    if old is None or value is None:
+        return value
+    if isinstance(old, bool):
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if not isinstance(value, bool):
+            raise ConfigError(f"--config.{key} expects true/false, got {text!r}.")
+        return value
+    if isinstance(old, (tuple, list)):
+        if isinstance(value, str):
+            value = tuple(v for v in value.split(",") if v)
+        if not isinstance(value, (tuple, list)):
+            value = (value,)
+        return type(old)(value)
+    if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(old, int) and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if type(value) is not type(old) and not (isinstance(old, str) and isinstance(value, str)):
+        if isinstance(old, str):
+            return text
+        raise ConfigError(f"--config.{key}={text!r}: expected a {type(old).__name__} "
+                          f"(current value {old!r}).")
+    return value
+
+
+def set_key(cfg: ml_collections.ConfigDict, key: str, text: str) -> None:
+    """Sets dotted ``key`` from its command-line text; unknown keys raise ConfigError."""
+    node = cfg
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            keys = valid_keys(cfg)
+            close = difflib.get_close_matches(key, keys, n=1)
+            hint = f" Did you mean --config.{close[0]}?" if close else ""
+            raise ConfigError(f"Unknown config key {key!r}.{hint} Valid keys: {', '.join(keys)}.")
+        if i == len(parts) - 1:
+            old = node[part]
+            if isinstance(old, ml_collections.ConfigDict):
+                raise ConfigError(f"{key!r} is a group, not a value; set one of its fields: "
+                                  f"{', '.join(valid_keys(old, key + '.'))}.")
+            with node.ignore_type():
+                node[part] = _parse_value(text, old, key)
+        else:
+            node = node[part]
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:
+    """Applies ``--config.k=v`` / ``config.k=v`` / ``k=v`` strings to a copy of ``cfg``."""
+    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    for item in overrides:
+        body = item[2:] if item.startswith("--") else item
+        if body.startswith("config."):
+            body = body[len("config."):]
+        if "=" not in body:
+            raise ConfigError(f"Override {item!r} must look like --config.key=value.")
+        key, text = body.split("=", 1)
+        set_key(cfg, key, text)
+    return cfg
+
+
+def parse_config_args(argv: Sequence[str]) -> tuple[ml_collections.ConfigDict, list[str]]:
+    """Splits ``--config FILE`` / ``--config=FILE`` and ``--config.k=v`` out of argv.
+
+    Returns the resulting config and the remaining (non-config) arguments, in order.
+    ``--config.k v`` (value as the next argument) is accepted too.
+    """
+    spec, overrides, rest = None, [], []
+    argv = list(argv)
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--config":
+            if i + 1 >= len(argv):
+                raise ConfigError("--config needs a file: --config experiments/simcse_unsup.py.")
+            spec, i = argv[i + 1], i + 2
+            continue
+        if a.startswith("--config="):
+            spec = a.split("=", 1)[1]
+        elif a.startswith("--config."):
+            if "=" not in a:
+                if i + 1 >= len(argv):
+                    raise ConfigError(f"{a} needs a value: {a}=VALUE.")
+                a = f"{a}={argv[i + 1]}"
+                i += 1
+            overrides.append(a)
+        else:
+            rest.append(a)
+        i += 1
+    if spec is None:
+        raise ConfigError("No config given; pass --config experiments/<name>.py "
+                          "(see experiments/ for the available ones).")
+    return apply_overrides(load_config_file(spec), overrides), rest

@@ -1,0 +1,149 @@
+"""The train state and the pure, jit-compiled train step on a ``data`` mesh.
+
+State is a plain dict (big_vision style)::
+
+  {"params": {"model": encoder+pooler params, "head"?: objective head},
+   "opt_state": optax state, "step": int32 [], "rng": uint32 [2] raw key,
+   "data_pos": int32 [] global batches consumed}
+
+Parameters and optimizer state are replicated (``P()``), the batch is sharded over
+``data`` (``P("data")``); the loss is written on the global batch, so XLA's collectives
+give each device every in-batch negative and the exact gradient.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+GradFn = Callable[[Any, dict, jax.Array], tuple[tuple[jax.Array, dict], Any]]
+
+
+# ----------------------------------------------------------------------------- mesh
+
+def make_data_mesh(num_devices: int = -1, devices=None) -> jax.sharding.Mesh:
+    """1-D mesh with axis ``data`` over ``num_devices`` (-1: all, across processes).
+
+    Auto axis types: the loss is plain global-batch code and XLA chooses the collectives.
+    """
+    devices = list(devices if devices is not None else jax.devices())
+    n = len(devices) if num_devices in (-1, None) else int(num_devices)
+    if not 1 <= n <= len(devices):
+        raise ValueError(f"mesh.data={num_devices} but {len(devices)} devices are visible; "
+                         "use -1 for all of them.")
+    return jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+                         devices=devices[:n])
+
+
+def replicated(mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh) -> NamedSharding:
+    return NamedSharding(mesh, P("data"))
+
+
+def check_global_batch(global_batch: int, mesh, accum_steps: int = 1) -> None:
+    """Raises if the global batch cannot be split evenly over devices (and micro-batches)."""
+    n = mesh.devices.size
+    if global_batch < n or global_batch % n:
+        raise ValueError(f"Global batch size {global_batch} must be a positive multiple of the "
+                         f"{n} devices of the mesh (each device needs whole examples); set "
+                         f"--config.batch_size to a multiple of {n}, e.g. {max(n, global_batch // n * n or n)}.")
+    if global_batch % (n * accum_steps):
+        raise ValueError(f"batch_size {global_batch} must be divisible by devices x accum_steps = "
+                         f"{n} x {accum_steps}.")
+
+
+# ----------------------------------------------------------------------------- state
+
+def init_state(params: Any, tx: optax.GradientTransformation, seed: int) -> dict:
+    """Fresh state dict (host arrays); place it with ``jax.device_put(state, replicated(mesh))``."""
+    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
+            "rng": jax.random.key_data(jax.random.key(seed)).astype(jnp.uint32),
+            "data_pos": jnp.zeros((), jnp.int32)}
+
+
+def step_rng(state_rng: jax.Array, step: int | jax.Array) -> jax.Array:
+    """Dropout key of a step: fold_in(key(seed), step); a pure function of (seed, step)."""
+    return jax.random.fold_in(jax.random.wrap_key_data(state_rng), step)
+
+
+# ----------------------------------------------------------------------------- gradients
+
+def value_and_grad_fn(loss_fn: Callable) -> GradFn:
+    """Default gradient: ``jax.value_and_grad`` of the loss on the global (sharded) batch."""
+    return jax.value_and_grad(loss_fn, has_aux=True)
+
+
+def _micro_batches(batch: dict, accum: int) -> dict:
+    """[B*r, ...] leaves -> [accum, B/accum*r, ...]; micro-batch m takes rows i with i % accum == m,
+    so each keeps an even share of every device's rows (no resharding)."""
+    b = batch["_size"] if "_size" in batch else None
+
+    def split(x):
+        n = x.shape[0]
+        r = n // b
+        y = x.reshape((b // accum, accum, r) + x.shape[1:])
+        y = jnp.moveaxis(y, 1, 0)
+        return y.reshape((accum, b // accum * r) + x.shape[1:])
+    return jax.tree.map(split, {k: v for k, v in batch.items() if k != "_size"})
+
+
+def accumulate(grad_fn: GradFn, accum: int, global_batch: int) -> GradFn:
+    """Gradient accumulation over ``accum`` equal micro-batches (mean of their losses/grads).
+
+    Exact only for losses that are means of per-example terms: it never adds negatives."""
+    if accum <= 1:
+        return grad_fn
+
+    def fn(params, batch, rng):
+        micro = _micro_batches(dict(batch, _size=global_batch), accum)
+
+        def body(carry, xs):
+            i, mb = xs
+            (loss, metrics), grads = grad_fn(params, mb, jax.random.fold_in(rng, i))
+            acc = jax.tree.map(jnp.add, carry, (loss, metrics, grads))
+            return acc, None
+        zero = jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro), rng))
+        zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (zero[0][0], zero[0][1], zero[1]))
+        (loss, metrics, grads), _ = jax.lax.scan(body, zero, (jnp.arange(accum), micro))
+        scale = lambda t: jax.tree.map(lambda x: x / accum, t)  # noqa: E731
+        return (scale(loss), scale(metrics)), scale(grads)
+    return fn
+
+
+# ----------------------------------------------------------------------------- step
+
+def make_train_step(grad_fn: GradFn, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule | None = None) -> Callable:
+    """Pure ``(state, batch, rng) -> (state, metrics)``; compile with ``jit_train_step``."""
+    def train_step(state: dict, batch: dict, rng: jax.Array) -> tuple[dict, dict]:
+        params = state["params"]
+        (loss, metrics), grads = grad_fn(params, batch, rng)
+        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        new_params = optax.apply_updates(params, updates)
+        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+        if schedule is not None:
+            metrics["lr"] = schedule(state["step"])
+        new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1,
+                     "rng": state["rng"], "data_pos": state["data_pos"] + 1}
+        return new_state, metrics
+    return train_step
+
+
+def jit_train_step(train_step: Callable, mesh) -> Callable:
+    """jit with the state donated, replicated in and out, and the batch sharded on ``data``."""
+    rep = replicated(mesh)
+    return jax.jit(train_step, donate_argnames=("state",),
+                   in_shardings=(rep, batch_sharded(mesh), rep), out_shardings=(rep, rep))
+
+
+def to_host(tree: Any) -> Any:
+    """Fully-replicated device arrays -> NumPy (works in multi-process runs)."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array)
+                        else np.asarray(x), tree)
