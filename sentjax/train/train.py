@@ -132,8 +132,11 @@ def build_model(c: ml_collections.ConfigDict):
                                    mlp_at_inference=m.mlp_at_inference), model.params,
                 model.tokenizer, model.source_dir)
             if m.pooling == "cls_mlp" and "pooler" not in model.params:
-                raise config_cli.ConfigError("pooling 'cls_mlp' needs MLP weights; start from random "
-                                             "init or use pooling='cls'.")
+                # SimCSE's MLP is new on top of a pretrained encoder: initialise it from the seed.
+                dummy = {"input_ids": jnp.zeros((1, 8), jnp.int32),
+                         "attention_mask": jnp.ones((1, 8), jnp.int32)}
+                fresh = model.module.init(jax.random.key(c.seed), dummy)["params"]
+                model.params = dict(model.params, pooler=fresh["pooler"])
         return model
     if not m.tokenizer:
         raise config_cli.ConfigError("A random init needs a tokenizer folder: --config.model.tokenizer=DIR.")
@@ -181,6 +184,9 @@ def init_params(c, model, objective) -> dict:
 
 def read_sts(path: str):
     from sentjax.data.pipeline import read_tsv
+    if path.startswith("bundled/"):
+        from sentjax.data import bundled
+        path = bundled.path(path[len("bundled/"):])
     src = read_tsv(path, "sts")
     return src.columns["anchor"], src.columns["positive"], np.asarray(src.columns["score"])
 

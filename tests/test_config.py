@@ -1,0 +1,54 @@
+"""Config files + command-line overrides: values apply, bad keys fail with the valid ones listed."""
+import os
+
+import pytest
+
+from sentjax.train import config_cli
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIMCSE = os.path.join(REPO, "experiments", "simcse_unsup.py")
+
+
+def test_overrides_apply_with_types():
+    cfg, rest = config_cli.parse_config_args(
+        ["--config", SIMCSE, "--config.batch_size=128", "--config.optim.lr", "1e-4",
+         "--config.model.normalize=true", "--config.data.datasets=text:a.txt,text:b.txt", "--resume"])
+    assert cfg.batch_size == 128 and isinstance(cfg.batch_size, int)
+    assert cfg.optim.lr == pytest.approx(1e-4)
+    assert cfg.model.normalize is True
+    assert tuple(cfg.data.datasets) == ("text:a.txt", "text:b.txt")
+    assert rest == ["--resume"]
+
+
+def test_unknown_key_lists_valid_keys_and_suggests():
+    with pytest.raises(config_cli.ConfigError) as e:
+        config_cli.parse_config_args(["--config", SIMCSE, "--config.batch_szie=8"])
+    msg = str(e.value)
+    assert "batch_szie" in msg and "Did you mean --config.batch_size" in msg
+    assert "optim.lr" in msg and "model.pooling" in msg  # the valid keys are listed
+
+
+def test_nested_unknown_and_group_and_type_errors():
+    with pytest.raises(config_cli.ConfigError, match="optim.lr"):
+        config_cli.parse_config_args(["--config", SIMCSE, "--config.optim.learning_rate=1"])
+    with pytest.raises(config_cli.ConfigError, match="is a group"):
+        config_cli.parse_config_args(["--config", SIMCSE, "--config.optim=1"])
+    with pytest.raises(config_cli.ConfigError, match="expected a int"):
+        config_cli.parse_config_args(["--config", SIMCSE, "--config.batch_size=big"])
+
+
+def test_missing_config_file_and_missing_flag(tmp_path):
+    with pytest.raises(config_cli.ConfigError, match="does not exist"):
+        config_cli.parse_config_args(["--config", str(tmp_path / "nope.py")])
+    with pytest.raises(config_cli.ConfigError, match="No config given"):
+        config_cli.parse_config_args(["--config.batch_size=2"])
+
+
+@pytest.mark.parametrize("name", ["simcse_unsup", "demo", "sbert_nli", "simcse_sup", "distill"])
+def test_experiment_configs_load(name):
+    path = os.path.join(REPO, "experiments", f"{name}.py")
+    if not os.path.isfile(path):
+        pytest.skip(f"{name} config not written")
+    cfg = config_cli.load_config_file(path)
+    from sentjax.train.train import default_config
+    assert set(config_cli.valid_keys(cfg)) == set(config_cli.valid_keys(default_config()))

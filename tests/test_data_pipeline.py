@@ -1,0 +1,99 @@
+"""Input pipeline: order is f(seed, step), process slices tile the global batch, no duplicate
+texts in a contrastive batch, mixing, bucketed padding, clear errors for bad data."""
+import numpy as np
+import pytest
+
+from sentjax.data.pipeline import DataError, Pipeline, Source, load_source, nli_to_triplets, read_tsv
+from sentjax.tokenization import Tokenizer
+from sentjax.train.tiny import make_tiny_workspace
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    return make_tiny_workspace(str(tmp_path_factory.mktemp("ws")))
+
+
+@pytest.fixture(scope="module")
+def tok(ws):
+    return Tokenizer.from_dir(ws.tokenizer, max_length=16)
+
+
+def test_order_is_pure_function_of_seed_and_step(ws, tok):
+    src = load_source(f"text:{ws.sentences}")
+    a = Pipeline([src], tok, 16, seed=3, process_index=0, process_count=1)
+    b = Pipeline([src], tok, 16, seed=3, process_index=0, process_count=1)
+    steps = [40, 0, 7, 40, 19]  # out of order, repeated, across epochs (256 / 16 = 16 per epoch)
+    for s in steps:
+        np.testing.assert_array_equal(a.global_indices(s)[2], b.global_indices(s)[2])
+        for k in ("input_ids", "attention_mask"):
+            np.testing.assert_array_equal(a.batch(s)["anchor"][k], b.batch(s)["anchor"][k])
+    assert a.global_indices(20)[1] == 1  # step 20 is in the second epoch
+    c = Pipeline([src], tok, 16, seed=4, process_index=0, process_count=1)
+    assert not np.array_equal(a.global_indices(0)[2], c.global_indices(0)[2])
+    # one epoch visits each example at most once
+    epoch0 = np.concatenate([a.global_indices(s)[2] for s in range(16)])
+    assert len(set(epoch0.tolist())) == len(epoch0)
+
+
+def test_process_slices_tile_global_batch_with_one_length(ws, tok):
+    src = load_source(f"sts:{ws.sts}")
+    full = Pipeline([src], tok, 8, seed=0, dedup=False, process_index=0, process_count=1).batch(2)
+    parts = [Pipeline([src], tok, 8, seed=0, dedup=False, process_index=p, process_count=2).batch(2)
+             for p in range(2)]
+    for field in ("anchor", "positive"):
+        joined = np.concatenate([p[field]["input_ids"] for p in parts])
+        np.testing.assert_array_equal(joined, full[field]["input_ids"])
+        assert full[field]["input_ids"].shape[1] % 8 == 0  # bucketed
+    np.testing.assert_allclose(np.concatenate([p["score"] for p in parts]), full["score"])
+
+
+def test_no_duplicate_text_in_contrastive_batch(tmp_path, tok):
+    path = tmp_path / "dups.txt"
+    # 4 distinct sentences, each repeated 8 times: naive batches of 4 would collide
+    path.write_text("\n".join(["the cat runs", "a dog eats", "the man sings", "a bird reads"] * 8) + "\n")
+    src = load_source(f"text:{path}")
+    p = Pipeline([src], tok, 4, seed=0, process_index=0, process_count=1)
+    for s in range(12):
+        idx = p.global_indices(s)[2]
+        texts = [src.columns["anchor"][i] for i in idx]
+        assert len(set(texts)) == len(texts), texts
+    with pytest.raises(DataError, match="duplicates"):
+        Pipeline([src], tok, 5, seed=0, process_index=0, process_count=1).global_indices(0)
+
+
+def test_mixing_round_robin_and_proportional(ws, tok):
+    a, b = load_source(f"text:{ws.sentences}"), load_source(f"pairs:{ws.sts}".replace("pairs:", "sts:"))
+    rr = Pipeline([a, b], tok, 8, seed=0, dedup=False, process_index=0, process_count=1)
+    assert [rr.locate(s) for s in range(4)] == [(0, 0), (1, 0), (0, 1), (1, 1)]
+    pr = Pipeline([a, b], tok, 8, seed=0, weights=(3, 1), dedup=False, process_index=0, process_count=1)
+    locs = [pr.locate(s) for s in range(2000)]  # crosses a block boundary
+    share = np.mean([src == 0 for src, _ in locs])
+    assert 0.7 < share < 0.8
+    for d in (0, 1):  # each source's batches are consumed in order 0, 1, 2, ...
+        ks = [k for src, k in locs if src == d]
+        assert ks == list(range(len(ks)))
+    fresh = Pipeline([a, b], tok, 8, seed=0, weights=(3, 1), dedup=False, process_index=0, process_count=1)
+    assert fresh.locate(1999) == locs[1999]  # resume mid-run: same answer without history
+
+
+def test_nli_readers_and_triplets(ws):
+    nli = read_tsv(ws.nli, "nli")
+    assert set(np.unique(nli.columns["label"]).tolist()) == {0, 1, 2}
+    tri = nli_to_triplets(Source("x", "nli", {"anchor": ["p", "p", "q"], "positive": ["e", "c", "e2"],
+                                              "label": np.array([0, 2, 0])}))
+    assert tri.columns == {"anchor": ["p"], "positive": ["e"], "negative": ["c"]}
+
+
+def test_bad_data_errors(tmp_path, tok, ws):
+    with pytest.raises(DataError, match="does not exist"):
+        load_source(f"text:{tmp_path / 'missing.txt'}")
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(DataError, match="empty"):
+        load_source(f"text:{tmp_path / 'empty.txt'}")
+    (tmp_path / "bad.tsv").write_text("a\tb\nx\ty\n")
+    with pytest.raises(DataError, match="missing column"):
+        load_source(f"sts:{tmp_path / 'bad.tsv'}")
+    with pytest.raises(DataError, match="kind:path"):
+        load_source("sentences.txt")
+    with pytest.raises(DataError, match="fewer than one global batch"):
+        Pipeline([load_source(f"sts:{ws.sts}")], tok, 64, seed=0, process_index=0, process_count=1)
