@@ -127,7 +127,7 @@ def make_train_step(grad_fn: GradFn, tx: optax.GradientTransformation,
         (loss, metrics), grads = grad_fn(params, batch, rng)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
-        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
         if schedule is not None:
             metrics["lr"] = schedule(state["step"])
         new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1,
