@@ -1,0 +1,415 @@
+"""Memory-tiled InfoNCE: the exact contrastive loss and its gradient without the B x B logits.
+
+Same math and signature as :func:`sentjax.losses.infonce.infonce_loss` (the dense reference),
+plus ``tile_size``. With ``a_i`` the L2-normalised anchors, candidates ``c_j`` = [all positives of
+the global batch (B rows, global anchor order), then all hard negatives (B*k rows, anchor-major)]:
+
+    logits[i, j] = cos(a_i, c_j) / T + w * [c_j is one of anchor i's own hard negatives]
+    lse_i        = logsumexp_j logits[i, :]                                   (online, per tile)
+    loss_fwd     = mean_i (lse_i - cos(a_i, p_i) / T)
+    loss_bwd     = mean_j (logsumexp_i cos(p_j, a_i) / T - cos(p_j, a_j) / T)  (symmetric only)
+    loss         = loss_fwd                 or (loss_fwd + loss_bwd) / 2 when symmetric
+
+``w`` is SimCSE's ``z3_weight`` (Gao et al. 2021); the symmetric term is sentence-transformers'
+MultipleNegativesSymmetricRankingLoss. The forward pass walks [tile, tile] blocks of the
+similarity matrix and keeps an online (max, sum-exp) per anchor row (and per positive column for
+the symmetric term), as in Milakov & Gimelshein (2018) / FlashAttention; a ``jax.custom_vjp``
+saves only the normalised embeddings and the per-row / per-column log-sum-exps and recomputes each
+tile in the backward pass (Inf-CL, Cheng et al. 2024):
+
+    dlogits[i, j] = g * (c_f * exp(logits[i, j] - lse_i) + c_b * exp(S[i, j] - lse'_j) - (c_f + c_b) [j = i])
+    da_i = sum_j dlogits[i, j] c_j / T,   dc_j = sum_i dlogits[i, j] a_i / T
+
+with ``c_f = 1/B`` (``1/(2B)`` symmetric) and ``c_b = 0`` (``1/(2B)`` symmetric). Memory per
+device is O(B_local * (1 + k) * d + tile^2); FLOPs are 4 x 2 B^2 (1 + k) d (one similarity matmul
+forward, recompute + two gradient matmuls backward).
+
+Across devices (``axis_name`` given, inside ``jax.shard_map``) the inputs are the local shards.
+Each device's candidate block (its positives and hard negatives) travels around the ring with
+``lax.ppermute`` together with its per-column statistics (forward) or its accumulated gradient
+(backward); after ``n`` steps every block is home again, holding its complete column
+log-sum-exp or gradient. No device ever holds more than one remote candidate block, and none holds
+more than a [tile, tile] block of logits. The loss is the global mean, identical on every device.
+
+Selecting the implementation (for the training config's ``loss.impl = dense | tiled``)::
+
+    loss_fn = make_infonce("tiled", tile_size=2048)   # or make_infonce("dense")
+    loss, metrics = loss_fn(anchors, positives, negatives, temperature=0.05, axis_name="data")
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = ["tiled_infonce_loss", "make_infonce", "DEFAULT_TILE_SIZE"]
+
+DEFAULT_TILE_SIZE = 1024
+_NEG_INF = -jnp.inf
+
+
+class _Config(NamedTuple):
+    """Static (hashable) settings of one tiled-loss call."""
+    inv_temperature: float
+    hard_negative_weight: float
+    symmetric: bool
+    axis_name: str | None
+    tile: int
+    k: int  # hard negatives per anchor
+
+
+# ----------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _l2_normalize(x: jax.Array) -> jax.Array:
+    """x / max(||x||, 1e-12) row-wise (torch.nn.functional.normalize), in float32, cast back to x's dtype."""
+    x32 = x.astype(jnp.float32)
+    norm = jnp.sqrt(jnp.sum(jnp.square(x32), axis=-1, keepdims=True))
+    return (x32 / jnp.maximum(norm, 1e-12)).astype(x.dtype)
+
+
+def _pad_rows(x: jax.Array, tile: int) -> jax.Array:
+    pad = (-x.shape[0]) % tile
+    return jnp.pad(x, ((0, pad), (0, 0))) if pad else x
+
+
+def _match_vma(x: jax.Array, ref: jax.Array) -> jax.Array:
+    """Marks a fresh constant as device-varying like ``ref``, so loop carries keep one type under shard_map."""
+    want = getattr(getattr(jax.typeof(ref), "manual_axis_type", None), "varying", frozenset())
+    have = getattr(getattr(jax.typeof(x), "manual_axis_type", None), "varying", frozenset())
+    missing = tuple(sorted(want - have))
+    return lax.pcast(x, missing, to="varying") if missing else x
+
+
+def _lse_update(m: jax.Array, s: jax.Array, x: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+    """Online log-sum-exp: (m, s) with lse = m + log(s) absorbs the block x along ``axis``."""
+    m_new = jnp.maximum(m, jnp.max(x, axis=axis))
+    # A row/column that has seen only masked (-inf) entries keeps m = -inf; shift by 0 there.
+    shift = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+    s_new = s * jnp.exp(m - shift) + jnp.sum(jnp.exp(x - jnp.expand_dims(shift, axis)), axis=axis)
+    return m_new, s_new
+
+
+def _dot_nt(q: jax.Array, k: jax.Array) -> jax.Array:
+    """[tq, d] x [tc, d] -> [tq, tc] in float32 (accumulates in float32 for bfloat16 inputs)."""
+    return lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+class _Layout(NamedTuple):
+    """Per-device padded arrays and the static bookkeeping of the candidate block."""
+    queries: jax.Array      # [nq * tile, d] local anchors, zero-padded
+    cands: jax.Array        # [nc * tile, d] local positives (padded) then local hard negatives (padded)
+    c_owner: jax.Array      # [nc * tile] local anchor index owning each candidate (add src * b)
+    c_is_neg: jax.Array     # [nc * tile] bool
+    c_valid: jax.Array      # [nc * tile] bool, False on padding
+    n_pos_rows: int         # padded number of positive rows (positives come first in cands)
+
+
+def _layout(a: jax.Array, p: jax.Array, n: jax.Array, cfg: _Config) -> _Layout:
+    b, t, k = a.shape[0], cfg.tile, cfg.k
+    p_pad, n_pad = _pad_rows(p, t), _pad_rows(n, t)
+    n_pos, n_neg = p_pad.shape[0], n_pad.shape[0]
+    pos_idx = jnp.arange(n_pos, dtype=jnp.int32)
+    neg_idx = jnp.arange(n_neg, dtype=jnp.int32)
+    owner = jnp.concatenate([pos_idx, neg_idx // max(k, 1)])
+    is_neg = jnp.concatenate([jnp.zeros(n_pos, bool), jnp.ones(n_neg, bool)])
+    valid = jnp.concatenate([pos_idx < b, neg_idx < b * k])
+    return _Layout(_pad_rows(a, t), jnp.concatenate([p_pad, n_pad], axis=0), owner, is_neg, valid,
+                   n_pos)
+
+
+def _ring(cfg: _Config) -> tuple[int, jax.Array]:
+    """(number of devices on the axis, this device's index) - (1, 0) without an axis."""
+    if cfg.axis_name is None:
+        return 1, jnp.int32(0)
+    return lax.axis_size(cfg.axis_name), lax.axis_index(cfg.axis_name).astype(jnp.int32)
+
+
+def _rotate(tree, cfg: _Config, n_dev: int):
+    """Sends every array of ``tree`` to the next device on the ring (device r -> r + 1)."""
+    if n_dev == 1:
+        return tree
+    perm = [(i, (i + 1) % n_dev) for i in range(n_dev)]
+    return jax.tree.map(lambda x: lax.ppermute(x, cfg.axis_name, perm), tree)
+
+
+def _tile_logits(q, q_id, kblk, k_id, k_neg, k_valid, cfg: _Config):
+    """One [tile, tile] block: raw scaled cosines S and the masked, biased logits L."""
+    s = _dot_nt(q, kblk) * cfg.inv_temperature
+    logits = s
+    if cfg.hard_negative_weight != 0.0:
+        own_neg = k_neg[None, :] & (k_id[None, :] == q_id[:, None])
+        logits = logits + jnp.where(own_neg, jnp.float32(cfg.hard_negative_weight), 0.0)
+    logits = jnp.where(k_valid[None, :], logits, _NEG_INF)
+    return s, logits
+
+
+# ----------------------------------------------------------------------------------------------
+# forward: online statistics over the ring and the tiles
+
+
+def _forward_stats(a: jax.Array, p: jax.Array, n: jax.Array, cfg: _Config):
+    """Returns (loss, n_correct, lse_row [b], lse_col [b]) of the local shard; loss is global."""
+    b, t = a.shape[0], cfg.tile
+    n_dev, rank = _ring(cfg)
+    big_b = b * n_dev
+    lay = _layout(a, p, n, cfg)
+    nq, nc = lay.queries.shape[0] // t, lay.cands.shape[0] // t
+    q_valid_all = jnp.arange(nq * t) < b
+    # padded query rows get id -1 so they never match a label or an own hard negative
+    q_ids_all = jnp.where(q_valid_all, rank * b + jnp.arange(nq * t, dtype=jnp.int32), -1)
+
+    def full(shape, value, ref):
+        return _match_vma(jnp.full(shape, value, jnp.float32), ref)
+
+    # row state: running max, sum-exp, label logit, max over candidates ranked before / after the label
+    row = tuple(full((nq * t,), v, a) for v in (_NEG_INF, 0.0, _NEG_INF, _NEG_INF, _NEG_INF))
+
+    def ring_step(step, carry):
+        row, cands, col = carry
+        src = (rank - step) % n_dev  # device whose candidate block we hold now
+        c_id_all = lay.c_owner + src * b
+
+        def q_body(qi, carry):
+            row, col = carry
+            q = lax.dynamic_slice_in_dim(lay.queries, qi * t, t)
+            q_id = lax.dynamic_slice_in_dim(q_ids_all, qi * t, t)
+            q_valid = lax.dynamic_slice_in_dim(q_valid_all, qi * t, t)
+            r_state = tuple(lax.dynamic_slice_in_dim(x, qi * t, t) for x in row)
+
+            def c_body(ci, carry):
+                (m, s, lab, mb, ma), col = carry
+                sl = lambda x: lax.dynamic_slice_in_dim(x, ci * t, t)  # noqa: E731
+                k_id, k_neg, k_valid = sl(c_id_all), sl(lay.c_is_neg), sl(lay.c_valid)
+                raw, logits = _tile_logits(q, q_id, sl(cands), k_id, k_neg, k_valid, cfg)
+                m, s = _lse_update(m, s, logits, axis=1)
+                # accuracy as jnp.argmax (first maximum) over [positives..., negatives...]
+                is_lab = ~k_neg[None, :] & (k_id[None, :] == q_id[:, None])
+                before = ~k_neg[None, :] & (k_id[None, :] < q_id[:, None])
+                lab = jnp.maximum(lab, jnp.max(jnp.where(is_lab, logits, _NEG_INF), axis=1))
+                mb = jnp.maximum(mb, jnp.max(jnp.where(before, logits, _NEG_INF), axis=1))
+                ma = jnp.maximum(ma, jnp.max(jnp.where(is_lab | before, _NEG_INF, logits), axis=1))
+                if cfg.symmetric:
+                    cm, cs = (lax.dynamic_slice_in_dim(x, ci * t, t) for x in col)
+                    # positives as queries, anchors as candidates: the un-biased cosines, columns
+                    cm, cs = _lse_update(cm, cs, jnp.where(q_valid[:, None], raw, _NEG_INF), axis=0)
+                    col = tuple(lax.dynamic_update_slice_in_dim(x, v, ci * t, 0)
+                                for x, v in zip(col, (cm, cs)))
+                return (m, s, lab, mb, ma), col
+
+            r_state, col = lax.fori_loop(0, nc, c_body, (r_state, col))
+            row = tuple(lax.dynamic_update_slice_in_dim(x, v, qi * t, 0) for x, v in zip(row, r_state))
+            return row, col
+
+        row, col = lax.fori_loop(0, nq, q_body, (row, col))
+        cands, col = _rotate((cands, col), cfg, n_dev)
+        return row, cands, col
+
+    n_col = lay.cands.shape[0] if cfg.symmetric else 0  # column statistics only for the symmetric term
+    col = (full((n_col,), _NEG_INF, a), full((n_col,), 0.0, a))
+    row, _, col = lax.fori_loop(0, n_dev, ring_step, (row, lay.cands, col))
+
+    m, s, lab, mb, ma = (x[:b] for x in row)
+    lse_row = m + jnp.log(s)
+    correct = jnp.sum(((lab > mb) & (lab >= ma)).astype(jnp.float32))
+    sym = cfg.symmetric
+    c_f = 0.5 / big_b if sym else 1.0 / big_b
+    c_b = 0.5 / big_b if sym else 0.0
+    local = c_f * jnp.sum(lse_row) - (c_f + c_b) * jnp.sum(lab)
+    if sym:
+        lse_col = col[0][:b] + jnp.log(col[1][:b])
+        local = local + c_b * jnp.sum(lse_col)
+    else:
+        lse_col = jnp.zeros((0,), jnp.float32)
+    if cfg.axis_name is not None:
+        local, correct = lax.psum((local, correct), cfg.axis_name)
+    return local, correct, lse_row, lse_col
+
+
+# ----------------------------------------------------------------------------------------------
+# backward: recompute tiles, accumulate gradients; candidate gradients ride the ring home
+
+
+def _backward(a, p, n, lse_row, lse_col, g, cfg: _Config):
+    b, t = a.shape[0], cfg.tile
+    n_dev, rank = _ring(cfg)
+    big_b = b * n_dev
+    sym = cfg.symmetric
+    c_f = 0.5 / big_b if sym else 1.0 / big_b
+    c_b = 0.5 / big_b if sym else 0.0
+    g = g.astype(jnp.float32)
+    lay = _layout(a, p, n, cfg)
+    nq, nc = lay.queries.shape[0] // t, lay.cands.shape[0] // t
+    q_valid_all = jnp.arange(nq * t) < b
+    # padded query rows get id -1 so they never match a label or an own hard negative
+    q_ids_all = jnp.where(q_valid_all, rank * b + jnp.arange(nq * t, dtype=jnp.int32), -1)
+    lse_row_all = jnp.pad(lse_row, (0, nq * t - b))
+    # per-candidate column lse (only the positives' entries are used); travels with the block
+    lse_col_all = _match_vma(jnp.pad(lse_col, (0, lay.cands.shape[0] - lse_col.shape[0])), a)
+    d = a.shape[1]
+    d_q = _match_vma(jnp.zeros((nq * t, d), jnp.float32), a)
+    d_c = _match_vma(jnp.zeros(lay.cands.shape, jnp.float32), a)
+    cdt = lay.cands.dtype
+
+    def ring_step(step, carry):
+        d_q, cands, c_lse, d_c = carry
+        src = (rank - step) % n_dev
+        c_id_all = lay.c_owner + src * b
+
+        def q_body(qi, carry):
+            d_q, d_c = carry
+            q = lax.dynamic_slice_in_dim(lay.queries, qi * t, t)
+            q_id = lax.dynamic_slice_in_dim(q_ids_all, qi * t, t)
+            q_valid = lax.dynamic_slice_in_dim(q_valid_all, qi * t, t)
+            q_lse = lax.dynamic_slice_in_dim(lse_row_all, qi * t, t)
+
+            def c_body(ci, carry):
+                dq_acc, d_c = carry
+                sl = lambda x: lax.dynamic_slice_in_dim(x, ci * t, t)  # noqa: E731
+                kblk, k_id, k_neg, k_valid = sl(cands), sl(c_id_all), sl(lay.c_is_neg), sl(lay.c_valid)
+                raw, logits = _tile_logits(q, q_id, kblk, k_id, k_neg, k_valid, cfg)
+                live = q_valid[:, None] & k_valid[None, :]
+                dlog = jnp.where(live, jnp.exp(logits - q_lse[:, None]), 0.0) * (g * c_f)
+                if sym:
+                    col_live = live & ~k_neg[None, :]
+                    dlog = dlog + jnp.where(col_live, jnp.exp(raw - sl(c_lse)[None, :]), 0.0) * (g * c_b)
+                ds = (dlog * cfg.inv_temperature).astype(cdt)
+                dq_acc = dq_acc + jnp.dot(ds, kblk, preferred_element_type=jnp.float32)
+                dk = lax.dot_general(ds, q, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+                d_c = lax.dynamic_update_slice_in_dim(d_c, sl(d_c) + dk, ci * t, 0)
+                return dq_acc, d_c
+
+            dq0 = lax.dynamic_slice_in_dim(d_q, qi * t, t)
+            dq_acc, d_c = lax.fori_loop(0, nc, c_body, (dq0, d_c))
+            return lax.dynamic_update_slice_in_dim(d_q, dq_acc, qi * t, 0), d_c
+
+        d_q, d_c = lax.fori_loop(0, nq, q_body, (d_q, d_c))
+        cands, c_lse, d_c = _rotate((cands, c_lse, d_c), cfg, n_dev)
+        return d_q, cands, c_lse, d_c
+
+    d_q, _, _, d_c = lax.fori_loop(0, n_dev, ring_step, (d_q, lay.cands, lse_col_all, d_c))
+    # the label logit cos(a_i, p_i)/T enters with weight -(c_f + c_b)
+    lab_coef = g * (c_f + c_b) * cfg.inv_temperature
+    a32, p32 = a.astype(jnp.float32), p.astype(jnp.float32)
+    d_a = d_q[:b] - lab_coef * p32
+    d_p = d_c[:b] - lab_coef * a32
+    d_n = d_c[lay.n_pos_rows:lay.n_pos_rows + n.shape[0]]
+    return d_a.astype(a.dtype), d_p.astype(p.dtype), d_n.astype(n.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _tiled_core(a: jax.Array, p: jax.Array, n: jax.Array, cfg: _Config):
+    """(loss, n_correct) of L2-normalised a [b, d], p [b, d], n [b*k, d] (local shards)."""
+    loss, correct, _, _ = _forward_stats(a, p, n, cfg)
+    return loss, correct
+
+
+def _tiled_core_fwd(a, p, n, cfg):
+    loss, correct, lse_row, lse_col = _forward_stats(a, p, n, cfg)
+    return (loss, correct), (a, p, n, lse_row, lse_col)
+
+
+def _tiled_core_bwd(cfg, res, cts):
+    a, p, n, lse_row, lse_col = res
+    g, _ = cts  # the accuracy count has no gradient
+    return _backward(a, p, n, lse_row, lse_col, g, cfg)
+
+
+_tiled_core.defvjp(_tiled_core_fwd, _tiled_core_bwd)
+
+
+# ----------------------------------------------------------------------------------------------
+# public API
+
+
+def _check_inputs(anchors, positives, negatives, temperature, tile_size, axis_name):
+    for name, x in (("anchors", anchors), ("positives", positives)):
+        if getattr(x, "ndim", None) != 2:
+            raise ValueError(f"{name} must be a [batch, dim] array, got shape {getattr(x, 'shape', None)}; "
+                             "pass one embedding per row.")
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(f"{name} must be floating point (float32 or bfloat16), got {x.dtype}.")
+    if anchors.shape != positives.shape:
+        raise ValueError(f"anchors {anchors.shape} and positives {positives.shape} must have the same "
+                         "[batch, dim] shape: positive i belongs to anchor i.")
+    if negatives is not None:
+        if getattr(negatives, "ndim", None) != 3 or negatives.shape[0] != anchors.shape[0] \
+                or negatives.shape[2] != anchors.shape[1]:
+            raise ValueError(f"negatives must be [batch, k, dim] = [{anchors.shape[0]}, k, {anchors.shape[1]}], "
+                             f"got {getattr(negatives, 'shape', None)}; for one hard negative per anchor use "
+                             "negatives[:, None, :].")
+        if not jnp.issubdtype(negatives.dtype, jnp.floating):
+            raise TypeError(f"negatives must be floating point, got {negatives.dtype}.")
+    if anchors.shape[0] == 0:
+        raise ValueError("the batch is empty: anchors has 0 rows.")
+    try:
+        temperature = float(temperature)
+    except (TypeError, jax.errors.ConcretizationTypeError) as e:
+        raise TypeError("tiled_infonce_loss needs a concrete Python float temperature (a traced or learnable "
+                        "temperature is not supported; use the dense infonce_loss for that).") from e
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    if not isinstance(tile_size, int) or isinstance(tile_size, bool) or tile_size < 1:
+        raise ValueError(f"tile_size must be a positive int, got {tile_size!r}.")
+    if axis_name is not None and not isinstance(axis_name, str):
+        raise TypeError(f"axis_name must be a single mesh axis name (str) or None, got {axis_name!r}.")
+    return temperature
+
+
+def tiled_infonce_loss(anchors: jax.Array, positives: jax.Array, negatives: jax.Array | None = None, *,
+                       temperature: float = 0.05, symmetric: bool = False,
+                       hard_negative_weight: float = 0.0, axis_name: str | None = None,
+                       tile_size: int = DEFAULT_TILE_SIZE) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """InfoNCE over [tile, tile] blocks with an exact custom gradient; same result as ``infonce_loss``.
+
+    Args:
+      anchors: [b, d] anchor embeddings (local shard when ``axis_name`` is given).
+      positives: [b, d]; positive i belongs to anchor i.
+      negatives: optional [b, k, d] hard negatives; row i's k negatives belong to anchor i.
+      temperature: T > 0, a Python float (logits are cos / T).
+      symmetric: add the positives-as-queries term and average the two (see module docstring).
+      hard_negative_weight: w added to the logits of each anchor's own hard negatives (SimCSE z3_weight).
+      axis_name: mesh axis of the enclosing ``jax.shard_map`` whose devices hold the other shards.
+      tile_size: side of the similarity blocks; memory O(b (1 + k) d + tile_size^2) per device.
+
+    Returns:
+      (loss, {"accuracy": ...}): float32 scalars, both global means over the B = b * devices anchors.
+      Embeddings are L2-normalised here (autodiff handles the normalisation's Jacobian); matmuls
+      run in the embeddings' dtype with float32 accumulation, statistics are float32.
+    """
+    temperature = _check_inputs(anchors, positives, negatives, temperature, tile_size, axis_name)
+    dtype = jnp.result_type(anchors.dtype, positives.dtype,
+                            *(() if negatives is None else (negatives.dtype,)))
+    b, d = anchors.shape
+    k = 0 if negatives is None else negatives.shape[1]
+    a = _l2_normalize(anchors.astype(dtype))
+    p = _l2_normalize(positives.astype(dtype))
+    n = (_match_vma(jnp.zeros((0, d), dtype), a) if negatives is None
+         else _l2_normalize(negatives.astype(dtype).reshape(b * k, d)))
+    cfg = _Config(1.0 / temperature, float(hard_negative_weight), bool(symmetric), axis_name,
+                  int(tile_size), k)
+    loss, correct = _tiled_core(a, p, n, cfg)
+    n_dev = 1 if axis_name is None else lax.axis_size(axis_name)
+    return loss, {"accuracy": correct / (b * n_dev)}
+
+
+def make_infonce(impl: str = "dense", tile_size: int = DEFAULT_TILE_SIZE) -> Callable[..., tuple]:
+    """The InfoNCE function selected by the training config's ``loss.impl`` ("dense" or "tiled").
+
+    Both returned callables take ``(anchors, positives, negatives=None, *, temperature, symmetric,
+    hard_negative_weight, axis_name)`` and return ``(loss, {"accuracy": ...})``.
+    """
+    if impl == "tiled":
+        return functools.partial(tiled_infonce_loss, tile_size=tile_size)
+    if impl == "dense":
+        try:
+            from sentjax.losses.infonce import infonce_loss
+        except ImportError as e:
+            raise ImportError("loss.impl='dense' needs sentjax.losses.infonce.infonce_loss, which is not "
+                              "importable here; use loss.impl='tiled'.") from e
+        return infonce_loss
+    raise ValueError(f"unknown InfoNCE implementation {impl!r}: use loss.impl = 'dense' or 'tiled'.")
