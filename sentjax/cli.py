@@ -1,0 +1,160 @@
+"""The ``sentjax`` command line.
+
+    sentjax eval sts --model DIR [--data stsb-en-dev|FILE|DIR] [--format auto|stsb|stsbenchmark|sick|senteval]
+    sentjax eval senteval --model DIR [--root DIR] [--years STS12,STS13]
+    sentjax eval tatoeba --model DIR --langs deu,fra
+
+Adding a command: write ``def add_<name>(sub) -> None`` that creates its parser with
+``sub.add_parser(...)`` and sets ``func=<callable(args) -> int>``, then list it in ``COMMANDS``.
+Eval subcommands register the same way in ``EVAL_COMMANDS``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+__all__ = ["main", "COMMANDS", "EVAL_COMMANDS", "load_encoder"]
+
+# The name "minilm" means the bundled all-MiniLM-L6-v2 (``models`` extra), handy offline.
+_MODEL_HELP = "model folder (sentence-transformers / Hugging Face layout), hub id, or 'minilm' (bundled all-MiniLM-L6-v2)"
+
+
+def load_encoder(model: str, batch_size: int) -> Callable[[list[str]], "object"]:
+    """``encode_fn(list[str]) -> np.ndarray [n, dim]`` for a model folder, hub id or ``"minilm"``."""
+    import sentjax
+    if model == "minilm":
+        from sentjax.testing import minilm_dir
+        model = minilm_dir()
+        if model is None:
+            raise SystemExit("error: --model minilm needs the 'models' extra: pip install 'sentjax[models]'.")
+    m = sentjax.load(model)
+    return lambda texts: m.encode(texts, batch_size=batch_size)
+
+
+def _print(result: dict, as_json: bool, lines: list[str]) -> None:
+    if as_json:
+        print(json.dumps(result, indent=1, default=float))
+    else:
+        print("\n".join(lines))
+
+
+# ----------------------------------------------------------------------------- eval sts
+
+
+def _run_sts(args: argparse.Namespace) -> int:
+    from sentjax.eval.sts import evaluate_sts_file
+    encode = load_encoder(args.model, args.batch_size)
+    r = evaluate_sts_file(encode, args.data, args.format)
+    lines = [f"data: {args.data}  pairs: {r['n']}",
+             f"spearman: {r['spearman']:.2f}", f"pearson:  {r['pearson']:.2f}"]
+    if "aggregation" in r:
+        lines.append(f"(SentEval year: pooled 'all' shown; mean over subsets spearman {r['spearman_mean']:.2f})")
+    _print(r, args.json, lines)
+    return 0
+
+
+def add_eval_sts(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sts", help="Spearman/Pearson x100 of cosine similarity on an STS file")
+    p.add_argument("--data", default="stsb-en-dev",
+                   help="STS file or folder, or a bundled name: stsb-<lang>-{train,dev} (11 languages), "
+                        "stsbenchmark-{train,dev}, sick-{train,trial}, STS12..STS16 (default: stsb-en-dev)")
+    p.add_argument("--format", default="auto", choices=("auto", "stsb", "stsbenchmark", "sick", "senteval"),
+                   help="file format; auto guesses from the file (stsb = stsb_multi_mt CSV)")
+    p.set_defaults(func=_run_sts)
+
+
+# ----------------------------------------------------------------------------- eval senteval
+
+
+def _run_senteval(args: argparse.Namespace) -> int:
+    from sentjax.eval.sts import evaluate_senteval
+    years = [y.strip().upper() for y in args.years.split(",") if y.strip()]
+    encode = load_encoder(args.model, args.batch_size)
+    r = evaluate_senteval(encode, args.root, years)
+    lines = [f"{'year':<7}{'all':>8}{'mean':>8}   (Spearman x100 of cosine; 'all' = pooled subsets, "
+             "as SimCSE reports; 'mean' = mean over subsets)"]
+    lines += [f"{y:<7}{r[y]['spearman']['all']:8.2f}{r[y]['spearman']['mean']:8.2f}" for y in years]
+    lines.append(f"{'avg':<7}{r['avg']['spearman_all']:8.2f}{r['avg']['spearman_mean']:8.2f}")
+    _print(r, args.json, lines)
+    return 0
+
+
+def add_eval_senteval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("senteval", help="SentEval STS12-16 (pooled 'all' and mean over subsets)")
+    p.add_argument("--root", default=None, help="folder holding STS12-en-test/ ... STS16-en-test/ (default: bundled)")
+    p.add_argument("--years", default="STS12,STS13,STS14,STS15,STS16", help="comma-separated years")
+    p.set_defaults(func=_run_senteval)
+
+
+# ----------------------------------------------------------------------------- eval tatoeba
+
+
+def _run_tatoeba(args: argparse.Namespace) -> int:
+    from sentjax.eval.retrieval import evaluate_tatoeba
+    langs = [x.strip() for x in args.langs.split(",") if x.strip()]
+    encode = load_encoder(args.model, args.batch_size)
+    r = evaluate_tatoeba(encode, langs, args.root)
+    lines = [f"{'lang':<6}{'xx->en':>8}{'en->xx':>8}{'mean':>8}   (accuracy x100, cosine nearest neighbour)"]
+    lines += [f"{x:<6}{r[x]['src2tgt']:8.2f}{r[x]['tgt2src']:8.2f}{r[x]['accuracy']:8.2f}" for x in langs]
+    lines.append(f"{'mean':<6}{'':16}{r['mean']:8.2f}")
+    _print(r, args.json, lines)
+    return 0
+
+
+def add_eval_tatoeba(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tatoeba", help="Tatoeba bitext retrieval accuracy (both directions)")
+    p.add_argument("--langs", default="deu,fra", help="comma-separated ISO 639-3 codes (default deu,fra)")
+    p.add_argument("--root", default=None, help="LASER tatoeba/v1 folder (default: bundled)")
+    p.set_defaults(func=_run_tatoeba)
+
+
+EVAL_COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
+    "sts": add_eval_sts,
+    "senteval": add_eval_senteval,
+    "tatoeba": add_eval_tatoeba,
+}
+
+
+def add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a model (sts, senteval, tatoeba)")
+    esub = p.add_subparsers(dest="eval_command", metavar="TASK", required=True)
+    for add in EVAL_COMMANDS.values():
+        add(esub)
+    # Shared options are added to every eval task so they may follow the task name.
+    for task in esub.choices.values():
+        task.add_argument("--model", required=True, help=_MODEL_HELP)
+        task.add_argument("--batch-size", type=int, default=64, help="encode batch size (default 64)")
+        task.add_argument("--json", action="store_true", help="print the full result as JSON")
+
+
+COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
+    "eval": add_eval,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sentjax", description="Sentence embeddings in JAX/Flax.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in COMMANDS.values():
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sentjax`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if getattr(args, "batch_size", 1) < 1:
+        print(f"error: --batch-size must be >= 1, got {args.batch_size}.", file=sys.stderr)
+        return 2
+    from sentjax.data.readers import DataFormatError
+    try:
+        return int(args.func(args) or 0)
+    except (DataFormatError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
