@@ -22,8 +22,8 @@ def get_config():
     c.total_steps = 1000
     c.optim.lr = 3e-5
     c.optim.warmup_steps = 0
-    c.data.datasets = ("text:bundled/commonvoice/sentences.txt",)
-    c.eval.sts_file = "bundled/stsb/dev.tsv"
+    c.data.datasets = ("text:bundled/commonvoice_en/jf99.txt",)
+    c.eval.sts_file = "stsb-dev"
     c.eval.every_steps = 125
     c.checkpoint.every_steps = 125
     return c

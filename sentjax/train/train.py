@@ -55,7 +55,7 @@ def default_config() -> ml_collections.ConfigDict:
         "lr": 3e-5, "warmup_steps": -1, "warmup_ratio": 0.1, "weight_decay": 0.01,
         "b1": 0.9, "b2": 0.999, "eps": 1e-6, "clip_norm": 1.0,
     })
-    c.data = ml_collections.ConfigDict({"datasets": ("text:bundled/commonvoice/sentences.txt",),
+    c.data = ml_collections.ConfigDict({"datasets": ("text:bundled/commonvoice_en/jf99.txt",),
                                         "weights": (), "dedup": True})
     c.eval = ml_collections.ConfigDict({"sts_file": "", "every_steps": 50, "batch_size": 64,
                                         "at_start": True})
@@ -183,6 +183,14 @@ def init_params(c, model, objective) -> dict:
 
 
 def read_sts(path: str):
+    """``stsb-dev`` (bundled SentEval STS-B dev), a SentEval sts-*.csv, or a TSV
+    ``sentence1 sentence2 score``; scores as given (Spearman ignores scale)."""
+    if path == "stsb-dev" or path.endswith(".csv"):
+        from sentjax.data import bundled, readers
+        if path == "stsb-dev":
+            path = bundled.path("stsbenchmark_senteval/sts-dev.csv")
+        pairs = readers.read_stsbenchmark_senteval(path)
+        return list(pairs.sentences1), list(pairs.sentences2), np.asarray(pairs.scores, np.float64)
     from sentjax.data.pipeline import read_tsv
     if path.startswith("bundled/"):
         from sentjax.data import bundled
