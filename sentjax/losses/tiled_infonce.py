@@ -166,8 +166,8 @@ def _forward_stats(a: jax.Array, p: jax.Array, n: jax.Array, cfg: _Config):
     def full(shape, value, ref):
         return _match_vma(jnp.full(shape, value, jnp.float32), ref)
 
-    # row state: running max, sum-exp, label logit, max over candidates ranked before / after the label
-    row = tuple(full((nq * t,), v, a) for v in (_NEG_INF, 0.0, _NEG_INF, _NEG_INF, _NEG_INF))
+    # row state: running max, sum-exp, label logit, max over the candidates ranked before the label
+    row = tuple(full((nq * t,), v, a) for v in (_NEG_INF, 0.0, _NEG_INF, _NEG_INF))
 
     def ring_step(step, carry):
         row, cands, col = carry
@@ -182,24 +182,30 @@ def _forward_stats(a: jax.Array, p: jax.Array, n: jax.Array, cfg: _Config):
             r_state = tuple(lax.dynamic_slice_in_dim(x, qi * t, t) for x in row)
 
             def c_body(ci, carry):
-                (m, s, lab, mb, ma), col = carry
+                (m, s, lab, mb), col = carry
                 sl = lambda x: lax.dynamic_slice_in_dim(x, ci * t, t)  # noqa: E731
                 k_id, k_neg, k_valid = sl(c_id_all), sl(lay.c_is_neg), sl(lay.c_valid)
                 raw, logits = _tile_logits(q, q_id, sl(cands), k_id, k_neg, k_valid, cfg)
                 m, s = _lse_update(m, s, logits, axis=1)
-                # accuracy as jnp.argmax (first maximum) over [positives..., negatives...]
-                is_lab = ~k_neg[None, :] & (k_id[None, :] == q_id[:, None])
-                before = ~k_neg[None, :] & (k_id[None, :] < q_id[:, None])
-                lab = jnp.maximum(lab, jnp.max(jnp.where(is_lab, logits, _NEG_INF), axis=1))
-                mb = jnp.maximum(mb, jnp.max(jnp.where(before, logits, _NEG_INF), axis=1))
-                ma = jnp.maximum(ma, jnp.max(jnp.where(is_lab | before, _NEG_INF, logits), axis=1))
+                # accuracy as jnp.argmax (first maximum) over [positives..., negatives...]: correct iff
+                # the label logit is the row max and no candidate ranked before it ties. Only positive
+                # tiles that reach an id <= the tile's largest query id can hold a label or an earlier one.
+                def label_stats(lab_mb):
+                    lab, mb = lab_mb
+                    is_lab = k_id[None, :] == q_id[:, None]
+                    before = k_id[None, :] < q_id[:, None]
+                    return (jnp.maximum(lab, jnp.max(jnp.where(is_lab, logits, _NEG_INF), axis=1)),
+                            jnp.maximum(mb, jnp.max(jnp.where(before, logits, _NEG_INF), axis=1)))
+
+                reaches = ~k_neg[0] & (k_id[0] <= jnp.max(q_id))  # tiles are all-positive or all-negative
+                lab, mb = lax.cond(reaches, label_stats, lambda x: x, (lab, mb))
                 if cfg.symmetric:
                     cm, cs = (lax.dynamic_slice_in_dim(x, ci * t, t) for x in col)
                     # positives as queries, anchors as candidates: the un-biased cosines, columns
                     cm, cs = _lse_update(cm, cs, jnp.where(q_valid[:, None], raw, _NEG_INF), axis=0)
                     col = tuple(lax.dynamic_update_slice_in_dim(x, v, ci * t, 0)
                                 for x, v in zip(col, (cm, cs)))
-                return (m, s, lab, mb, ma), col
+                return (m, s, lab, mb), col
 
             r_state, col = lax.fori_loop(0, nc, c_body, (r_state, col))
             row = tuple(lax.dynamic_update_slice_in_dim(x, v, qi * t, 0) for x, v in zip(row, r_state))
@@ -213,9 +219,9 @@ def _forward_stats(a: jax.Array, p: jax.Array, n: jax.Array, cfg: _Config):
     col = (full((n_col,), _NEG_INF, a), full((n_col,), 0.0, a))
     row, _, col = lax.fori_loop(0, n_dev, ring_step, (row, lay.cands, col))
 
-    m, s, lab, mb, ma = (x[:b] for x in row)
+    m, s, lab, mb = (x[:b] for x in row)
     lse_row = m + jnp.log(s)
-    correct = jnp.sum(((lab > mb) & (lab >= ma)).astype(jnp.float32))
+    correct = jnp.sum(((lab >= m) & (lab > mb)).astype(jnp.float32))
     sym = cfg.symmetric
     c_f = 0.5 / big_b if sym else 1.0 / big_b
     c_b = 0.5 / big_b if sym else 0.0
