@@ -1,0 +1,53 @@
+"""Cosine-similarity regression (Reimers & Gurevych 2019, "Sentence-BERT", STS regression objective;
+sentence-transformers' CosineSimilarityLoss).
+
+For embeddings ``u, v`` ``[batch, dim]`` and gold scores ``s`` ``[batch]`` in ``[lo, hi]``::
+
+    target_i = (s_i - lo) / (hi - lo)                 (score_range=(lo, hi); None: s used as is)
+    loss     = mean_i ( cos(u_i, v_i) - target_i )^2
+
+No in-batch interaction: with ``axis_name`` the loss is the ``pmean`` of per-device means.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from sentjax.losses.infonce import check_embedding_pair
+
+__all__ = ["cosine_loss", "pair_cosine", "rescale_scores"]
+
+
+def pair_cosine(u: jax.Array, v: jax.Array) -> jax.Array:
+    """Row-wise cosine similarity ``[b, d], [b, d] -> [b]`` in float32 (norms clamped at 1e-12)."""
+    u, v = u.astype(jnp.float32), v.astype(jnp.float32)
+    nu = jnp.maximum(jnp.linalg.norm(u, axis=-1), 1e-12)
+    nv = jnp.maximum(jnp.linalg.norm(v, axis=-1), 1e-12)
+    return jnp.sum(u * v, axis=-1) / (nu * nv)
+
+
+def rescale_scores(scores: jax.Array, n: int, score_range: tuple[float, float] | None) -> jax.Array:
+    """Checks ``scores`` is ``[n]`` and maps ``[lo, hi]`` linearly onto ``[0, 1]``."""
+    scores = jnp.asarray(scores)
+    if scores.shape != (n,):
+        raise ValueError(f"scores must have shape [{n}] (one gold score per pair), got {list(scores.shape)}.")
+    scores = scores.astype(jnp.float32)
+    if score_range is None:
+        return scores
+    lo, hi = (float(x) for x in score_range)
+    if not hi > lo:
+        raise ValueError(f"score_range=(lo, hi) needs hi > lo, got {score_range}; e.g. (0, 5) for STS-B.")
+    return (scores - lo) / (hi - lo)
+
+
+def cosine_loss(u: jax.Array, v: jax.Array, scores: jax.Array, *,
+                score_range: tuple[float, float] | None = (0.0, 5.0), axis_name: str | None = None
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """MSE between cos(u, v) and the rescaled gold score; returns ``(loss, {})``."""
+    check_embedding_pair(u, v, ("u", "v"))
+    target = rescale_scores(scores, u.shape[0], score_range)
+    loss = jnp.mean(jnp.square(pair_cosine(u, v) - target))
+    if axis_name is not None:
+        loss = lax.pmean(loss, axis_name)
+    return loss, {}
