@@ -1,0 +1,48 @@
+"""Per-row dropout keys: the dropout mask of a row depends only on (step key, column, global row).
+
+    key(c, r) = fold_in(fold_in(rng, crc32(c)), r)      c: column name, r: row in the global batch
+
+Each row is embedded under its own key (``jax.vmap`` over rows), so the masks do not depend on
+how the batch is split: over 1 or 8 devices, in one piece or in GradCache chunks, in the first
+(no-grad) or the second (VJP) GradCache pass the same row gets the same mask. That is what lets
+unsupervised SimCSE (anchor = positive text, two dropout masks, one per column) train identically
+with and without caching; re-drawing keys between the passes is GradCache issues #7/#16/#38.
+"""
+from __future__ import annotations
+
+import zlib
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["column_key", "row_keys", "embed_column"]
+
+EmbedFn = Callable[[Any, Mapping[str, jax.Array], Any], jax.Array]
+
+
+def column_key(rng: jax.Array, column: str) -> jax.Array:
+    """The key of a column: ``fold_in(rng, crc32(column))`` (stable across processes and runs)."""
+    return jax.random.fold_in(rng, zlib.crc32(column.encode()) & 0x7FFFFFFF)
+
+
+def row_keys(rng: jax.Array, column: str, first_row: jax.Array | int, n: int) -> jax.Array:
+    """Keys ``[n]`` of global rows ``first_row .. first_row + n - 1`` of ``column``."""
+    ck = column_key(rng, column)
+    return jax.vmap(lambda r: jax.random.fold_in(ck, r))(first_row + jnp.arange(n))
+
+
+def embed_column(embed_fn: EmbedFn, params: Any, tokens: Mapping[str, jax.Array], rng: jax.Array | None,
+                 column: str, first_row: jax.Array | int = 0) -> jax.Array:
+    """Embeds a token batch ``[n, L] -> [n, dim]``; with ``rng``, row i uses ``row_keys(...)[i]``.
+
+    Without ``rng`` (dropout off) it is one plain call of ``embed_fn(params, tokens, None)``.
+    """
+    if rng is None:
+        return embed_fn(params, tokens, None)
+    n = next(iter(tokens.values())).shape[0]
+    keys = row_keys(rng, column, first_row, n)
+
+    def one(row, key):
+        return embed_fn(params, jax.tree.map(lambda x: x[None], row), key)[0]
+    return jax.vmap(one)(dict(tokens), keys)

@@ -1,0 +1,233 @@
+"""Gradient equivalence matrix: 8 devices with global negatives == 1 device on the whole batch.
+
+Every case differentiates a full step (tiny BERT encoder + mean pooling + loss) with respect to
+the encoder parameters and compares it, leaf by leaf, with an independent single-device gradient
+written directly with ``jax.grad`` (no engine code). The bug tests re-implement the peers' known
+mistakes and assert that this same check catches each of them.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax import lax
+
+from sentjax.losses import infonce_loss, make_column_loss
+from sentjax.models.config import EncoderConfig
+from sentjax.models.sentence_model import SentenceEncoderModule, embed_fn
+from sentjax.parallel import guarded_update, make_grad_fn, make_mesh
+from sentjax.parallel.global_grads import embed_columns
+
+N_DEV, B, L, K = 8, 16, 8, 2
+TOL = 1e-5
+CASES = {  # name -> infonce hyperparameters, hard negatives per anchor
+    "infonce": (dict(temperature=0.05), 0),
+    # w != 0 makes the order of the gathered negatives matter (each anchor's OWN negatives get +w)
+    "hard_negatives": (dict(temperature=0.05, hard_negative_weight=1.0), K),
+    "symmetric": (dict(temperature=0.05, symmetric=True), 0),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def setup(dropout=False):
+    p = 0.1 if dropout else 0.0
+    cfg = EncoderConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=p,
+                        attention_probs_dropout_prob=p)
+    module = SentenceEncoderModule(cfg, pooling="mean")
+    rng = np.random.default_rng(0)
+
+    def tokens(n):
+        ids = rng.integers(1, 100, (n, L)).astype(np.int32)
+        lengths = rng.integers(3, L + 1, n)
+        mask = (np.arange(L)[None, :] < lengths[:, None]).astype(np.int32)
+        return {"input_ids": jnp.asarray(ids * mask), "attention_mask": jnp.asarray(mask),
+                "token_type_ids": jnp.zeros((n, L), jnp.int32)}
+    columns = {"anchor": tokens(B), "positive": tokens(B), "negative": tokens(B * K)}
+    params = module.init(jax.random.key(1), columns["anchor"])["params"]
+    return embed_fn(module), params, columns
+
+
+def case_columns(columns, k):
+    return {n: c for n, c in columns.items() if k or n != "negative"}
+
+
+def rel_err(got, want):
+    """Tree-wise max over leaves of max|got - want| / max|want|.
+
+    A leaf's scale is floored at 1e-4 of the largest gradient: the attention key biases have an
+    exactly-zero gradient (softmax is shift-invariant), so they only hold rounding noise.
+    """
+    floor = 1e-4 * max(float(jnp.max(jnp.abs(w))) for w in jax.tree.leaves(want))
+    errs = jax.tree.map(lambda g, w: float(jnp.max(jnp.abs(g - w))) / max(float(jnp.max(jnp.abs(w))), floor),
+                        got, want)
+    return max(jax.tree.leaves(errs))
+
+
+@functools.lru_cache(maxsize=None)
+def reference(case):
+    """Single device, written directly: grad of infonce_loss on the concatenated batch."""
+    embed, params, columns = setup()
+    hp, k = CASES[case]
+
+    def loss(p):
+        a, pos = embed(p, columns["anchor"]), embed(p, columns["positive"])
+        neg = embed(p, columns["negative"]).reshape(B, K, -1) if k else None
+        return infonce_loss(a, pos, neg, **hp)[0]
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+
+@functools.lru_cache(maxsize=None)
+def grad_fn(case, backend, chunk):
+    embed, _, _ = setup()
+    hp, _ = CASES[case]
+    mesh = make_mesh(N_DEV) if backend == "shard_map" else None
+    f = make_grad_fn(embed, make_column_loss("infonce", **hp), mesh=mesh, backend=backend,
+                     gradcache_chunk=chunk)
+    return f if backend == "pmap" else jax.jit(f)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def need_devices():
+    if jax.device_count() < N_DEV:
+        pytest.skip("needs 8 (fake) devices; see tests/conftest.py")
+
+
+@pytest.mark.parametrize("backend", ["shard_map", "pmap"])
+@pytest.mark.parametrize("chunk", [None, 1], ids=["plain", "gradcache"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_eight_devices_equal_single_device(case, chunk, backend):
+    embed, params, columns = setup()
+    want_loss, want = reference(case)
+    (loss, metrics), grads = grad_fn(case, backend, chunk)(params, case_columns(columns, CASES[case][1]), None)
+    assert float(loss) == pytest.approx(float(want_loss), rel=1e-6)
+    assert float(metrics["nonfinite"]) == 0.0
+    assert rel_err(grads, want) < TOL
+
+
+def test_single_device_engine_and_gradcache_equal_reference():
+    _, params, columns = setup()
+    want_loss, want = reference("hard_negatives")
+    for chunk in (None, 4):
+        (loss, _), grads = grad_fn("hard_negatives", "none", chunk)(params, columns, None)
+        assert float(loss) == pytest.approx(float(want_loss), rel=1e-6)
+        assert rel_err(grads, want) < TOL
+
+
+def test_gradcache_with_dropout_equals_uncached_with_same_keys():
+    """Unsupervised SimCSE: anchor and positive are the SAME texts; only dropout tells them apart."""
+    embed, params, columns = setup(dropout=True)
+    cols = {"anchor": columns["anchor"], "positive": columns["anchor"]}
+    loss_fn = make_column_loss("infonce", temperature=0.05)
+    rng = jax.random.key(7)
+    mesh = make_mesh(N_DEV)
+    (l0, _), g0 = jax.jit(make_grad_fn(embed, loss_fn, backend="shard_map", mesh=mesh))(params, cols, rng)
+    (l1, _), g1 = jax.jit(make_grad_fn(embed, loss_fn, backend="shard_map", mesh=mesh,
+                                       gradcache_chunk=1))(params, cols, rng)
+    (l2, _), g2 = jax.jit(make_grad_fn(embed, loss_fn, backend="none"))(params, cols, rng)
+    (l3, _), g3 = jax.jit(make_grad_fn(embed, loss_fn, backend="none"))(params, cols, None)
+    # dropout is really on: the two views differ and the loss is far from the no-dropout one
+    e = embed_columns(embed, params, cols, rng)
+    assert float(jnp.max(jnp.abs(e["anchor"] - e["positive"]))) > 1e-3
+    assert abs(float(l0) - float(l3)) > 1e-3
+    assert float(l1) == pytest.approx(float(l0), rel=1e-6)
+    assert rel_err(g1, g0) < TOL  # GradCache == uncached, same keys, 8 devices
+    assert float(l2) == pytest.approx(float(l0), rel=1e-6)
+    assert rel_err(g2, g0) < TOL  # per-row keys: 1 device == 8 devices, even with dropout
+    # a different step key gives a different gradient (the keys are actually used)
+    (_, _), g4 = jax.jit(make_grad_fn(embed, loss_fn, backend="none"))(params, cols, jax.random.key(8))
+    assert rel_err(g4, g2) > 1e-3
+
+
+# ------------------------------------------------------------------------------- known peer bugs
+
+def _local_columns_loss(hp, k, scale=1.0, misorder=False):
+    """A loss_fn for the engine with a deliberately injected bug."""
+    def loss_fn(params, e, axis_name):
+        a, p = e["anchor"], e["positive"]
+        if not misorder:
+            n = e["negative"].reshape(a.shape[0], k, -1) if k else None
+            loss, m = infonce_loss(a, p, n, axis_name=axis_name, **hp)
+            return loss * scale, m
+        # sentence-transformers before PR #3453: negatives gathered slot-major (all first negatives,
+        # then all second ones) while the loss assumes anchor-major order.
+        n = e["negative"].reshape(a.shape[0], k, -1)
+        n = jnp.transpose(n, (1, 0, 2)).reshape(a.shape[0], k, -1)
+        return infonce_loss(a, p, n, axis_name=axis_name, **hp)
+    return loss_fn
+
+
+def test_bug_loss_scaled_by_world_size_is_caught():
+    """SimCSE / Tevatron: loss * 1/world_size on top of an already global mean -> grads 8x too small."""
+    embed, params, columns = setup()
+    hp, k = CASES["infonce"]
+    f = jax.jit(make_grad_fn(embed, _local_columns_loss(hp, k, scale=1.0 / N_DEV), mesh=make_mesh(N_DEV)))
+    _, grads = f(params, case_columns(columns, k), None)
+    assert rel_err(grads, reference("infonce")[1]) > 0.5
+
+
+def test_bug_hard_negatives_misordered_is_caught():
+    embed, params, columns = setup()
+    hp, k = CASES["hard_negatives"]
+    f = jax.jit(make_grad_fn(embed, _local_columns_loss(hp, k, misorder=True), mesh=make_mesh(N_DEV)))
+    _, grads = f(params, columns, None)
+    assert rel_err(grads, reference("hard_negatives")[1]) > 1e-2
+
+
+def test_bug_gradients_not_averaged_is_caught():
+    """The 2021 flax community script: per-device pmap gradients used without lax.pmean."""
+    embed, params, columns = setup()
+    hp, k = CASES["infonce"]
+    loss_fn = make_column_loss("infonce", **hp)
+    cols = case_columns(columns, k)
+
+    def device_grads(params, cols):
+        def loss(p):
+            return loss_fn(p, embed_columns(embed, p, cols, None), "data")[0]
+        return jax.grad(loss)(params)  # bug: no lax.pmean(grads, "data")
+    split = jax.tree.map(lambda x: x.reshape((N_DEV, -1) + x.shape[1:]), cols)
+    grads = jax.pmap(device_grads, axis_name="data", in_axes=(None, 0))(params, split)
+    device0 = jax.tree.map(lambda g: g[0], grads)
+    assert rel_err(device0, reference("infonce")[1]) > 0.5
+
+
+# ------------------------------------------------------------------------------- guard + bad input
+
+def test_nonfinite_step_is_reported_and_skipped():
+    embed, params, columns = setup()
+    cols = case_columns(columns, 0)
+
+    def loss_fn(p, e, axis_name):  # a loss that blows up on this batch
+        loss, m = infonce_loss(e["anchor"], e["positive"], axis_name=axis_name)
+        return loss * jnp.inf, m
+    tx = optax.adam(1e-3)
+    opt_state = tx.init(params)
+    for lf, bad in ((loss_fn, 1.0), (make_column_loss("infonce"), 0.0)):
+        (_, metrics), grads = jax.jit(make_grad_fn(embed, lf, mesh=make_mesh(N_DEV)))(params, cols, None)
+        assert float(metrics["nonfinite"]) == bad
+        new_params, new_opt, flag = guarded_update(tx, grads, opt_state, params)
+        assert float(flag) == bad
+        changed = rel_err(new_params, params) > 0
+        assert changed != bool(bad)
+        assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves((new_params, new_opt)))
+
+
+def test_bad_batches_raise_clear_errors():
+    embed, params, columns = setup()
+    f = make_grad_fn(embed, make_column_loss("infonce"), mesh=make_mesh(N_DEV))
+    a = columns["anchor"]
+    cut = lambda t, n: jax.tree.map(lambda x: x[:n], t)  # noqa: E731
+    with pytest.raises(ValueError, match="different batch sizes"):
+        f(params, {"anchor": a, "positive": cut(columns["negative"], 24)}, None)
+    with pytest.raises(ValueError, match="not divisible by the 8 devices"):
+        f(params, {"anchor": cut(a, 12), "positive": cut(a, 12)}, None)
+    g = make_grad_fn(embed, make_column_loss("infonce"), mesh=make_mesh(N_DEV), gradcache_chunk=3)
+    with pytest.raises(ValueError, match="gradcache_chunk=3 must be a positive int dividing"):
+        g(params, {"anchor": a, "positive": a}, None)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        make_grad_fn(embed, make_column_loss("infonce", temperature=0.0), backend="none")(
+            params, {"anchor": a, "positive": a}, None)
+    with pytest.raises(ValueError, match="backend"):
+        make_grad_fn(embed, make_column_loss("infonce"), backend="tpu")
