@@ -72,6 +72,40 @@ def _l2_normalize(x: jax.Array) -> jax.Array:
     return (x32 / jnp.maximum(norm, 1e-12)).astype(x.dtype)
 
 
+def _explicit_batch_axis(*xs: jax.Array | None):
+    """(mesh, axis) when the [B, ...] inputs are batch-sharded on one axis of an Explicit-axes mesh.
+
+    The tile loop slices rows dynamically, which sharding-in-types rejects on a sharded batch dim;
+    such a global-batch call is therefore run as the ring version under ``jax.shard_map``.
+    """
+    found = set()
+    for x in xs:
+        if x is None:
+            continue
+        sharding = getattr(jax.typeof(x), "sharding", None)
+        mesh = getattr(sharding, "mesh", None)
+        if mesh is None or not getattr(mesh, "explicit_axes", ()):
+            continue
+        spec = tuple(sharding.spec) + (None,) * (x.ndim - len(sharding.spec))
+        if any(s is not None for s in spec[1:]):
+            raise ValueError(f"tiled_infonce_loss: only the batch dimension may be sharded, got {sharding.spec}; "
+                             "reshard the embeddings to P(batch_axis) first.")
+        found.add((mesh, spec[0]))
+    found.discard(next((f for f in found if f[1] is None), None))
+    if not found:
+        return None, None
+    if len(found) > 1:
+        raise ValueError(f"tiled_infonce_loss: anchors/positives/negatives are sharded differently {found}; "
+                         "shard all of them the same way along the batch.")
+    mesh, axis = found.pop()
+    if isinstance(axis, tuple):
+        if len(axis) != 1:
+            raise ValueError(f"tiled_infonce_loss: batch sharded over several mesh axes {axis}; call it inside "
+                             "jax.shard_map with one axis_name instead.")
+        axis = axis[0]
+    return mesh, axis
+
+
 def _pad_rows(x: jax.Array, tile: int) -> jax.Array:
     pad = (-x.shape[0]) % tile
     return jnp.pad(x, ((0, pad), (0, 0))) if pad else x
@@ -392,6 +426,18 @@ def tiled_infonce_loss(anchors: jax.Array, positives: jax.Array, negatives: jax.
                             *(() if negatives is None else (negatives.dtype,)))
     b, d = anchors.shape
     k = 0 if negatives is None else negatives.shape[1]
+    if axis_name is None:
+        mesh, axis = _explicit_batch_axis(anchors, positives, negatives)
+        if axis is not None:
+            spec = jax.sharding.PartitionSpec(axis)
+            local = functools.partial(tiled_infonce_loss, temperature=temperature, symmetric=symmetric,
+                                      hard_negative_weight=hard_negative_weight, axis_name=axis,
+                                      tile_size=tile_size)
+            if negatives is None:
+                return jax.shard_map(lambda a, p: local(a, p), mesh=mesh, in_specs=(spec, spec),
+                                     out_specs=jax.sharding.PartitionSpec())(anchors, positives)
+            return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec),
+                                 out_specs=jax.sharding.PartitionSpec())(anchors, positives, negatives)
     a = _l2_normalize(anchors.astype(dtype))
     p = _l2_normalize(positives.astype(dtype))
     n = (_match_vma(jnp.zeros((0, d), dtype), a) if negatives is None
