@@ -3,6 +3,8 @@
     sentjax eval sts --model DIR [--data stsb-en-dev|FILE|DIR] [--format auto|stsb|stsbenchmark|sick|senteval]
     sentjax eval senteval --model DIR [--root DIR] [--years STS12,STS13]
     sentjax eval tatoeba --model DIR --langs deu,fra
+    sentjax train --config experiments/simcse_unsup.py [--config.key=value ...] [--resume]
+    sentjax demo [--workdir DIR] [--config.key=value ...]
 
 Adding a command: write ``def add_<name>(sub) -> None`` that creates its parser with
 ``sub.add_parser(...)`` and sets ``func=<callable(args) -> int>``, then list it in ``COMMANDS``.
@@ -129,8 +131,39 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         task.add_argument("--json", action="store_true", help="print the full result as JSON")
 
 
+# ----------------------------------------------------------------------------- train / demo
+# These forward their raw arguments to their own parser (``--config.a.b=v`` overrides are open-ended
+# and validated against the config), so they are listed here for ``--help`` and run from
+# ``PASSTHROUGH``.
+
+
+def _train_main(argv: list[str]) -> int:
+    from sentjax.train.train import main as train_main
+    return train_main(argv)
+
+
+def _demo_main(argv: list[str]) -> int:
+    from sentjax.train.demo import main as demo_main
+    return demo_main(argv)
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    sub.add_parser("train", add_help=False,
+                   help="train from a config: --config FILE [--config.key=value ...] [--resume]")
+
+
+def add_demo(sub: argparse._SubParsersAction) -> None:
+    sub.add_parser("demo", add_help=False,
+                   help="a few minutes of supervised SimCSE from all-MiniLM-L6-v2 on bundled NLI data "
+                        "(STS-B dev before/after, exported model)")
+
+
+PASSTHROUGH: dict[str, Callable[[list[str]], int]] = {"train": _train_main, "demo": _demo_main}
+
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "eval": add_eval,
+    "train": add_train,
+    "demo": add_demo,
 }
 
 
@@ -144,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sentjax`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSTHROUGH:
+        return int(PASSTHROUGH[argv[0]](argv[1:]) or 0)
     args = build_parser().parse_args(argv)
     if getattr(args, "batch_size", 1) < 1:
         print(f"error: --batch-size must be >= 1, got {args.batch_size}.", file=sys.stderr)

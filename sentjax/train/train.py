@@ -335,20 +335,34 @@ def train(c: ml_collections.ConfigDict, resume: bool = False, progress: bool = T
     if is_main and progress:
         from tqdm import tqdm
         bar = tqdm(total=c.total_steps, initial=start, desc="train", dynamic_ncols=True, file=sys.stdout)
-    t0, n0 = time.perf_counter(), start
+    # pairs/s is timed from the end of the first step of this process: that step compiles.
+    t0, n0 = None, start
     metrics = {}
+    window, window_n = None, 0  # device-side sums of the metrics since the last log line
     hang = os.environ.get("SENTJAX_TEST_HANG_AFTER_CHECKPOINT")  # test hook: freeze to be killed
     for s in range(start, c.total_steps):
         batch = global_batch(pipeline.batch(s), mesh)
         state, m = train_step(state, batch, step_lib.step_rng(state["rng"], s))
         step = s + 1
+        if t0 is None:
+            jax.block_until_ready(state)
+            t0, n0 = time.perf_counter(), step
+        window = m if window is None else jax.tree.map(jnp.add, window, m)
+        window_n += 1
         if step % c.log_every == 0 or step == c.total_steps:
-            metrics = {k: float(v) for k, v in step_lib.to_host(m).items()}
-            dt = time.perf_counter() - t0
-            metrics["pairs_per_s"] = (step - n0) * c.batch_size / max(dt, 1e-9)
+            # logged metrics are means over the steps since the last log (one batch is noisy)
+            metrics = {k: float(v) / window_n for k, v in step_lib.to_host(window).items()}
+            window, window_n = None, 0
+            if "lr" in m:
+                metrics["lr"] = float(step_lib.to_host(m["lr"]))  # the current rate, not a mean
+            if step > n0:
+                metrics["pairs_per_s"] = (step - n0) * c.batch_size / max(time.perf_counter() - t0, 1e-9)
             log(step, metrics)
             if bar is not None:
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}", pairs_s=f"{metrics['pairs_per_s']:.1f}")
+                shown = {"loss": f"{metrics['loss']:.4f}"}
+                if "pairs_per_s" in metrics:
+                    shown["pairs_s"] = f"{metrics['pairs_per_s']:.1f}"
+                bar.set_postfix(**shown)
         if bar is not None:
             bar.update(1)
         ev = evaluate(step) if sts is not None and (step % c.eval.every_steps == 0 or step == c.total_steps) else {}
@@ -392,6 +406,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     [--coordinator HOST:PORT --num_processes N --process_id I]``."""
     import argparse
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(main.__doc__.strip().replace("``", ""))
+        print("  Overrides: any key of the config, e.g. --config.batch_size=128 --config.optim.lr=1e-4;\n"
+              "  an unknown key is an error listing the valid ones. See docs/training.md.")
+        return 0 if argv else 2
     try:
         cfg, rest = config_cli.parse_config_args(argv)
     except config_cli.ConfigError as e:
