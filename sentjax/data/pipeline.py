@@ -22,7 +22,6 @@ Sources (``kind`` says which text fields an example has):
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import os
 from typing import Any, Sequence
@@ -30,6 +29,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from sentjax.data import readers
 from sentjax.tokenization import bucket_length
 
 KIND_FIELDS = {
@@ -37,11 +37,11 @@ KIND_FIELDS = {
     "triplets": ("anchor", "positive", "negative"), "sts": ("anchor", "positive"),
     "nli": ("anchor", "positive"),
 }
-NLI_LABELS = {"entailment": 0, "neutral": 1, "contradiction": 2}
+NLI_LABELS = readers.NLI_LABELS
 
 
-class DataError(ValueError):
-    """A data source that is missing, empty or malformed."""
+class DataError(readers.DataFormatError):
+    """A data source that is missing, empty or malformed (a ``readers.DataFormatError``)."""
 
 
 @dataclasses.dataclass
@@ -76,100 +76,150 @@ class Source:
         return KIND_FIELDS[self.kind]
 
 
-# ----------------------------------------------------------------------------- readers
+# ----------------------------------------------------------------------------- sources
+# File parsing lives in ``sentjax.data.readers`` (one reader per format); this section only maps
+# their records to ``Source`` columns. The headed TSVs below (SimCSE's ``sent0 sent1 hard_neg``,
+# ``sentence1 sentence2 [score]``) are the one format readers.py does not cover.
 
-def _need_file(path: str) -> str:
-    if not os.path.isfile(path):
-        raise DataError(f"Data file {path!r} does not exist; check the path in "
-                        "--config.data.datasets (specs look like 'text:/path/sentences.txt').")
-    return path
+
+def _reader_errors(fn, *args):
+    """Calls a readers.py function, turning its errors into DataError with the same message."""
+    try:
+        return fn(*args)
+    except readers.DataFormatError as e:
+        raise DataError(str(e)) from e
+    except FileNotFoundError as e:
+        raise DataError(f"{e} (data specs look like 'text:/path/sentences.txt'; see "
+                        "--config.data.datasets).") from e
 
 
 def read_text(path: str, name: str | None = None) -> Source:
-    """One sentence per line (blank lines skipped)."""
-    with open(_need_file(path), encoding="utf-8") as f:
-        lines = [ln.strip() for ln in f]
-    return Source(name or path, "text", {"anchor": [ln for ln in lines if ln]})
-
-
-def _read_tsv(path: str) -> tuple[list[str], list[list[str]]]:
-    with open(_need_file(path), encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    if not rows:
-        raise DataError(f"Dataset {path!r} is empty (no header row).")
-    return rows[0], rows[1:]
-
-
-def _cols(path: str, header: list[str], rows: list[list[str]], names: Sequence[str]) -> list[list[str]]:
-    missing = [c for c in names if c not in header]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; its header is {header}.")
-    idx = [header.index(c) for c in names]
-    return [[r[i] for r in rows if len(r) == len(header)] for i in idx]
+    """One sentence per line (``.gz`` ok, blank lines skipped): ``readers.read_lines``."""
+    return Source(name or path, "text", {"anchor": _reader_errors(readers.read_lines, path)})
 
 
 def read_tsv(path: str, kind: str, name: str | None = None) -> Source:
-    """TSV with a header. Columns: pairs/parallel ``sentence1 sentence2``; triplets
-    ``sent0 sent1 hard_neg`` (SimCSE's file); sts ``sentence1 sentence2 score`` (0..5, scaled to
-    0..1); nli ``premise hypothesis label`` (entailment/neutral/contradiction or 0/1/2)."""
-    header, rows = _read_tsv(path)
-    if kind in ("pairs", "parallel"):
-        a, p = _cols(path, header, rows, ["sentence1", "sentence2"])
-        cols = {"anchor": a, "positive": p}
-    elif kind == "triplets":
-        a, p, n = _cols(path, header, rows, ["sent0", "sent1", "hard_neg"])
-        cols = {"anchor": a, "positive": p, "negative": n}
-    elif kind == "sts":
-        a, p, s = _cols(path, header, rows, ["sentence1", "sentence2", "score"])
-        cols = {"anchor": a, "positive": p, "score": np.asarray(s, np.float32) / 5.0}
-    elif kind == "nli":
-        a, p, lab = _cols(path, header, rows, ["premise", "hypothesis", "label"])
-        labels = [NLI_LABELS.get(x, int(x) if x.lstrip("-").isdigit() else -1) for x in lab]
-        keep = [i for i, x in enumerate(labels) if x in (0, 1, 2)]  # SNLI's "-" = no gold label
-        cols = {"anchor": [a[i] for i in keep], "positive": [p[i] for i in keep],
-                "label": np.asarray([labels[i] for i in keep], np.int32)}
-    else:
-        raise DataError(f"read_tsv cannot read kind {kind!r}.")
-    return Source(name or path, kind, cols)
+    """A TSV with a header row (``.gz`` ok). Columns: pairs/parallel ``sentence1 sentence2``;
+    triplets ``sent0 sent1 hard_neg`` (SimCSE's file); sts ``sentence1 sentence2 score`` (0..5,
+    scaled to 0..1); nli ``sentence1 sentence2 gold_label`` or ``premise hypothesis label``
+    (``readers.read_nli_tsv``; labels entailment/neutral/contradiction -> 0/1/2, '-' skipped)."""
+    if kind == "nli":
+        pairs = _reader_errors(readers.read_nli_tsv, path)
+        return Source(name or path, "nli", {"anchor": pairs.premises, "positive": pairs.hypotheses,
+                                            "label": pairs.label_ids})
+    names = {"pairs": ["sentence1", "sentence2"], "parallel": ["sentence1", "sentence2"],
+             "triplets": ["sent0", "sent1", "hard_neg"], "sts": ["sentence1", "sentence2", "score"]}
+    if kind not in names:
+        raise DataError(f"read_tsv cannot read kind {kind!r}; use one of {sorted(names) + ['nli']}.")
+    text = _reader_errors(readers.read_text, path, f"{kind} TSV")
+    lines = [ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")]
+    header = lines[0].split("\t")
+    missing = [c for c in names[kind] if c not in header]
+    if missing:
+        raise DataError(f"{path}, line 1: missing column(s) {missing}; its header is {header}, expected a "
+                        f"tab-separated header with {names[kind]} for kind {kind!r}.")
+    idx = [header.index(c) for c in names[kind]]
+    cols: list[list[str]] = [[] for _ in idx]
+    for ln, line in enumerate(lines[1:], 2):
+        if not line.strip():
+            continue
+        row = line.split("\t")
+        if len(row) != len(header):
+            raise DataError(f"{path}, line {ln}: {len(row)} tab-separated columns, the header has "
+                            f"{len(header)}; sentences must not contain tabs.")
+        for c, i in zip(cols, idx):
+            c.append(row[i])
+    fields = ["anchor", "positive", "negative"] if kind == "triplets" else ["anchor", "positive"]
+    out: dict[str, Any] = dict(zip(fields, cols))
+    if kind == "sts":
+        try:
+            out["score"] = np.asarray(cols[2], np.float32) / 5.0
+        except ValueError as e:
+            raise DataError(f"{path}: a score is not a number ({e}); scores are 0..5.") from e
+    return Source(name or path, kind, out)
+
+
+def read_sts(path: str, name: str | None = None) -> Source:
+    """Scored pairs, scores scaled to [0, 1]: a headed TSV (``read_tsv``) or any format of
+    ``readers.resolve_sts_data`` (STS-B multi-mt CSV, SentEval STS-B, SICK, or a bundled name
+    like ``stsb-en-train``). STS-B scores 0..5 -> s / 5; SICK relatedness 1..5 -> (s - 1) / 4."""
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head != b"\x1f\x8b":
+            first = _reader_errors(readers.read_text, path, "STS").split("\n", 1)[0].split("\t")
+            senteval = len(first) >= 7 and first[4].replace(".", "", 1).isdigit()
+            if len(first) > 1 and not senteval and "sentence_A" not in first:
+                return read_tsv(path, "sts", name)  # headed TSV (tab-separated, not SentEval / SICK)
+    resolved, fmt = _reader_errors(readers.resolve_sts_data, path)
+    read = {"stsb": readers.read_sts_csv, "stsbenchmark": readers.read_stsbenchmark_senteval,
+            "sick": readers.read_sick}.get(fmt)
+    if read is None:
+        raise DataError(f"{path}: STS format {fmt!r} is an evaluation set (SentEval years), not training "
+                        "data; use an STS-B / SICK file.")
+    pairs = _reader_errors(read, resolved)
+    scores = (pairs.scores - 1.0) / 4.0 if fmt == "sick" else pairs.scores / 5.0
+    return Source(name or path, "sts", {"anchor": pairs.sentences1, "positive": pairs.sentences2,
+                                        "score": np.asarray(scores, np.float32)})
+
+
+def read_parallel(spec: str, name: str | None = None) -> Source:
+    """Translation pairs: ``SRC_FILE|TGT_FILE`` (line-aligned, ``readers.read_parallel``) or a
+    headed ``sentence1 sentence2`` TSV."""
+    if "|" in spec:
+        src, tgt = (_bundled_path(p) for p in spec.split("|", 1))
+        par = _reader_errors(readers.read_parallel, src, tgt)
+        return Source(name or spec, "parallel", {"anchor": par.src, "positive": par.tgt})
+    return read_tsv(spec, "parallel", name)
 
 
 def nli_to_triplets(nli: Source) -> Source:
-    """SimCSE supervised data (Gao et al., 2021): (premise, entailment, contradiction) for
-    every premise that has both an entailment and a contradiction hypothesis."""
-    ent, con = {}, {}
-    for a, p, lab in zip(nli.columns["anchor"], nli.columns["positive"], nli.columns["label"]):
-        if lab == 0:
-            ent.setdefault(a, p)
-        elif lab == 2:
-            con.setdefault(a, p)
-    prem = [a for a in ent if a in con]
+    """SimCSE supervised data (Gao et al., 2021) from NLI pairs: ``readers.nli_triplets``
+    ((premise, entailment, contradiction); the k-th entailment with the k-th contradiction)."""
+    names = {v: k for k, v in NLI_LABELS.items()}
+    pairs = readers.NLIPairs(list(nli.columns["anchor"]), list(nli.columns["positive"]),
+                             [names[int(x)] for x in nli.columns["label"]], name=nli.name)
+    tri = readers.nli_triplets(pairs)
     return Source(f"{nli.name}:triplets", "triplets",
-                  {"anchor": prem, "positive": [ent[a] for a in prem], "negative": [con[a] for a in prem]})
+                  {"anchor": tri.anchors, "positive": tri.positives, "negative": tri.negatives})
+
+
+def _bundled_path(path: str) -> str:
+    if path.startswith("bundled/"):
+        from sentjax.data import bundled
+        return _reader_errors(bundled.path, path[len("bundled/"):])
+    return path
 
 
 def load_source(spec: str) -> Source:
-    """``kind:path`` (kind in KIND_FIELDS, or ``nli-triplets``), ``bundled:<dataset>/<file>``
-    (kind from the file) or ``tfds:<name>[:split]`` (``glue/stsb``, ``snli``, ``multi_nli``; online)."""
+    """A dataset from its spec ``kind:path``:
+
+    ``text:FILE``, ``pairs:TSV``, ``triplets:TSV``, ``nli:TSV``, ``nli-triplets:TSV`` (SimCSE
+    triplets from NLI), ``sts:FILE_OR_NAME`` (see ``read_sts``), ``parallel:SRC|TGT`` or
+    ``parallel:TSV``; a path ``bundled/<dataset>/<file>`` is a bundled file; ``tfds:<name>[:split]``
+    reads a TFDS dataset (``sentjax.data.tfds_builders``: local builders or ``glue/stsb``,
+    ``snli``, ``multi_nli``)."""
+    kinds = sorted(KIND_FIELDS) + ["nli-triplets", "tfds"]
     kind, sep, rest = spec.partition(":")
     if not sep:
-        raise DataError(f"Dataset spec {spec!r} must look like 'kind:path', kind one of "
-                        f"{sorted(KIND_FIELDS) + ['nli-triplets', 'tfds']}.")
+        raise DataError(f"Dataset spec {spec!r} must look like 'kind:path', kind one of {kinds}.")
     if kind == "tfds":
         from sentjax.data.tfds_builders import load_tfds
         return load_tfds(rest)
     if kind == "bundled":
         raise DataError("bundled:<...> specs need a kind: use e.g. 'text:bundled/<dataset>/<file>'.")
-    if rest.startswith("bundled/"):
-        from sentjax.data import bundled
-        rest = bundled.path(rest[len("bundled/"):])
+    if kind == "parallel":
+        return read_parallel(rest)
+    rest = _bundled_path(rest)
     if kind == "text":
         return read_text(rest)
+    if kind == "sts":
+        return read_sts(rest)
     if kind == "nli-triplets":
         return nli_to_triplets(read_tsv(rest, "nli"))
     if kind in KIND_FIELDS:
         return read_tsv(rest, kind)
-    raise DataError(f"Unknown dataset kind {kind!r} in {spec!r}; use one of "
-                    f"{sorted(KIND_FIELDS) + ['nli-triplets', 'tfds']}.")
+    raise DataError(f"Unknown dataset kind {kind!r} in {spec!r}; use one of {kinds}.")
 
 
 # ----------------------------------------------------------------------------- order
