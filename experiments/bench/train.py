@@ -1,0 +1,176 @@
+"""Training throughput: sentjax InfoNCE steps vs sentence-transformers on the frozen sentences.
+
+Workload (issue 3/4): all-MiniLM-L6-v2, max length 32, positive = the same sentence (unsupervised
+SimCSE: the two views differ by dropout), InfoNCE with temperature 0.05 (= sentence-transformers'
+MultipleNegativesRankingLoss scale 20), AdamW lr 2e-5. Each engine runs in its own process (own
+peak RSS), 2 threads; time = median step time after --warmup steps (the first includes jit).
+
+  python experiments/bench/train.py                       # batch 64: ST MNRL vs sentjax, 1 vs 8 devices
+  python experiments/bench/train.py --gradcache           # + batch 512/4096, cached and uncached
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+MAX_LEN, LR, TEMP = 32, 2e-5, 0.05
+
+
+def _batches(texts, batch, steps):
+    n = len(texts)
+    for s in range(steps):
+        yield [texts[(s * batch + i) % n] for i in range(batch)]
+
+
+def child_st(batch: int, steps: int, warmup: int, cached: int) -> dict:
+    import torch
+    torch.set_num_threads(2)
+    from sentence_transformers import SentenceTransformer, losses
+    from sentjax.testing import minilm_dir
+    model = SentenceTransformer(minilm_dir(), device="cpu")
+    model.max_seq_length = MAX_LEN
+    model.train()
+    loss_fn = (losses.CachedMultipleNegativesRankingLoss(model, scale=1 / TEMP, mini_batch_size=cached)
+               if cached else losses.MultipleNegativesRankingLoss(model, scale=1 / TEMP))
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, fused=True)
+    texts = common.read_sentences()
+    times = []
+    for i, b in enumerate(_batches(texts, batch, warmup + steps)):
+        t = time.perf_counter()
+        # Fresh features every step: sentence-transformers writes outputs into the dict it is given.
+        feats = [model.tokenize(b), model.tokenize(b)]
+        loss = loss_fn(feats, None)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t)
+    sec = statistics.median(times[warmup:])
+    return {"seconds_per_step": sec, "pairs_per_s": batch / sec, "peak_rss_mib": common.peak_rss_mib(),
+            "loss": float(loss)}
+
+
+def child_sentjax(batch: int, steps: int, warmup: int, cached: int, devices: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    import sentjax
+    from sentjax.losses import make_column_loss
+    from sentjax.models.sentence_model import embed_fn
+    from sentjax.parallel.global_grads import make_grad_fn
+    from sentjax.testing import minilm_dir
+    model = sentjax.load(minilm_dir(), max_length=MAX_LEN)
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    mesh = jax.make_mesh((devices,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
+    rows, rep = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+    grad_fn = make_grad_fn(embed_fn(model.module), make_column_loss("infonce", temperature=TEMP),
+                           mesh=mesh, backend="shard_map", gradcache_chunk=cached or None)
+    tx = optax.adamw(LR)
+
+    @jax.jit
+    def step(params, opt_state, columns, rng):
+        (loss, metrics), grads = grad_fn(params, columns, rng)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    params = jax.device_put(model.params, rep)
+    opt_state = jax.device_put(tx.init(params), rep)
+    texts = common.read_sentences()
+    times, tokens_real = [], 0
+    key = jax.random.key(0)
+    for i, b in enumerate(_batches(texts, batch, warmup + steps)):
+        t = time.perf_counter()
+        tok = model.tokenizer(b, length=MAX_LEN)  # pad to 32 like the peer (one compiled shape)
+        tok = {k: v for k, v in tok.items() if k != "token_type_ids"}
+        tok = jax.device_put(tok, rows)
+        columns = {"anchor": tok, "positive": tok}
+        params, opt_state, loss = step(params, opt_state, columns, jax.random.fold_in(key, i))
+        loss.block_until_ready()
+        times.append(time.perf_counter() - t)
+        if i >= warmup:
+            tokens_real += int(tok["attention_mask"].sum())
+    sec = statistics.median(times[warmup:])
+    return {"seconds_per_step": sec, "pairs_per_s": batch / sec, "peak_rss_mib": common.peak_rss_mib(),
+            "loss": float(loss), "compile_s": times[0] - sec,
+            "real_tokens_per_step": tokens_real / steps}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--cached", type=int, default=0, help="GradCache mini-batch (0: off)")
+    p.add_argument("--devices", type=int, default=1)
+    p.add_argument("--gradcache", action="store_true", help="also batches 512 and 4096")
+    p.add_argument("--out", default=None)
+    a = p.parse_args()
+    if a.child == "st":
+        print(json.dumps(child_st(a.batch, a.steps, a.warmup, a.cached)))
+        return
+    if a.child == "sentjax":
+        print(json.dumps(child_sentjax(a.batch, a.steps, a.warmup, a.cached, a.devices)))
+        return
+
+    np_rate = common.numpy_matmul_gflops()
+    cases = [("sentence-transformers MNRL", "st", 64, 0, 1),
+             ("sentjax InfoNCE", "sentjax", 64, 0, 1),
+             ("sentjax InfoNCE, 8 fake devices", "sentjax", 64, 0, 8)]
+    if a.gradcache:
+        cases += [("sentence-transformers CachedMNRL (mini 64)", "st", 1024, 64, 1),
+                  ("sentjax InfoNCE", "sentjax", 512, 0, 1),
+                  ("sentjax InfoNCE + GradCache (chunk 64)", "sentjax", 512, 64, 1),
+                  ("sentjax InfoNCE + GradCache (chunk 64)", "sentjax", 4096, 64, 1)]
+    rows = []
+    for name, engine, batch, cached, devices in cases:
+        args = [engine, "--batch", str(batch), "--cached", str(cached), "--devices", str(devices),
+                "--steps", str(a.steps if batch <= 512 else 1), "--warmup", str(a.warmup)]
+        env_flags = os.environ.get("XLA_FLAGS", "")
+        if devices > 1:
+            os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        try:
+            r = common.run_child(__file__, args)
+        except RuntimeError as e:
+            r = {"error": str(e).splitlines()[-1][:120]}
+        finally:
+            os.environ["XLA_FLAGS"] = env_flags
+        rows.append((name, batch, cached, devices, r))
+        print(name, batch, r, flush=True)
+    peer64 = rows[0][4].get("pairs_per_s")
+    lines = ["# Training benchmark: sentjax vs sentence-transformers", "",
+             f"Command: `python experiments/bench/train.py{' --gradcache' if a.gradcache else ''} --steps {a.steps}`  ",
+             f"Workload: all-MiniLM-L6-v2, max length {MAX_LEN} (every batch padded to {MAX_LEN}), positive = same "
+             f"sentence (dropout views), temperature {TEMP} / scale {1 / TEMP:.0f}, AdamW {LR}; "
+             "sentences from experiments/bench/sentences-2048.txt.  ",
+             f"Machine: {json.dumps(common.machine())}; numpy float32 matmul {np_rate:.1f} GFLOP/s.  ",
+             "Utilisation = 3 x forward FLOPs of both columns on real tokens / step time / numpy matmul rate.", "",
+             "| engine | batch | cache mini-batch | devices | pairs/s | ratio vs ST batch 64 | s/step | peak RSS MiB | utilisation |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, batch, cached, devices, r in rows:
+        if "error" in r:
+            lines.append(f"| {name} | {batch} | {cached or '-'} | {devices} | failed: {r['error']} | | | | |")
+            continue
+        util = ""
+        if "real_tokens_per_step" in r:
+            mean_len = r["real_tokens_per_step"] / batch
+            flops = 3 * 2 * batch * common.bert_flops_per_sentence(int(round(mean_len)))
+            util = f"{flops / r['seconds_per_step'] / (np_rate * 1e9):.0%}"
+        lines.append(f"| {name} | {batch} | {cached or '-'} | {devices} | {r['pairs_per_s']:.1f} | "
+                     f"{r['pairs_per_s'] / peer64:.2f} | {r['seconds_per_step']:.2f} | {r['peak_rss_mib']:.0f} | {util} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out = a.out or os.path.join(common.HERE, "results", "train.md")
+    with open(out, "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
