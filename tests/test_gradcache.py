@@ -1,0 +1,102 @@
+"""GradCache and the gradient engine on objectives with heads and pass-through columns.
+
+A toy bag-of-embeddings encoder with dropout (cheap to compile) stands in for BERT here; the
+BERT-based equivalence matrix is in test_parallel_grads.py. Each case compares 8 devices (with
+and without GradCache, shard_map and pmap) with a single-device gradient written directly.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sentjax.losses import (cosent_loss, cosine_loss, distill_loss, init_softmax_head, make_column_loss,
+                            softmax_loss)
+from sentjax.parallel import make_grad_fn, make_mesh
+from sentjax.parallel.dropout_keys import row_keys
+
+B, L, V, D = 16, 6, 50, 8
+
+
+def toy_embed(params, tokens, rng):
+    """Masked mean of token embeddings -> tanh(dense); dropout (p=0.2) on the pooled vector."""
+    e = params["model"]["emb"][tokens["input_ids"]]
+    m = tokens["attention_mask"][..., None].astype(jnp.float32)
+    h = jnp.sum(e * m, 1) / jnp.maximum(jnp.sum(m, 1), 1.0)
+    if rng is not None:
+        keep = jax.random.bernoulli(rng, 0.8, h.shape)
+        h = jnp.where(keep, h / 0.8, 0.0)
+    return jnp.tanh(h @ params["model"]["w"])
+
+
+@functools.lru_cache(maxsize=None)
+def data():
+    rng = np.random.default_rng(0)
+
+    def tokens(n):
+        mask = (np.arange(L)[None] < rng.integers(2, L + 1, n)[:, None]).astype(np.int32)
+        return {"input_ids": jnp.asarray(rng.integers(1, V, (n, L)) * mask, jnp.int32),
+                "attention_mask": jnp.asarray(mask)}
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    params = {"model": {"emb": jax.random.normal(k1, (V, D)), "w": jax.random.normal(k2, (D, D)) / 3},
+              "head": init_softmax_head(k3, D, 3)}
+    cols = {"anchor": tokens(B), "positive": tokens(B),
+            "label": jnp.asarray(rng.integers(0, 3, B), jnp.int32),
+            "score": jnp.asarray(rng.uniform(0, 5, B), jnp.float32),
+            "teacher": jnp.asarray(rng.standard_normal((B, D)), jnp.float32)}
+    return params, cols
+
+
+OBJECTIVES = {  # name -> (column loss, direct single-device loss of (params, u, v, cols))
+    "softmax": (make_column_loss("softmax"),
+                lambda p, u, v, c: softmax_loss(p["head"], u, v, c["label"])[0]),
+    "cosine": (make_column_loss("cosine"), lambda p, u, v, c: cosine_loss(u, v, c["score"])[0]),
+    "cosent": (make_column_loss("cosent"), lambda p, u, v, c: cosent_loss(u, v, c["score"])[0]),
+    "distill": (make_column_loss("distill"), lambda p, u, v, c: distill_loss(u, v, c["teacher"])[0]),
+}
+
+
+def reference(name, params, cols, rng):
+    """Single device, written directly: per-row dropout keys as documented in dropout_keys."""
+    def emb(p, column):
+        if rng is None:
+            return toy_embed(p, cols[column], None)
+        keys = row_keys(rng, column, 0, B)
+        return jax.vmap(lambda t, k: toy_embed(p, jax.tree.map(lambda x: x[None], t), k)[0])(cols[column], keys)
+    return jax.value_and_grad(lambda p: OBJECTIVES[name][1](p, emb(p, "anchor"), emb(p, "positive"), cols))(params)
+
+
+def rel_err(got, want):
+    return max(jax.tree.leaves(jax.tree.map(
+        lambda g, w: float(jnp.max(jnp.abs(g - w)) / jnp.maximum(jnp.max(jnp.abs(w)), 1e-30)), got, want)))
+
+
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+def test_objectives_eight_devices_gradcache_equal_single_device(name):
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 (fake) devices")
+    params, cols = data()
+    rng = jax.random.key(3)
+    want_loss, want = jax.jit(functools.partial(reference, name), static_argnums=())(params, cols, rng)
+    mesh = make_mesh(8)
+    for backend, chunk in (("shard_map", None), ("shard_map", 1), ("pmap", 2), ("none", 4)):
+        f = make_grad_fn(toy_embed, OBJECTIVES[name][0], mesh=mesh, backend=backend, gradcache_chunk=chunk)
+        (loss, metrics), grads = (f if backend == "pmap" else jax.jit(f))(params, cols, rng)
+        assert float(loss) == pytest.approx(float(want_loss), rel=1e-5), (backend, chunk)
+        assert rel_err(grads, want) < 1e-5, (backend, chunk)
+        if name == "softmax":  # the head receives its gradient too (the direct term in GradCache)
+            assert float(jnp.max(jnp.abs(grads["head"]["kernel"]))) > 0
+
+
+def test_chunked_embeddings_use_the_same_keys_as_the_whole_batch():
+    """Pass 1 / pass 2 of GradCache embed chunk by chunk; per-row keys make that the whole-batch result."""
+    params, cols = data()
+    from sentjax.parallel.dropout_keys import embed_column
+    rng = jax.random.key(5)
+    whole = embed_column(toy_embed, params, cols["anchor"], rng, "anchor", 0)
+    parts = [embed_column(toy_embed, params, jax.tree.map(lambda x: x[i:i + 4], cols["anchor"]), rng, "anchor", i)
+             for i in range(0, B, 4)]
+    np.testing.assert_array_equal(np.asarray(whole), np.concatenate([np.asarray(p) for p in parts]))
+    other = embed_column(toy_embed, params, cols["anchor"], rng, "positive", 0)
+    assert float(jnp.max(jnp.abs(other - whole))) > 1e-3  # another column draws other masks
