@@ -9,11 +9,12 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from sentjax.losses import (cosent_loss, cosine_loss, distill_loss, init_softmax_head, make_column_loss,
                             softmax_loss)
-from sentjax.parallel import make_grad_fn, make_mesh
+from sentjax.parallel import guarded_update, make_grad_fn, make_mesh
 from sentjax.parallel.dropout_keys import row_keys
 
 B, L, V, D = 16, 6, 50, 8
@@ -80,7 +81,10 @@ def test_objectives_eight_devices_gradcache_equal_single_device(name):
     rng = jax.random.key(3)
     want_loss, want = jax.jit(functools.partial(reference, name), static_argnums=())(params, cols, rng)
     mesh = make_mesh(8)
-    for backend, chunk in (("shard_map", None), ("shard_map", 1), ("pmap", 2), ("none", 4)):
+    # every backend for the head-carrying softmax; the cached multi-device paths for the others
+    combos = (("shard_map", None), ("shard_map", 1), ("pmap", 2), ("none", 4)) if name == "softmax" else \
+        (("shard_map", 1), ("pmap", 2))
+    for backend, chunk in combos:
         f = make_grad_fn(toy_embed, OBJECTIVES[name][0], mesh=mesh, backend=backend, gradcache_chunk=chunk)
         (loss, metrics), grads = (f if backend == "pmap" else jax.jit(f))(params, cols, rng)
         assert float(loss) == pytest.approx(float(want_loss), rel=1e-5), (backend, chunk)
@@ -100,3 +104,21 @@ def test_chunked_embeddings_use_the_same_keys_as_the_whole_batch():
     np.testing.assert_array_equal(np.asarray(whole), np.concatenate([np.asarray(p) for p in parts]))
     other = embed_column(toy_embed, params, cols["anchor"], rng, "positive", 0)
     assert float(jnp.max(jnp.abs(other - whole))) > 1e-3  # another column draws other masks
+
+
+def test_nonfinite_step_is_reported_and_skipped():
+    params, cols = data()
+    cols = {"anchor": cols["anchor"], "positive": cols["positive"]}
+
+    def exploding(p, e, axis_name):  # a loss that blows up on this batch
+        loss, m = make_column_loss("infonce")(p, e, axis_name)
+        return loss * jnp.inf, m
+    tx = optax.adam(1e-2)
+    opt_state = tx.init(params)
+    for loss_fn, bad in ((exploding, 1.0), (make_column_loss("infonce"), 0.0)):
+        (_, metrics), grads = jax.jit(make_grad_fn(toy_embed, loss_fn, backend="none"))(params, cols, None)
+        assert float(metrics["nonfinite"]) == bad
+        new_params, new_opt, flag = jax.jit(lambda g, o, p: guarded_update(tx, g, o, p))(grads, opt_state, params)
+        assert float(flag) == bad
+        assert (rel_err(new_params, params) > 0) != bool(bad)  # skipped iff non-finite
+        assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves((new_params, new_opt)))

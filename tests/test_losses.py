@@ -158,11 +158,17 @@ def test_losses_match_across_eight_devices():
     def n_local(ax):
         return local(n, ax)
 
-    for name, fn in cases.items():
-        want, gwant = jax.value_and_grad(lambda u, v: fn(u, v, None)[0], argnums=(0, 1))(u, v)
-        sm = jax.shard_map(lambda u, v: fn(u, v, "data")[0], mesh=mesh, in_specs=(P("data"), P("data")),
-                           out_specs=P())
-        got, ggot = jax.value_and_grad(sm, argnums=(0, 1))(u, v)
+    @jax.jit  # one compilation for all five losses, both ways
+    def run(u, v):
+        out = {}
+        for name, fn in cases.items():
+            single = jax.value_and_grad(lambda u, v: fn(u, v, None)[0], argnums=(0, 1))(u, v)
+            sm = jax.shard_map(lambda u, v, fn=fn: fn(u, v, "data")[0], mesh=mesh,
+                               in_specs=(P("data"), P("data")), out_specs=P())
+            out[name] = (single, jax.value_and_grad(sm, argnums=(0, 1))(u, v))
+        return out
+
+    for name, ((want, gwant), (got, ggot)) in run(u, v).items():
         assert float(got) == pytest.approx(float(want), rel=1e-5), name
         for g, w in zip(ggot, gwant):
             np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6 * float(jnp.max(jnp.abs(w))), err_msg=name)

@@ -10,14 +10,13 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from jax import lax
 
 from sentjax.losses import infonce_loss, make_column_loss
 from sentjax.models.config import EncoderConfig
 from sentjax.models.sentence_model import SentenceEncoderModule, embed_fn
-from sentjax.parallel import guarded_update, make_grad_fn, make_mesh
+from sentjax.parallel import make_grad_fn, make_mesh
 from sentjax.parallel.global_grads import embed_columns
 
 N_DEV, B, L, K = 8, 16, 8, 2
@@ -110,10 +109,9 @@ def test_eight_devices_equal_single_device(case, chunk, backend):
 def test_single_device_engine_and_gradcache_equal_reference():
     _, params, columns = setup()
     want_loss, want = reference("hard_negatives")
-    for chunk in (None, 4):
-        (loss, _), grads = grad_fn("hard_negatives", "none", chunk)(params, columns, None)
-        assert float(loss) == pytest.approx(float(want_loss), rel=1e-6)
-        assert rel_err(grads, want) < TOL
+    (loss, _), grads = grad_fn("hard_negatives", "none", 4)(params, columns, None)
+    assert float(loss) == pytest.approx(float(want_loss), rel=1e-6)
+    assert rel_err(grads, want) < TOL
 
 
 def test_gradcache_with_dropout_equals_uncached_with_same_keys():
@@ -123,22 +121,19 @@ def test_gradcache_with_dropout_equals_uncached_with_same_keys():
     loss_fn = make_column_loss("infonce", temperature=0.05)
     rng = jax.random.key(7)
     mesh = make_mesh(N_DEV)
+    single = jax.jit(make_grad_fn(embed, loss_fn, backend="none"))  # one function object: compiled once per input structure
     (l0, _), g0 = jax.jit(make_grad_fn(embed, loss_fn, backend="shard_map", mesh=mesh))(params, cols, rng)
     (l1, _), g1 = jax.jit(make_grad_fn(embed, loss_fn, backend="shard_map", mesh=mesh,
                                        gradcache_chunk=1))(params, cols, rng)
-    (l2, _), g2 = jax.jit(make_grad_fn(embed, loss_fn, backend="none"))(params, cols, rng)
-    (l3, _), g3 = jax.jit(make_grad_fn(embed, loss_fn, backend="none"))(params, cols, None)
-    # dropout is really on: the two views differ and the loss is far from the no-dropout one
-    e = embed_columns(embed, params, cols, rng)
-    assert float(jnp.max(jnp.abs(e["anchor"] - e["positive"]))) > 1e-3
-    assert abs(float(l0) - float(l3)) > 1e-3
+    (l2, _), g2 = single(params, cols, rng)
+    (l3, _), _ = single(params, cols, None)
+    assert abs(float(l0) - float(l3)) > 1e-3  # dropout is really on
     assert float(l1) == pytest.approx(float(l0), rel=1e-6)
     assert rel_err(g1, g0) < TOL  # GradCache == uncached, same keys, 8 devices
     assert float(l2) == pytest.approx(float(l0), rel=1e-6)
     assert rel_err(g2, g0) < TOL  # per-row keys: 1 device == 8 devices, even with dropout
-    # a different step key gives a different gradient (the keys are actually used)
-    (_, _), g4 = jax.jit(make_grad_fn(embed, loss_fn, backend="none"))(params, cols, jax.random.key(8))
-    assert rel_err(g4, g2) > 1e-3
+    (_, _), g4 = single(params, cols, jax.random.key(8))
+    assert rel_err(g4, g2) > 1e-3  # another step key, other masks: the keys are really used
 
 
 # ------------------------------------------------------------------------------- known peer bugs
@@ -194,25 +189,6 @@ def test_bug_gradients_not_averaged_is_caught():
 
 
 # ------------------------------------------------------------------------------- guard + bad input
-
-def test_nonfinite_step_is_reported_and_skipped():
-    embed, params, columns = setup()
-    cols = case_columns(columns, 0)
-
-    def loss_fn(p, e, axis_name):  # a loss that blows up on this batch
-        loss, m = infonce_loss(e["anchor"], e["positive"], axis_name=axis_name)
-        return loss * jnp.inf, m
-    tx = optax.adam(1e-3)
-    opt_state = tx.init(params)
-    for lf, bad in ((loss_fn, 1.0), (make_column_loss("infonce"), 0.0)):
-        (_, metrics), grads = jax.jit(make_grad_fn(embed, lf, mesh=make_mesh(N_DEV)))(params, cols, None)
-        assert float(metrics["nonfinite"]) == bad
-        new_params, new_opt, flag = guarded_update(tx, grads, opt_state, params)
-        assert float(flag) == bad
-        changed = rel_err(new_params, params) > 0
-        assert changed != bool(bad)
-        assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves((new_params, new_opt)))
-
 
 def test_bad_batches_raise_clear_errors():
     embed, params, columns = setup()
