@@ -16,6 +16,15 @@ WORDS = ("a the cat dog man woman child plays runs eats sleeps sings reads ball 
          "kitchen garden loudly quietly bird fish car bike").split()
 
 
+def _atomic_write(path: str, text: str) -> None:
+    # Several processes of one multi-process test write the same workspace: never expose a
+    # half-written file to a reader.
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def write_tokenizer(path: str) -> str:
     """Whitespace WordPiece tokenizer with [PAD]=0 and BERT post-processing."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
@@ -27,9 +36,8 @@ def write_tokenizer(path: str) -> str:
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
         special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     os.makedirs(path, exist_ok=True)
-    tok.save(os.path.join(path, "tokenizer.json"))
-    with open(os.path.join(path, "vocab.txt"), "w", encoding="utf-8") as f:
-        f.write("\n".join(vocab) + "\n")
+    _atomic_write(os.path.join(path, "tokenizer.json"), tok.to_str())
+    _atomic_write(os.path.join(path, "vocab.txt"), "\n".join(vocab) + "\n")
     return path
 
 
@@ -47,19 +55,18 @@ def make_tiny_workspace(path: str, n_sentences: int = 256, seed: int = 0) -> ml_
     os.makedirs(path, exist_ok=True)
     tok_dir = write_tokenizer(os.path.join(path, "tokenizer"))
     sents = sorted({_sentence(rng) for _ in range(n_sentences * 4)})[:n_sentences]
-    with open(os.path.join(path, "sentences.txt"), "w", encoding="utf-8") as f:
-        f.write("\n".join(sents) + "\n")
-    with open(os.path.join(path, "sts.tsv"), "w", encoding="utf-8") as f:
-        f.write("sentence1\tsentence2\tscore\n")
-        for i in range(48):
-            a, b = sents[i], sents[(i * 7 + 3) % len(sents)]
-            shared = len(set(a.split()) & set(b.split()))
-            f.write(f"{a}\t{b}\t{min(5.0, shared * 1.0):.1f}\n")
+    _atomic_write(os.path.join(path, "sentences.txt"), "\n".join(sents) + "\n")
+    sts = ["sentence1\tsentence2\tscore"]
+    for i in range(48):
+        a, b = sents[i], sents[(i * 7 + 3) % len(sents)]
+        shared = len(set(a.split()) & set(b.split()))
+        sts.append(f"{a}\t{b}\t{min(5.0, shared * 1.0):.1f}")
+    _atomic_write(os.path.join(path, "sts.tsv"), "\n".join(sts) + "\n")
     labels = ["entailment", "neutral", "contradiction"]
-    with open(os.path.join(path, "nli.tsv"), "w", encoding="utf-8") as f:
-        f.write("premise\thypothesis\tlabel\n")
-        for i in range(96):
-            f.write(f"{sents[i]}\t{sents[(i + 1 + i % 3) % len(sents)]}\t{labels[i % 3]}\n")
+    nli = ["premise\thypothesis\tlabel"]
+    for i in range(96):
+        nli.append(f"{sents[i]}\t{sents[(i + 1 + i % 3) % len(sents)]}\t{labels[i % 3]}")
+    _atomic_write(os.path.join(path, "nli.tsv"), "\n".join(nli) + "\n")
     return ml_collections.ConfigDict({"tokenizer": tok_dir, "sentences": os.path.join(path, "sentences.txt"),
                                       "sts": os.path.join(path, "sts.tsv"), "nli": os.path.join(path, "nli.tsv")})
 
