@@ -52,3 +52,14 @@ def test_experiment_configs_load(name):
     cfg = config_cli.load_config_file(path)
     from sentjax.train.train import default_config
     assert set(config_cli.valid_keys(cfg)) == set(config_cli.valid_keys(default_config()))
+
+
+def test_cli_train_forwards_and_lists_valid_keys(capsys):
+    from sentjax import cli
+    assert cli.main(["train", "--config", SIMCSE, "--config.batch_szie=8"]) == 2
+    err = capsys.readouterr().err
+    assert "Did you mean --config.batch_size" in err and "optim.lr" in err
+    assert cli.main(["train", "--help"]) == 0
+    assert "--resume" in capsys.readouterr().out
+    assert cli.main(["demo", "--config.nope=1"]) == 2
+    assert "Unknown config key 'nope'" in capsys.readouterr().err

@@ -97,3 +97,31 @@ def test_bad_data_errors(tmp_path, tok, ws):
         load_source("sentences.txt")
     with pytest.raises(DataError, match="fewer than one global batch"):
         Pipeline([load_source(f"sts:{ws.sts}")], tok, 64, seed=0, process_index=0, process_count=1)
+
+
+def test_sources_come_from_the_readers():
+    """One reader per format: pipeline sources equal sentjax.data.readers' records."""
+    from sentjax.data import bundled, readers
+    sts = load_source("sts:stsb-en-dev")
+    ref = readers.read_sts_csv(bundled.path("stsb_multi_mt/stsb-en-dev.csv"))
+    assert sts.kind == "sts" and sts.columns["anchor"] == ref.sentences1
+    np.testing.assert_allclose(sts.columns["score"], ref.scores / 5.0, rtol=1e-6)
+    sick = load_source("sts:bundled/sick/SICK_trial.txt")
+    assert 0.0 <= sick.columns["score"].min() and sick.columns["score"].max() <= 1.0  # (s - 1) / 4
+    tri = load_source("nli-triplets:bundled/nli_cad/all_combined/train.tsv")
+    rt = readers.nli_triplets(readers.read_nli_tsv(bundled.path("nli_cad/all_combined/train.tsv")))
+    assert (tri.columns["anchor"], tri.columns["positive"], tri.columns["negative"]) == \
+        (rt.anchors, rt.positives, rt.negatives)
+    par = load_source("parallel:bundled/multi30k/val.en|bundled/multi30k/val.de")
+    rp = readers.read_parallel(bundled.path("multi30k/val.en"), bundled.path("multi30k/val.de"))
+    assert par.columns == {"anchor": rp.src, "positive": rp.tgt}
+    text = load_source("text:bundled/commonvoice_en/jf99.txt")
+    assert text.columns["anchor"] == readers.read_lines(bundled.path("commonvoice_en/jf99.txt"))
+
+
+def test_reader_errors_are_data_errors(tmp_path):
+    (tmp_path / "bad.tsv").write_text("sentence1\tsentence2\tgold_label\nA\tB\tmaybe\n")
+    with pytest.raises(DataError, match="line 2.*maybe"):
+        load_source(f"nli:{tmp_path / 'bad.tsv'}")
+    with pytest.raises(DataError, match="No bundled data file"):
+        load_source("text:bundled/commonvoice_en/nope.txt")
