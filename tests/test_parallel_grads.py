@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax import lax
 
 from sentjax.losses import infonce_loss, make_column_loss
 from sentjax.models.config import EncoderConfig
@@ -121,7 +120,7 @@ def test_gradcache_with_dropout_equals_uncached_with_same_keys():
     loss_fn = make_column_loss("infonce", temperature=0.05)
     rng = jax.random.key(7)
     mesh = make_mesh(N_DEV)
-    single = jax.jit(make_grad_fn(embed, loss_fn, backend="none"))  # one function object: compiled once per input structure
+    single = jax.jit(make_grad_fn(embed, loss_fn, backend="none"))  # one object: reused compilation
     (l0, _), g0 = jax.jit(make_grad_fn(embed, loss_fn, backend="shard_map", mesh=mesh))(params, cols, rng)
     (l1, _), g1 = jax.jit(make_grad_fn(embed, loss_fn, backend="shard_map", mesh=mesh,
                                        gradcache_chunk=1))(params, cols, rng)
