@@ -183,20 +183,17 @@ def init_params(c, model, objective) -> dict:
 
 
 def read_sts(path: str):
-    """``stsb-dev`` (bundled SentEval STS-B dev), a SentEval sts-*.csv, or a TSV
-    ``sentence1 sentence2 score``; scores as given (Spearman ignores scale)."""
-    if path == "stsb-dev" or path.endswith(".csv"):
-        from sentjax.data import bundled, readers
-        if path == "stsb-dev":
-            path = bundled.path("stsbenchmark_senteval/sts-dev.csv")
-        pairs = readers.read_stsbenchmark_senteval(path)
-        return list(pairs.sentences1), list(pairs.sentences2), np.asarray(pairs.scores, np.float64)
-    from sentjax.data.pipeline import read_tsv
+    """Dev pairs for the in-training STS eval: ``stsb-dev`` (bundled SentEval STS-B dev) or any
+    file / bundled name ``sentjax.data.pipeline.read_sts`` reads (STS-B CSV, SentEval STS-B,
+    SICK, a headed TSV). Scores are scaled linearly, which Spearman ignores."""
+    from sentjax.data.pipeline import read_sts as read_pairs
+    if path == "stsb-dev":
+        path = "stsbenchmark-dev"
     if path.startswith("bundled/"):
         from sentjax.data import bundled
         path = bundled.path(path[len("bundled/"):])
-    src = read_tsv(path, "sts")
-    return src.columns["anchor"], src.columns["positive"], np.asarray(src.columns["score"])
+    src = read_pairs(path)
+    return src.columns["anchor"], src.columns["positive"], np.asarray(src.columns["score"], np.float64)
 
 
 def make_encoder(embed, tokenizer, mesh, batch_size: int):
