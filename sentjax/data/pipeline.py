@@ -52,10 +52,13 @@ class Source:
       name: for messages and metrics.
       kind: one of KIND_FIELDS.
       columns: text fields -> list[str] of length n; optional "label" (int) / "score" (float).
+      augment: for kind "text", a ``sentjax.data.augment`` spec applied to the positive view
+        (e.g. ``"crop=0.1"``; "" = the sentence itself, SimCSE's dropout-only positive).
     """
     name: str
     kind: str
     columns: dict[str, Any]
+    augment: str = ""
 
     def __post_init__(self):
         if self.kind not in KIND_FIELDS:
@@ -198,11 +201,19 @@ def load_source(spec: str) -> Source:
     triplets from NLI), ``sts:FILE_OR_NAME`` (see ``read_sts``), ``parallel:SRC|TGT`` or
     ``parallel:TSV``; a path ``bundled/<dataset>/<file>`` is a bundled file; ``tfds:<name>[:split]``
     reads a TFDS dataset (``sentjax.data.tfds_builders``: local builders or ``glue/stsb``,
-    ``snli``, ``multi_nli``)."""
+    ``snli``, ``multi_nli``). ``text+AUG:FILE`` augments the positive view with the
+    ``sentjax.data.augment`` spec AUG, e.g. ``text+crop=0.1:FILE`` (SimCSE Table 1)."""
     kinds = sorted(KIND_FIELDS) + ["nli-triplets", "tfds"]
     kind, sep, rest = spec.partition(":")
     if not sep:
         raise DataError(f"Dataset spec {spec!r} must look like 'kind:path', kind one of {kinds}.")
+    if kind.startswith("text+"):
+        from sentjax.data import augment
+        try:
+            augment.parse_spec(kind[len("text+"):])
+        except (ValueError, FileNotFoundError) as e:
+            raise DataError(f"{spec!r}: {e}") from e
+        return dataclasses.replace(read_text(_bundled_path(rest)), augment=kind[len("text+"):])
     if kind == "tfds":
         from sentjax.data.tfds_builders import load_tfds
         return load_tfds(rest)
@@ -346,7 +357,7 @@ class Pipeline:
         """This process's rows of the global batch of ``step``: token dicts ``[B/P, L]``
         (``negative``: ``[B/P * k, L]``), ``label`` / ``score`` ``[B/P]``; all processes
         get equal ``L`` per field."""
-        src, _, idx = self.global_indices(step)
+        src, epoch, idx = self.global_indices(step)
         source = self.sources[src]
         per = self.batch_size // self.process_count
         lo, hi = self.process_index * per, (self.process_index + 1) * per
@@ -357,7 +368,16 @@ class Pipeline:
             length = bucket_length(max(len(x) for x in ids), self.tokenizer.max_length,
                                    self.tokenizer.bucket_multiple)
             out[field] = self.tokenizer.pad(ids[lo:hi], length)
-        if source.kind == "text":
+        if source.kind == "text" and source.augment:
+            from sentjax.data import augment
+            fn = augment.parse_spec(source.augment)
+            if fn is not None:  # augmented positive view x+ = aug(x), one generator per global row
+                aug = augment.augment_batch([source.columns["anchor"][i] for i in idx], fn, self.seed, epoch, step)
+                ids = self.tokenizer.encode_ids(aug)
+                length = bucket_length(max(len(x) for x in ids), self.tokenizer.max_length,
+                                       self.tokenizer.bucket_multiple)
+                out["positive"] = self.tokenizer.pad(ids[lo:hi], length)
+        if source.kind == "text" and "positive" not in out:
             out["positive"] = out["anchor"]  # SimCSE: the same sentence under another dropout mask
         for extra in ("label", "score"):
             if extra in source.columns:
