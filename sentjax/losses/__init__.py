@@ -53,13 +53,21 @@ def _need(embeddings: Mapping[str, Any], name: str, loss: str):
     return embeddings[name]
 
 
-def make_column_loss(name: str, **hparams: Any) -> Callable[..., Any]:
+def make_column_loss(name: str, impl: str = "dense", **hparams: Any) -> Callable[..., Any]:
     """``loss_fn(params, embeddings, axis_name) -> (loss, metrics)`` for the named loss.
 
     The ``negative`` column holds ``[b * k, dim]`` rows, anchor-major (anchor i's k negatives are
-    rows ``i*k .. i*k+k-1``), and is reshaped to ``[b, k, dim]`` here.
+    rows ``i*k .. i*k+k-1``), and is reshaped to ``[b, k, dim]`` here. For ``infonce``,
+    ``impl="tiled"`` selects the memory-tiled kernel (``tiled_infonce.py``; takes ``tile_size``).
     """
     fn = get_loss(name)
+    if impl == "tiled":
+        if name != "infonce":
+            raise ValueError(f"impl='tiled' exists only for the infonce loss, not {name!r}.")
+        from sentjax.losses.tiled_infonce import tiled_infonce_loss
+        fn = tiled_infonce_loss
+    elif impl != "dense":
+        raise ValueError(f"impl={impl!r}: use 'dense' or 'tiled'.")
 
     def loss_fn(params, embeddings, axis_name=None):
         a = _need(embeddings, "anchor", name)

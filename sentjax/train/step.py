@@ -121,13 +121,18 @@ def accumulate(grad_fn: GradFn, accum: int, global_batch: int) -> GradFn:
 
 def make_train_step(grad_fn: GradFn, tx: optax.GradientTransformation,
                     schedule: optax.Schedule | None = None) -> Callable:
-    """Pure ``(state, batch, rng) -> (state, metrics)``; compile with ``jit_train_step``."""
+    """Pure ``(state, batch, rng) -> (state, metrics)``; compile with ``jit_train_step``.
+
+    A step whose loss or gradient is not finite leaves parameters and optimizer state untouched
+    and reports ``metrics["nonfinite"] = 1`` (the loop stops on it); it is never applied silently.
+    """
+    from sentjax.parallel.finite import guarded_update
+
     def train_step(state: dict, batch: dict, rng: jax.Array) -> tuple[dict, dict]:
         params = state["params"]
         (loss, metrics), grads = grad_fn(params, batch, rng)
-        updates, opt_state = tx.update(grads, state["opt_state"], params)
-        new_params = optax.apply_updates(params, updates)
-        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
+        new_params, opt_state, nonfinite = guarded_update(tx, grads, state["opt_state"], params, loss)
+        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads), nonfinite=nonfinite)
         if schedule is not None:
             metrics["lr"] = schedule(state["step"])
         new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1,

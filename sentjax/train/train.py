@@ -37,6 +37,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.accum_steps = 1                 # micro-batches per step (objectives without in-batch negatives)
     c.dtype = "float32"               # compute dtype; "bfloat16" keeps float32 master parameters
     c.log_every = 10
+    c.nonfinite_limit = 10            # stop after this many skipped (non-finite) steps
     c.mesh = ml_collections.ConfigDict({"data": -1})   # devices on the data axis (-1: all)
     c.model = ml_collections.ConfigDict({
         "init_from": "",              # model folder / hub id / "minilm"; "" = random init
@@ -49,8 +50,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.objective = ml_collections.ConfigDict({
         "name": "infonce", "temperature": 0.05, "symmetric": False, "hard_negative_weight": 0.0,
         "use_hard_negatives": True, "num_labels": 3, "scale": 20.0, "teacher": "",
+        "impl": "dense", "tile_size": 1024,   # infonce kernel: dense B x B logits or memory-tiled
+        "concat": ("u", "v", "|u-v|"),         # softmax objective: features fed to the classifier
     })
-    c.gradient = ml_collections.ConfigDict({"method": "jit", "gradcache_chunk": 0})
+    # method: "shard_map" (explicit all-gather of candidates), "pmap", or "jit" (global-batch loss,
+    # XLA picks the collectives); gradcache_chunk > 0: GradCache with that many rows per chunk/device.
+    c.gradient = ml_collections.ConfigDict({"method": "shard_map", "gradcache_chunk": 0})
     c.optim = ml_collections.ConfigDict({
         "lr": 3e-5, "warmup_steps": -1, "warmup_ratio": 0.1, "weight_decay": 0.01,
         "b1": 0.9, "b2": 0.999, "eps": 1e-6, "clip_norm": 1.0,
@@ -146,30 +151,48 @@ def build_model(c: ml_collections.ConfigDict):
                               normalize=m.normalize, mlp_at_inference=m.mlp_at_inference, dtype=dtype)
 
 
-def build_objective_and_grad(c, model, objective):
+def build_objective_and_grad(c, model, objective, mesh):
+    """-> (embed, grad_fn): ``grad_fn(params, batch, rng) -> ((loss, metrics), grads)`` of the
+    global mean loss, by ``sentjax.parallel.global_grads.make_grad_fn`` (gradient.method:
+    'shard_map' / 'pmap' with explicit collectives, or 'jit' = the loss on the global batch with
+    XLA-chosen collectives), optionally through GradCache."""
     from sentjax.models.sentence_model import embed_fn
+    from sentjax.parallel.global_grads import make_grad_fn
+    from sentjax.train.objectives import select_columns
     embed = embed_fn(model.module)
-    aux = {}
-    if c.objective.name == "distill":
-        import sentjax
-        teacher = sentjax.load(c.objective.teacher or model.source_dir, max_length=c.model.max_length)
-        aux = {"teacher_embed": embed_fn(teacher.module), "teacher_params": teacher.params}
-
-    def loss_fn(params, batch, rng):
-        return objective.loss_fn(embed, params, batch, rng, aux)
-
-    if c.gradient.gradcache_chunk > 0 or c.gradient.method != "jit":
-        raise config_cli.ConfigError(
-            f"gradient.method={c.gradient.method!r} / gradcache_chunk={c.gradient.gradcache_chunk} "
-            "need sentjax.parallel, which is not available in this build; use gradient.method='jit'.")
+    method = c.gradient.method
+    if method not in ("shard_map", "pmap", "jit"):
+        raise config_cli.ConfigError(f"gradient.method={method!r}: use 'shard_map', 'pmap' or 'jit'.")
+    if method == "pmap" and (jax.process_count() > 1 or mesh.devices.size != jax.local_device_count()):
+        raise config_cli.ConfigError("gradient.method='pmap' uses every local device of one process; "
+                                     "use 'shard_map' for multi-process runs or a sub-mesh.")
     if c.accum_steps > 1 and objective.in_batch_negatives:
         raise config_cli.ConfigError(
             f"accum_steps={c.accum_steps} with objective {c.objective.name!r}: gradient accumulation "
             "splits the batch, so each micro-batch sees only its own in-batch negatives (it does NOT "
             "add negatives). For a larger contrastive batch in the same memory use GradCache "
             "(--config.gradient.gradcache_chunk=N) and keep accum_steps=1.")
-    grad_fn = step_lib.accumulate(step_lib.value_and_grad_fn(loss_fn), c.accum_steps, c.batch_size)
-    return embed, grad_fn
+    chunk = c.gradient.gradcache_chunk or None
+    if chunk is not None and c.accum_steps > 1:
+        raise config_cli.ConfigError("Use either GradCache (gradient.gradcache_chunk) or accum_steps, not both.")
+    inner = make_grad_fn(lambda p, tokens, rng: embed(p["model"], tokens, rng), objective.loss_fn,
+                         mesh=mesh, backend={"jit": "none"}.get(method, method), gradcache_chunk=chunk)
+    teacher_fn = None
+    if objective.needs_teacher:
+        import sentjax
+        teacher = sentjax.load(c.objective.teacher or model.source_dir, max_length=c.model.max_length)
+        t_embed, t_params = embed_fn(teacher.module), teacher.params
+        teacher_fn = lambda tokens: jax.lax.stop_gradient(t_embed(t_params, tokens, None))  # noqa: E731
+
+    def grad_fn(params, batch, rng):
+        columns = select_columns(objective, batch)
+        if teacher_fn is not None:
+            # The teacher sees the source text; a student with another vocabulary passes the
+            # teacher's tokens of it as ``teacher_anchor``.
+            columns["teacher"] = teacher_fn(batch.get("teacher_anchor", batch["anchor"]))
+        return inner(params, columns, rng)
+
+    return embed, step_lib.accumulate(grad_fn, c.accum_steps, c.batch_size)
 
 
 def init_params(c, model, objective) -> dict:
@@ -265,7 +288,7 @@ def train(c: ml_collections.ConfigDict, resume: bool = False, progress: bool = T
     step_lib.check_global_batch(c.batch_size, mesh, c.accum_steps)
     objective = make_objective(c.objective)
     model = build_model(c)
-    embed, grad_fn = build_objective_and_grad(c, model, objective)
+    embed, grad_fn = build_objective_and_grad(c, model, objective, mesh)
     pipeline = build_pipeline(c, model.tokenizer, dedup=objective.in_batch_negatives)
     tx, schedule = make_optimizer(c.optim, c.total_steps)
     train_step = step_lib.jit_train_step(step_lib.make_train_step(grad_fn, tx, schedule), mesh)
@@ -336,6 +359,7 @@ def train(c: ml_collections.ConfigDict, resume: bool = False, progress: bool = T
     t0, n0 = None, start
     metrics = {}
     window, window_n = None, 0  # device-side sums of the metrics since the last log line
+    skipped = 0  # steps whose update was skipped for a non-finite loss / gradient
     hang = os.environ.get("SENTJAX_TEST_HANG_AFTER_CHECKPOINT")  # test hook: freeze to be killed
     for s in range(start, c.total_steps):
         batch = global_batch(pipeline.batch(s), mesh)
@@ -349,11 +373,23 @@ def train(c: ml_collections.ConfigDict, resume: bool = False, progress: bool = T
         if step % c.log_every == 0 or step == c.total_steps:
             # logged metrics are means over the steps since the last log (one batch is noisy)
             metrics = {k: float(v) / window_n for k, v in step_lib.to_host(window).items()}
-            window, window_n = None, 0
+            n_window, window, window_n = window_n, None, 0
             if "lr" in m:
                 metrics["lr"] = float(step_lib.to_host(m["lr"]))  # the current rate, not a mean
             if step > n0:
                 metrics["pairs_per_s"] = (step - n0) * c.batch_size / max(time.perf_counter() - t0, 1e-9)
+            bad = int(round(metrics.get("nonfinite", 0.0) * n_window))
+            if bad:
+                skipped += bad
+                print(f"warning: {bad} of the last {n_window} steps (up to step {step}) had a non-finite "
+                      f"loss or gradient; their updates were skipped ({skipped} so far).",
+                      file=sys.stderr, flush=True)
+                if skipped >= c.nonfinite_limit:
+                    raise FloatingPointError(
+                        f"{skipped} steps had a non-finite loss or gradient (limit nonfinite_limit="
+                        f"{c.nonfinite_limit}). Lower optim.lr, keep optim.clip_norm > 0, use float32, or "
+                        "check the data for empty texts; the last good checkpoint is in "
+                        f"{ckpt_dir}.")
             log(step, metrics)
             if bar is not None:
                 shown = {"loss": f"{metrics['loss']:.4f}"}
