@@ -1,0 +1,362 @@
+"""One command per experiment: train every row x seed, evaluate, write table + plots + RESULTS.md.
+
+  python experiments/run.py <name> [--seeds 0,1,2] [--rows a,b] [--smoke] [--out DIR]
+
+``<name>`` is a module in ``experiments/`` (``simcse_unsup``, ``sbert_nli``, ...) that defines
+
+  get_config()  the paper-shaped config (also usable as ``sentjax train --config experiments/<name>.py``)
+  PAPER         the paper-scale setting (model, batch, steps, lr) for users with accelerators
+  CPU           overrides {"dotted.key": value} that make a run fit 2 CPU cores (a few minutes)
+  ROWS          {row name: overrides} of the ablation (the first row is the main setting)
+  FULL_EVAL     rows that also get STS12-16 (about 100 s of encoding on this machine)
+  BASELINES     {name: dict(pooling=...)} of untrained models evaluated the same way
+  TITLE, NOTES  for the Markdown section; optional hooks ``prepare(cfg, row, workroot)`` (edit the
+                built config, write derived data) and ``extra_eval(model, summary, cfg, baseline) -> dict``.
+
+Each row is trained with ``sentjax.train.train.train(cfg)`` and the exported final model is
+evaluated with ``sentjax.eval`` (cosine similarity; Spearman x100): STS-B dev (SentEval file),
+SICK-R trial, and for FULL_EVAL rows STS12-16 (pooled "all", SimCSE's number). Outputs go to
+``experiments/results/<name>/`` (``results.json``, ``table.md``, ``loss.png``, ``heatmap.png``)
+and the section between ``<!-- BEGIN name -->`` / ``<!-- END name -->`` of
+``experiments/RESULTS.md`` is replaced. ``--smoke`` swaps in a tiny random encoder (MiniLM's
+tokenizer, 2 layers of width 32), 3 steps of batch 8 and STS-B dev only, into a temporary
+``--out``: the test suite runs it so the configs cannot rot.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+SMOKE = {"total_steps": 3, "batch_size": 8, "log_every": 1, "model.init_from": "",
+         "model.encoder.vocab_size": 30522, "model.encoder.hidden_size": 32,
+         "model.encoder.num_hidden_layers": 2, "model.encoder.num_attention_heads": 4,
+         "model.encoder.intermediate_size": 64, "model.encoder.max_position_embeddings": 64,
+         "model.max_length": 16}
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def set_key(cfg, dotted: str, value: Any) -> None:
+    """``cfg.a.b = value`` for ``dotted = "a.b"``; the key must exist unless it is a new leaf
+    (experiment-only keys such as ``objective.concat``)."""
+    *path, leaf = dotted.split(".")
+    node = cfg
+    for p in path:
+        if p not in node:
+            raise KeyError(f"config has no section {p!r} (in {dotted!r}); valid: {sorted(node.keys())}.")
+        node = node[p]
+    with node.unlocked() if hasattr(node, "unlocked") else _null():
+        node[leaf] = value
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def apply(cfg, overrides: dict) -> None:
+    for k, v in overrides.items():
+        set_key(cfg, k, v)
+
+
+def build_config(mod, row: str, seed: int, smoke: bool, workroot: str):
+    cfg = mod.get_config()
+    apply(cfg, getattr(mod, "CPU", {}))
+    apply(cfg, mod.ROWS[row])
+    if smoke:
+        from sentjax.testing import minilm_dir
+        apply(cfg, SMOKE)
+        cfg.model.tokenizer = minilm_dir() or ""
+        apply(cfg, getattr(mod, "SMOKE", {}))
+    cfg.seed = seed
+    cfg.workdir = os.path.join(workroot, row, f"seed{seed}")
+    cfg.eval.sts_file = ""            # evaluated after training, on the exported model
+    cfg.checkpoint.every_steps = cfg.total_steps
+    cfg.checkpoint.max_to_keep = 1
+    cfg.checkpoint.async_save = False
+    cfg.export.best_model = False
+    if hasattr(mod, "prepare"):
+        mod.prepare(cfg, row, workroot)
+    return cfg
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def encoder_of(model) -> Callable[[list[str]], np.ndarray]:
+    return lambda texts: model.encode(texts, batch_size=128, show_progress=False)
+
+
+def evaluate_model(model, full: bool, smoke: bool) -> dict:
+    """STS-B dev, SICK-R trial and (``full``) SentEval STS12-16: Spearman x100 of cosine."""
+    from sentjax.eval.sts import evaluate_senteval, evaluate_sts_file
+    f = encoder_of(model)
+    out = {"stsb_dev": evaluate_sts_file(f, "stsbenchmark-dev")["spearman"]}
+    if smoke:
+        return out
+    out["sickr_trial"] = evaluate_sts_file(f, "sick-trial")["spearman"]
+    if full:
+        r = evaluate_senteval(f)
+        for y in ("STS12", "STS13", "STS14", "STS15", "STS16"):
+            out[y.lower()] = r[y]["spearman"]["all"]
+    return out
+
+
+def heatmap_pairs(n: int = 8) -> tuple[list[str], list[str], np.ndarray]:
+    """n STS-B dev pairs spread over the gold-score range (sorted by score)."""
+    from sentjax.data import readers
+    d = readers.read_stsbenchmark_senteval(readers.resolve_sts_data("stsbenchmark-dev")[0])
+    order = np.argsort(d.scores, kind="stable")
+    pick = order[np.linspace(0, len(order) - 1, n).astype(int)]
+    return [d.sentences1[i] for i in pick], [d.sentences2[i] for i in pick], np.asarray(d.scores)[pick]
+
+
+def cosine_matrix(model, s1: Sequence[str], s2: Sequence[str]) -> np.ndarray:
+    u = np.asarray(model.encode(list(s1), show_progress=False), np.float64)
+    v = np.asarray(model.encode(list(s2), show_progress=False), np.float64)
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return u @ v.T
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_losses(curves: dict[str, list[tuple[int, float]]], path: str, title: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, pts in curves.items():
+        if pts:
+            s, l = zip(*pts)
+            ax.plot(s, l, label=name, lw=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (mean over the log window)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_heatmaps(mats: dict[str, np.ndarray], gold: np.ndarray, path: str) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(mats), figsize=(4.2 * len(mats), 4))
+    axes = np.atleast_1d(axes)
+    for ax, (name, m) in zip(axes, mats.items()):
+        im = ax.imshow(m, vmin=-0.2, vmax=1.0, cmap="viridis")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("sentence2 of pair j")
+        ax.set_ylabel("sentence1 of pair i (gold score)")
+        ax.set_yticks(range(len(gold)), [f"{g:.1f}" for g in gold], fontsize=7)
+        ax.set_xticks(range(len(gold)))
+    fig.colorbar(im, ax=list(axes), shrink=0.8, label="cosine")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+METRIC_NAMES = {"stsb_dev": "STS-B dev", "sickr_trial": "SICK-R trial", "sts12": "STS12", "sts13": "STS13",
+                "sts14": "STS14", "sts15": "STS15", "sts16": "STS16", "snli_dev_acc": "SNLI dev acc",
+                "final_loss": "final loss", "wall_s": "train s/run"}
+
+
+def fmt(vals: list[float]) -> str:
+    vals = [v for v in vals if v is not None and np.isfinite(v)]
+    if not vals:
+        return "–"
+    if len(vals) == 1:
+        return f"{vals[0]:.2f}"
+    return f"{np.mean(vals):.2f} ± {np.std(vals, ddof=1):.2f}"
+
+
+def make_table(results: dict, metric_order: Sequence[str]) -> str:
+    metrics = [m for m in metric_order if any(m in r for row in results.values() for r in row)]
+    head = "| row | " + " | ".join(METRIC_NAMES.get(m, m) for m in metrics) + " |"
+    lines = [head, "|" + "---|" * (len(metrics) + 1)]
+    for row, runs in results.items():
+        lines.append(f"| {row} | " + " | ".join(fmt([r.get(m) for r in runs]) for m in metrics) + " |")
+    return "\n".join(lines)
+
+
+def versions() -> str:
+    import flax
+    import jax
+    import optax
+    import sentjax
+    return (f"sentjax {getattr(sentjax, '__version__', '?')}, jax {jax.__version__}, flax {flax.__version__}, "
+            f"optax {optax.__version__}, Python {platform.python_version()}, {platform.machine()} "
+            f"{os.cpu_count()} CPU cores ({jax.devices()[0].platform})")
+
+
+def update_results_md(path: str, name: str, section: str) -> None:
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+    text = open(path, encoding="utf-8").read() if os.path.isfile(path) else (
+        "# Experiment results\n\nReduced-scale CPU reproductions; see each section for the command.\n")
+    block = f"{begin}\n{section.strip()}\n{end}"
+    if begin in text and end in text:
+        pre, rest = text.split(begin, 1)
+        text = pre + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def run(name: str, seeds: Sequence[int] = (0,), rows: Sequence[str] | None = None, smoke: bool = False,
+        out: str | None = None, workroot: str | None = None, results_md: str | None = None) -> dict:
+    """Trains and evaluates ``rows`` x ``seeds`` of experiment ``name``; returns the results dict."""
+    import sentjax
+    from sentjax.train.train import train
+    mod = importlib.import_module(name)
+    all_rows = list(mod.ROWS)
+    rows = list(rows) if rows else all_rows
+    bad = [r for r in rows if r not in mod.ROWS]
+    if bad:
+        raise SystemExit(f"error: unknown row(s) {bad} of {name}; choose from {all_rows}.")
+    out = out or os.path.join(HERE, "results", name)
+    workroot = workroot or os.path.join(REPO, "runs", "experiments", name)
+    os.makedirs(out, exist_ok=True)
+    if os.path.isdir(workroot):
+        shutil.rmtree(workroot)  # a rerun starts fresh: train() refuses to overwrite checkpoints
+    full_rows = set(getattr(mod, "FULL_EVAL", all_rows[:1]))
+    results: dict[str, list[dict]] = {}
+    curves: dict[str, list] = {}
+    mats: dict[str, np.ndarray] = {}
+    s1, s2, gold = heatmap_pairs()
+    t_all = time.time()
+
+    if not smoke:
+        for bname, kw in getattr(mod, "BASELINES", {}).items():
+            from sentjax.testing import minilm_dir
+            base = sentjax.load(kw.get("path") or minilm_dir(), max_length=kw.get("max_length", 32),
+                               pooling=kw.get("pooling"))
+            r = evaluate_model(base, full=True, smoke=False)
+            if hasattr(mod, "extra_eval"):
+                r.update(mod.extra_eval(base, None, None, baseline=True))
+            results[bname] = [r]
+            if not mats:
+                mats[bname] = cosine_matrix(base, s1, s2)
+            print(f"[{name}] {bname}: {r}", flush=True)
+
+    for row in rows:
+        results[row] = []
+        for seed in seeds:
+            cfg = build_config(mod, row, seed, smoke, workroot)
+            t0 = time.time()
+            summary = train(cfg, progress=False)
+            wall = time.time() - t0
+            model = sentjax.load(summary["final_model"], max_length=cfg.model.max_length)
+            r = evaluate_model(model, full=row in full_rows and seed == seeds[0], smoke=smoke)
+            if hasattr(mod, "extra_eval"):
+                r.update(mod.extra_eval(model, summary, cfg, baseline=False))
+            m = read_metrics(cfg.workdir)
+            losses = [(x["step"], x["loss"]) for x in m if "loss" in x]
+            r.update(final_loss=losses[-1][1] if losses else None, wall_s=wall,
+                     pairs_per_s=next((x["pairs_per_s"] for x in reversed(m) if "pairs_per_s" in x), None),
+                     seed=seed, steps=cfg.total_steps, batch=cfg.batch_size)
+            results[row].append(r)
+            if seed == seeds[0]:
+                curves[row] = losses
+                if row == rows[0]:
+                    mats[f"{row} (trained)"] = cosine_matrix(model, s1, s2)
+            shutil.rmtree(os.path.join(cfg.workdir, "checkpoints"), ignore_errors=True)
+            print(f"[{name}] {row} seed {seed}: {json.dumps(r, default=float)}", flush=True)
+            del summary
+    total = time.time() - t_all
+
+    table = make_table(results, [*METRIC_NAMES])
+    plot_losses(curves, os.path.join(out, "loss.png"), f"{name}: training loss (seed {seeds[0]})")
+    if len(mats) >= 1:
+        plot_heatmaps(mats, gold, os.path.join(out, "heatmap.png"))
+    with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
+        json.dump({"results": results, "seeds": list(seeds), "rows": rows, "smoke": smoke,
+                   "total_wall_s": total, "versions": versions()}, f, indent=1, default=float)
+    cmd = f"python experiments/run.py {name} --seeds {','.join(map(str, seeds))}"
+    if rows != all_rows:
+        cmd += f" --rows {','.join(rows)}"
+    cfg0 = build_config(mod, rows[0], seeds[0], smoke, workroot)
+    setting = (f"{cfg0.total_steps} steps x batch {cfg0.batch_size}, lr {cfg0.optim.lr}, max length "
+               f"{cfg0.model.max_length}, init {cfg0.model.init_from or 'random'}")
+    section = "\n".join([
+        f"## {mod.TITLE}", "",
+        f"Command: `{cmd}` (total wall time {total / 60:.1f} min; seeds {list(seeds)}).  ",
+        f"Reduced CPU setting: {setting}. Paper setting: {mod.PAPER}.  ",
+        f"Versions: {versions()}.", "",
+        table, "",
+        "Spearman x100 of cosine similarity; mean ± std over seeds where more than one. "
+        "STS12-16 = SentEval pooled ('all'), run for the first seed of the main rows only.", "",
+        getattr(mod, "NOTES", "").strip(), "",
+        f"![loss](results/{name}/loss.png)" + (f" ![heatmap](results/{name}/heatmap.png)" if mats else ""),
+    ])
+    with open(os.path.join(out, "table.md"), "w", encoding="utf-8") as f:
+        f.write(section + "\n")
+    if not smoke:
+        update_results_md(results_md or os.path.join(HERE, "RESULTS.md"), name, section)
+    return {"results": results, "section": section, "out": out}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="experiments/run.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("name", help="experiment module in experiments/, e.g. simcse_unsup")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
+    p.add_argument("--rows", default="", help="comma-separated subset of the experiment's rows")
+    p.add_argument("--smoke", action="store_true", help="a few steps of a tiny model (tests)")
+    p.add_argument("--out", default=None, help="output folder (default experiments/results/<name>)")
+    p.add_argument("--workroot", default=None, help="run folders (default runs/experiments/<name>)")
+    a = p.parse_args(argv)
+    try:
+        seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
+    except ValueError:
+        p.error(f"--seeds must be comma-separated integers like 0,1,2, got {a.seeds!r}")
+    if not seeds:
+        p.error("--seeds is empty")
+    if not os.path.isfile(os.path.join(HERE, f"{a.name}.py")) or a.name in ("run", "demo"):
+        p.error(f"no experiment {a.name!r}; choose one of "
+                f"{sorted(f[:-3] for f in os.listdir(HERE) if f.endswith('.py') and f not in ('run.py', 'demo.py'))}")
+    rows = [r for r in a.rows.split(",") if r.strip()]
+    res = run(a.name, seeds, rows or None, a.smoke, a.out, a.workroot)
+    print(res["section"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
