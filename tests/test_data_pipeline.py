@@ -125,3 +125,11 @@ def test_reader_errors_are_data_errors(tmp_path):
         load_source(f"nli:{tmp_path / 'bad.tsv'}")
     with pytest.raises(DataError, match="No bundled data file"):
         load_source("text:bundled/commonvoice_en/nope.txt")
+
+
+def test_text_spec_joins_several_files(tmp_path):
+    from sentjax.data.pipeline import load_source
+    (tmp_path / "a.txt").write_text("one\ntwo\n")
+    (tmp_path / "b.txt").write_text("three\n\nfour\n")
+    src = load_source(f"text:{tmp_path / 'a.txt'},{tmp_path / 'b.txt'}")
+    assert src.columns["anchor"] == ["one", "two", "three", "four"]

