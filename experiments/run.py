@@ -1,6 +1,6 @@
 """One command per experiment: train every row x seed, evaluate, write table + plots + RESULTS.md.
 
-  python experiments/run.py <name> [--seeds 0,1,2] [--rows a,b] [--smoke] [--out DIR]
+  python experiments/run.py <name> [--seeds 0,1,2] [--rows 'a;b'] [--smoke] [--out DIR]
 
 ``<name>`` is a module in ``experiments/`` (``simcse_unsup``, ``sbert_nli``, ...) that defines
 
@@ -210,7 +210,8 @@ def make_table(results: dict, metric_order: Sequence[str]) -> str:
     head = "| row | " + " | ".join(METRIC_NAMES.get(m, m) for m in metrics) + " |"
     lines = [head, "|" + "---|" * (len(metrics) + 1)]
     for row, runs in results.items():
-        lines.append(f"| {row} | " + " | ".join(fmt([r.get(m) for r in runs]) for m in metrics) + " |")
+        cell = row.replace("|", "\\|")  # |u-v| in a row name must not split the Markdown cell
+        lines.append(f"| {cell} | " + " | ".join(fmt([r.get(m) for r in runs]) for m in metrics) + " |")
     return "\n".join(lines)
 
 
@@ -312,7 +313,7 @@ def run(name: str, seeds: Sequence[int] = (0,), rows: Sequence[str] | None = Non
                    "total_wall_s": total, "versions": versions()}, f, indent=1, default=float)
     cmd = f"python experiments/run.py {name} --seeds {','.join(map(str, seeds))}"
     if rows != all_rows:
-        cmd += f" --rows {','.join(rows)}"
+        cmd += f" --rows '{';'.join(rows)}'"
     cfg0 = build_config(mod, rows[0], seeds[0], smoke, workroot)
     setting = (f"{cfg0.total_steps} steps x batch {cfg0.batch_size}, lr {cfg0.optim.lr}, max length "
                f"{cfg0.model.max_length}, init {cfg0.model.init_from or 'random'}")
@@ -338,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="experiments/run.py", description=__doc__.split("\n\n")[0])
     p.add_argument("name", help="experiment module in experiments/, e.g. simcse_unsup")
     p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
-    p.add_argument("--rows", default="", help="comma-separated subset of the experiment's rows")
+    p.add_argument("--rows", default="", help="';'-separated subset of the experiment's rows (names as in ROWS)")
     p.add_argument("--smoke", action="store_true", help="a few steps of a tiny model (tests)")
     p.add_argument("--out", default=None, help="output folder (default experiments/results/<name>)")
     p.add_argument("--workroot", default=None, help="run folders (default runs/experiments/<name>)")
@@ -352,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not os.path.isfile(os.path.join(HERE, f"{a.name}.py")) or a.name in ("run", "demo"):
         p.error(f"no experiment {a.name!r}; choose one of "
                 f"{sorted(f[:-3] for f in os.listdir(HERE) if f.endswith('.py') and f not in ('run.py', 'demo.py'))}")
-    rows = [r for r in a.rows.split(",") if r.strip()]
+    rows = [r.strip() for r in a.rows.split(";") if r.strip()]
     res = run(a.name, seeds, rows or None, a.smoke, a.out, a.workroot)
     print(res["section"])
     return 0
