@@ -1,0 +1,98 @@
+"""Smoke versions of every experiment config (a few steps of a tiny encoder), so the configs cannot
+rot, plus the runner's helpers and the NLI-head evaluation against a float64 reference."""
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from sentjax.testing import minilm_dir
+
+EXP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+sys.path.insert(0, EXP)
+import run  # noqa: E402  (experiments/run.py)
+
+needs_tok = pytest.mark.skipif(minilm_dir() is None, reason="smoke runs use MiniLM's tokenizer (models extra)")
+
+
+def _smoke(tmp_path, name, rows):
+    res = run.run(name, seeds=(0,), rows=rows, smoke=True, out=str(tmp_path / "out"),
+                  workroot=str(tmp_path / "runs"), results_md=str(tmp_path / "RESULTS.md"))
+    saved = json.load(open(tmp_path / "out" / "results.json"))
+    for row in rows:
+        r = saved["results"][row][0]
+        assert math.isfinite(r["stsb_dev"]) and math.isfinite(r["final_loss"]), r
+        assert r["steps"] == 3 and r["batch"] == 8
+    assert (tmp_path / "out" / "loss.png").stat().st_size > 1000
+    assert not (tmp_path / "RESULTS.md").exists()  # smoke runs never touch RESULTS.md
+    return res, saved
+
+
+@needs_tok
+def test_smoke_simcse_unsup_with_augmentation(tmp_path):
+    rows = ["Word deletion 10%"]
+    res, _ = _smoke(tmp_path, "simcse_unsup", rows)
+    assert "| Word deletion 10% |" in res["section"]
+
+
+@needs_tok
+def test_smoke_simcse_unsup_every_row_builds(tmp_path):
+    import simcse_unsup
+    from sentjax.data.pipeline import load_source
+    for row in simcse_unsup.ROWS:
+        if row == "Synonym replacement":
+            continue  # needs the WordNet database (tested in test_augment.py when present)
+        cfg = run.build_config(simcse_unsup, row, 0, True, str(tmp_path))
+        for spec in cfg.data.datasets:
+            assert load_source(spec).kind == "text"
+    cfg = run.build_config(simcse_unsup, "Delete one word w/o dropout", 0, True, str(tmp_path))
+    assert cfg.model.encoder.hidden_dropout_prob == 0.0
+
+
+@needs_tok
+def test_smoke_sbert_nli_head_and_sts_stage(tmp_path):
+    import sbert_nli
+    rows = [sbert_nli.MAIN, "(u, v, |u-v|) then STS-B cosine"]
+    _, saved = _smoke(tmp_path, "sbert_nli", rows)
+    acc = saved["results"][sbert_nli.MAIN][0]["snli_dev_acc"]
+    assert 0.0 <= acc <= 100.0
+    assert "snli_dev_acc" not in saved["results"][rows[1]][0]  # the cosine stage has no head
+
+
+def test_nli_head_logits_match_float64_reference():
+    from sentjax.eval.nli_head import head_logits
+    rng = np.random.default_rng(0)
+    u, v = rng.normal(size=(5, 4)), rng.normal(size=(5, 4))
+    for concat in [("u", "v"), ("|u-v|",), ("u", "v", "|u-v|"), ("u", "v", "|u-v|", "u*v")]:
+        parts = {"u": u, "v": v, "|u-v|": np.abs(u - v), "u*v": u * v}
+        k = rng.normal(size=(4 * len(concat), 3))
+        b = rng.normal(size=3)
+        ref = sum(parts[c] @ k[4 * i: 4 * (i + 1)] for i, c in enumerate(concat)) + b
+        np.testing.assert_allclose(head_logits({"kernel": k, "bias": b}, u, v, concat), ref, rtol=1e-12)
+    with pytest.raises(ValueError, match="concat"):
+        head_logits({"kernel": np.zeros((12, 3)), "bias": np.zeros(3)}, u, v, ("u", "v"))
+
+
+def test_table_and_results_md_section(tmp_path):
+    table = run.make_table({"(u, v, |u-v|)": [{"stsb_dev": 80.0}, {"stsb_dev": 82.0}],
+                            "base": [{"stsb_dev": 79.0, "sickr_trial": 70.0}]}, list(run.METRIC_NAMES))
+    lines = table.splitlines()
+    assert lines[0] == "| row | STS-B dev | SICK-R trial |"
+    assert lines[2] == f"| (u, v, \\|u-v\\|) | 81.00 ± {np.std([80, 82], ddof=1):.2f} | – |"
+    md = tmp_path / "R.md"
+    run.update_results_md(str(md), "a", "## A\nfirst")
+    run.update_results_md(str(md), "b", "## B")
+    run.update_results_md(str(md), "a", "## A\nsecond")
+    text = md.read_text()
+    assert "second" in text and "first" not in text and text.index("## A") < text.index("## B")
+
+
+def test_set_key_errors():
+    from sentjax.train.train import default_config
+    c = default_config()
+    run.set_key(c, "optim.lr", 1e-3)
+    assert c.optim.lr == 1e-3
+    with pytest.raises(KeyError, match="no section"):
+        run.set_key(c, "optimm.lr", 1.0)
