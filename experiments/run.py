@@ -265,17 +265,26 @@ def run(name: str, seeds: Sequence[int] = (0,), rows: Sequence[str] | None = Non
     s1, s2, gold = heatmap_pairs()
     t_all = time.time()
 
+    cache_path = os.path.join(out, "baselines.json")
+    cache = json.load(open(cache_path, encoding="utf-8")) if os.path.isfile(cache_path) else {}
     if not smoke:
         for bname, kw in getattr(mod, "BASELINES", {}).items():
             from sentjax.testing import minilm_dir
             base = sentjax.load(kw.get("path") or minilm_dir(), max_length=kw.get("max_length", 32),
                                pooling=kw.get("pooling"))
+            if not mats:
+                mats[bname] = cosine_matrix(base, s1, s2)
+            if bname in cache and cache[bname].get("kw") == kw:
+                # untrained models do not change between runs: reuse (delete baselines.json to redo)
+                results[bname] = [cache[bname]["result"]]
+                continue
             r = evaluate_model(base, full=True, smoke=False)
             if hasattr(mod, "extra_eval"):
                 r.update(mod.extra_eval(base, None, None, baseline=True))
             results[bname] = [r]
-            if not mats:
-                mats[bname] = cosine_matrix(base, s1, s2)
+            cache[bname] = {"kw": kw, "result": r}
+            with open(cache_path, "w", encoding="utf-8") as f:
+                json.dump(cache, f, indent=1, default=float)
             print(f"[{name}] {bname}: {r}", flush=True)
 
     for row in rows:
@@ -285,6 +294,8 @@ def run(name: str, seeds: Sequence[int] = (0,), rows: Sequence[str] | None = Non
             t0 = time.time()
             summary = train(cfg, progress=False)
             wall = time.time() - t0
+            if "preempted_at" in summary:  # SIGTERM: train() saved and returned; stop the whole run
+                raise SystemExit(f"stopped by SIGTERM during {row!r} seed {seed}; finished rows are in {out}.")
             model = sentjax.load(summary["final_model"], max_length=cfg.model.max_length)
             r = evaluate_model(model, full=row in full_rows and seed == seeds[0], smoke=smoke)
             if hasattr(mod, "extra_eval"):
@@ -302,24 +313,33 @@ def run(name: str, seeds: Sequence[int] = (0,), rows: Sequence[str] | None = Non
             shutil.rmtree(os.path.join(cfg.workdir, "checkpoints"), ignore_errors=True)
             print(f"[{name}] {row} seed {seed}: {json.dumps(r, default=float)}", flush=True)
             del summary
-    total = time.time() - t_all
+            # after every run, so a run that is stopped still leaves its finished rows
+            section = write_outputs(mod, name, results, curves, mats, gold, seeds, rows, all_rows, smoke,
+                                    out, workroot, time.time() - t_all, results_md)
+    return {"results": results, "section": section, "out": out}
 
+
+def write_outputs(mod, name, results, curves, mats, gold, seeds, rows, all_rows, smoke, out, workroot,
+                  total, results_md) -> str:
+    """results.json, table.md, loss.png, heatmap.png and (not smoke) the RESULTS.md section."""
     table = make_table(results, [*METRIC_NAMES])
     plot_losses(curves, os.path.join(out, "loss.png"), f"{name}: training loss (seed {seeds[0]})")
     if len(mats) >= 1:
         plot_heatmaps(mats, gold, os.path.join(out, "heatmap.png"))
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump({"results": results, "seeds": list(seeds), "rows": rows, "smoke": smoke,
+        json.dump({"results": results, "done_rows": [r for r in rows if results.get(r)], "seeds": list(seeds), "rows": rows, "smoke": smoke,
                    "total_wall_s": total, "versions": versions()}, f, indent=1, default=float)
     cmd = f"python experiments/run.py {name} --seeds {','.join(map(str, seeds))}"
     if rows != all_rows:
         cmd += f" --rows '{';'.join(rows)}'"
-    cfg0 = build_config(mod, rows[0], seeds[0], smoke, workroot)
+    done = [r for r in rows if results.get(r)]
+    partial = "" if done == rows else f" Finished {len(done)} of {len(rows)} rows so far."
+    cfg0 = build_config(mod, rows[0], seeds[0], smoke, os.path.join(workroot, '_cfg'))
     setting = (f"{cfg0.total_steps} steps x batch {cfg0.batch_size}, lr {cfg0.optim.lr}, max length "
                f"{cfg0.model.max_length}, init {cfg0.model.init_from or 'random'}")
     section = "\n".join([
         f"## {mod.TITLE}", "",
-        f"Command: `{cmd}` (total wall time {total / 60:.1f} min; seeds {list(seeds)}).  ",
+        f"Command: `{cmd}` (total wall time {total / 60:.1f} min; seeds {list(seeds)}).{partial}  ",
         f"Reduced CPU setting: {setting}. Paper setting: {mod.PAPER}.  ",
         f"Versions: {versions()}.", "",
         table, "",
@@ -332,7 +352,7 @@ def run(name: str, seeds: Sequence[int] = (0,), rows: Sequence[str] | None = Non
         f.write(section + "\n")
     if not smoke:
         update_results_md(results_md or os.path.join(HERE, "RESULTS.md"), name, section)
-    return {"results": results, "section": section, "out": out}
+    return section
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,7 +11,7 @@ Paper setting (``PAPER``): BERT-base, batch 64, lr 3e-5, max length 32, T 0.05, 
 sentences, 1 epoch (15,625 steps), no warm-up, CLS + MLP at train time only; Table 1 on STS-B dev.
   sentjax train --config experiments/simcse_unsup.py --config.model.init_from=bert-base-uncased \\
       --config.data.datasets=text:wiki1m_for_simcse.txt --config.total_steps=15625
-Reduced CPU run (``CPU``): all-MiniLM-L6-v2, bundled Common Voice sentences, 20 steps of batch 64:
+Reduced CPU run (``CPU``): all-MiniLM-L6-v2, bundled Common Voice sentences, 16 steps of batch 64:
   python experiments/run.py simcse_unsup
 """
 import json
@@ -46,7 +46,7 @@ def get_config():
     return c
 
 
-CPU = {"total_steps": 20, "log_every": 1}
+CPU = {"total_steps": 16, "log_every": 1}
 
 
 def _aug(spec: str) -> dict:
@@ -78,7 +78,7 @@ MLM head; all-MiniLM-L6-v2 has no MLM head (its checkpoint is the sentence encod
 replaces 15% of the words by `[MASK]` and lets the encoder see the mask token (the masking half of MLM).
 Inference uses CLS pooling without the MLP (SimCSE's unsup. setting), so the relevant baseline is the
 untrained MiniLM with CLS pooling; MiniLM was trained with mean pooling, which is the stronger untrained row.
-Reduced scale: 20 steps x 64 sentences = 1,280 sentences seen (the paper: 1M), one seed; differences of
+Reduced scale: 16 steps x 64 sentences = 1,024 sentences seen (the paper: 1M), one seed; differences of
 about 1 point between rows are within run-to-run noise at this scale and are not the paper's numbers.
 """
 
