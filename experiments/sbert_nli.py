@@ -114,7 +114,7 @@ def extra_eval(model, summary, cfg, baseline: bool) -> dict:
     from sentjax.eval.nli_head import nli_head_accuracy
     head = jax.tree.map(np.asarray, jax.device_get(summary["state"]["params"]["head"]))
     d = readers.read_snli_esnli(split="dev")
-    n = 64 if cfg.total_steps <= 3 else SNLI_DEV_N  # smoke runs: a few pairs
+    n = 32 if cfg.total_steps <= 3 else SNLI_DEV_N  # smoke runs: a few pairs
     r = nli_head_accuracy(lambda t: model.encode(t, batch_size=128, show_progress=False), head,
                           d.premises[:n], d.hypotheses[:n], d.labels[:n], tuple(cfg.objective.concat))
     return {"snli_dev_acc": r["accuracy"]}
