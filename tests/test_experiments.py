@@ -61,6 +61,14 @@ def test_smoke_sbert_nli_head_and_sts_stage(tmp_path):
     assert "snli_dev_acc" not in saved["results"][rows[1]][0]  # the cosine stage has no head
 
 
+@needs_tok
+def test_smoke_simcse_sup_gradcache_row(tmp_path):
+    import simcse_sup
+    cfg = run.build_config(simcse_sup, "batch 256 (GradCache, chunk 64), 4 steps", 0, True, str(tmp_path))
+    assert cfg.gradient.gradcache_chunk == 1 and cfg.objective.use_hard_negatives
+    _smoke(tmp_path, "simcse_sup", ["batch 256 (GradCache, chunk 64), 4 steps"])
+
+
 def test_nli_head_logits_match_float64_reference():
     from sentjax.eval.nli_head import head_logits
     rng = np.random.default_rng(0)
