@@ -111,6 +111,7 @@ def main() -> None:
     p.add_argument("--cached", type=int, default=0, help="GradCache mini-batch (0: off)")
     p.add_argument("--devices", type=int, default=1)
     p.add_argument("--gradcache", action="store_true", help="also batches 512 and 4096")
+    p.add_argument("--max-batch", type=int, default=4096, help="skip cases above this batch")
     p.add_argument("--out", default=None)
     a = p.parse_args()
     if a.child == "st":
@@ -135,6 +136,7 @@ def main() -> None:
                   ("sentjax InfoNCE + GradCache (chunk 64)", "sentjax", 512, 64, 1),
                   ("sentence-transformers CachedMNRL (mini 64)", "st", 4096, 64, 1),
                   ("sentjax InfoNCE + GradCache (chunk 64)", "sentjax", 4096, 64, 1)]
+    cases = [c for c in cases if c[2] <= a.max_batch]
     rows = []
     for name, engine, batch, cached, devices in cases:
         args = [engine, "--batch", str(batch), "--cached", str(cached), "--devices", str(devices),
