@@ -179,11 +179,12 @@ def plot_losses(curves: dict[str, list[tuple[int, float]]], path: str, title: st
 
 def plot_heatmaps(mats: dict[str, np.ndarray], gold: np.ndarray, path: str) -> None:
     plt = _plt()
-    fig, axes = plt.subplots(1, len(mats), figsize=(4.2 * len(mats), 4))
+    import textwrap
+    fig, axes = plt.subplots(1, len(mats), figsize=(5.0 * len(mats), 4.4))
     axes = np.atleast_1d(axes)
     for ax, (name, m) in zip(axes, mats.items()):
         im = ax.imshow(m, vmin=-0.2, vmax=1.0, cmap="viridis")
-        ax.set_title(name, fontsize=9)
+        ax.set_title("\n".join(textwrap.wrap(name, 40)), fontsize=9)
         ax.set_xlabel("sentence2 of pair j")
         ax.set_ylabel("sentence1 of pair i (gold score)")
         ax.set_yticks(range(len(gold)), [f"{g:.1f}" for g in gold], fontsize=7)

@@ -69,6 +69,15 @@ def test_smoke_simcse_sup_gradcache_row(tmp_path):
     _smoke(tmp_path, "simcse_sup", ["batch 256 (GradCache, chunk 64), 4 steps"])
 
 
+@needs_tok
+def test_smoke_infonce_ablation_rows(tmp_path):
+    import infonce_ablation
+    temps = {run.build_config(infonce_ablation, r, 0, True, str(tmp_path)).objective.temperature
+             for r in infonce_ablation.ROWS}
+    assert temps == {0.01, 0.05, 0.1, 1.0}
+    _smoke(tmp_path, "infonce_ablation", ["T = 1.0, batch 64"])
+
+
 def test_nli_head_logits_match_float64_reference():
     from sentjax.eval.nli_head import head_logits
     rng = np.random.default_rng(0)
