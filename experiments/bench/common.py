@@ -71,7 +71,13 @@ def machine() -> dict:
                     break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+    mem = ""
+    try:
+        with open("/proc/meminfo") as f:
+            mem = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("MemTotal"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "mem": mem, "python": platform.python_version(),
             "versions": versions}
 
 

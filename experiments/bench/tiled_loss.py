@@ -20,53 +20,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DIM, TEMPERATURE = 384, 0.05
 
 
-def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
-    """Best-of-reps float32 n x n jnp.dot rate on the default device, GFLOP/s."""
-    import jax
-    import jax.numpy as jnp
-    x = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    f = jax.jit(lambda x: jnp.dot(x, x))
-    f(x).block_until_ready()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        f(x).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e9
-
-
 def dense_loss_fn():
-    """sentjax.losses.infonce.infonce_loss when present, else the same contract math in jnp."""
-    try:
-        from sentjax.losses.infonce import infonce_loss
-        return infonce_loss, "sentjax.losses.infonce.infonce_loss"
-    except ImportError:
-        import jax
-        import jax.numpy as jnp
-
-        def infonce_dense(a, p, temperature):
-            a = a / jnp.linalg.norm(a, axis=-1, keepdims=True)
-            p = p / jnp.linalg.norm(p, axis=-1, keepdims=True)
-            logits = a @ p.T / temperature
-            return jnp.mean(jax.nn.logsumexp(logits, 1) - jnp.diagonal(logits)), {}
-        return (lambda a, p, temperature: infonce_dense(a, p, temperature)), "jnp dense (B x B logits)"
+    from sentjax.losses.infonce import infonce_loss
+    return infonce_loss, "sentjax.losses.infonce.infonce_loss"
 
 
 def child(impl: str, log2b: int, tile: int, dtype: str) -> dict:
     import jax
     import jax.numpy as jnp
     from sentjax.losses.tiled_infonce import tiled_infonce_loss
-    rate = matmul_gflops()
+    rate = common.jax_matmul_gflops()
     big_b = 2 ** log2b
     dt = jnp.dtype(dtype)
     ka, kp = jax.random.split(jax.random.key(log2b))
@@ -116,24 +91,6 @@ def run_case(impl: str, log2b: int, tile: int, dtype: str, mem_limit_gib: float 
             f" (rc {proc.returncode}): {err[-1][:160] if err else ''}"}
 
 
-def machine() -> dict:
-    import importlib.metadata as md
-    cpu = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    mem = ""
-    try:
-        with open("/proc/meminfo") as f:
-            mem = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("MemTotal"))
-    except (OSError, StopIteration):
-        pass
-    vers = {p: md.version(p) for p in ("jax", "jaxlib", "numpy")}
-    return {"cpu": cpu, "cores": os.cpu_count(), "mem": mem, "python": platform.python_version(), **vers}
-
-
 def table(rows: list[dict]) -> str:
     head = ("| B | impl | tile | time (s) | compile (s) | peak mem (GiB) | matmul GFLOP/s | FLOP floor (s) "
             "| time / floor | loss |\n|---|---|---|---|---|---|---|---|---|---|\n")
@@ -179,7 +136,7 @@ def main() -> None:
         r = run_case(impl, log2b, tile, args.dtype, mem_cap)
         rows.append(r)
         print(json.dumps(r), flush=True)
-    info = machine()
+    info = common.machine()
     text = (f"machine: {json.dumps(info)}\n\ncommand: `python {' '.join(sys.argv)}`\n\n"
             f"dtype {args.dtype}, dim {DIM}, temperature {TEMPERATURE}, no hard negatives; "
             f"CPU address-space cap {mem_cap} GiB per case\n\n" + table(rows))

@@ -58,8 +58,6 @@ def child_st(batch: int, steps: int, warmup: int, cached: int) -> dict:
 
 def child_sentjax(batch: int, steps: int, warmup: int, cached: int, devices: int) -> dict:
     import jax
-    import jax.numpy as jnp
-    import numpy as np
     import optax
     import sentjax
     from sentjax.losses import make_column_loss

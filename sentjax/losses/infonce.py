@@ -67,6 +67,18 @@ def check_embedding_pair(u: jax.Array, v: jax.Array, names: tuple[str, str] = ("
         raise ValueError(f"the batch is empty: {names[0]} has 0 rows.")
 
 
+def check_negatives(negatives: jax.Array | None, b: int, d: int) -> None:
+    """Raises a clear error unless ``negatives`` is None or a floating ``[b, k, d]`` array."""
+    if negatives is None:
+        return
+    if getattr(negatives, "ndim", None) != 3 or negatives.shape[0] != b or negatives.shape[2] != d:
+        raise ValueError(f"negatives must be [batch, k, dim] = [{b}, k, {d}], got "
+                         f"{getattr(negatives, 'shape', None)}; for one hard negative per anchor use "
+                         "negatives[:, None, :], and keep the k negatives of an anchor together.")
+    if not jnp.issubdtype(negatives.dtype, jnp.floating):
+        raise TypeError(f"negatives must be floating point, got {negatives.dtype}.")
+
+
 def check_temperature(temperature) -> None:
     """Raises unless a concrete temperature is > 0 (a traced, learnable one is not checked)."""
     try:
@@ -97,13 +109,7 @@ def infonce_loss(anchors: jax.Array, positives: jax.Array, negatives: jax.Array 
     """
     check_embedding_pair(anchors, positives)
     b, d = anchors.shape
-    if negatives is not None:
-        if getattr(negatives, "ndim", None) != 3 or negatives.shape[0] != b or negatives.shape[2] != d:
-            raise ValueError(f"negatives must be [batch, k, dim] = [{b}, k, {d}], got "
-                             f"{getattr(negatives, 'shape', None)}; for one hard negative per anchor use "
-                             "negatives[:, None, :], and keep the k negatives of an anchor together.")
-        if not jnp.issubdtype(negatives.dtype, jnp.floating):
-            raise TypeError(f"negatives must be floating point, got {negatives.dtype}.")
+    check_negatives(negatives, b, d)
     check_temperature(temperature)
     if axis_name is not None and not isinstance(axis_name, str):
         raise TypeError(f"axis_name must be one mesh axis name (str) or None, got {axis_name!r}.")

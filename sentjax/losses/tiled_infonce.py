@@ -45,6 +45,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from sentjax.losses.infonce import check_embedding_pair, check_negatives
+
 __all__ = ["tiled_infonce_loss", "make_infonce", "DEFAULT_TILE_SIZE"]
 
 DEFAULT_TILE_SIZE = 1024
@@ -367,25 +369,8 @@ _tiled_core.defvjp(_tiled_core_fwd, _tiled_core_bwd)
 
 
 def _check_inputs(anchors, positives, negatives, temperature, tile_size, axis_name):
-    for name, x in (("anchors", anchors), ("positives", positives)):
-        if getattr(x, "ndim", None) != 2:
-            raise ValueError(f"{name} must be a [batch, dim] array, got shape {getattr(x, 'shape', None)}; "
-                             "pass one embedding per row.")
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            raise TypeError(f"{name} must be floating point (float32 or bfloat16), got {x.dtype}.")
-    if anchors.shape != positives.shape:
-        raise ValueError(f"anchors {anchors.shape} and positives {positives.shape} must have the same "
-                         "[batch, dim] shape: positive i belongs to anchor i.")
-    if negatives is not None:
-        if getattr(negatives, "ndim", None) != 3 or negatives.shape[0] != anchors.shape[0] \
-                or negatives.shape[2] != anchors.shape[1]:
-            raise ValueError(f"negatives must be [batch, k, dim] = [{anchors.shape[0]}, k, {anchors.shape[1]}], "
-                             f"got {getattr(negatives, 'shape', None)}; for one hard negative per anchor use "
-                             "negatives[:, None, :].")
-        if not jnp.issubdtype(negatives.dtype, jnp.floating):
-            raise TypeError(f"negatives must be floating point, got {negatives.dtype}.")
-    if anchors.shape[0] == 0:
-        raise ValueError("the batch is empty: anchors has 0 rows.")
+    check_embedding_pair(anchors, positives)
+    check_negatives(negatives, anchors.shape[0], anchors.shape[1])
     try:
         temperature = float(temperature)
     except (TypeError, jax.errors.ConcretizationTypeError) as e:
