@@ -80,3 +80,38 @@ def test_decay_mask_skips_bias_and_layernorm():
     from sentjax.train.optim import decay_mask
     mask = decay_mask({"dense": {"kernel": 1, "bias": 2}, "LayerNorm": {"scale": 3, "bias": 4}})
     assert mask == {"dense": {"kernel": True, "bias": False}, "LayerNorm": {"scale": False, "bias": False}}
+
+
+def test_pair_objective_compiles_once_per_length_bucket(tmp_path, monkeypatch):
+    """A pair batch pads both fields to one bucketed length, so with max_length 16 (buckets 8 and
+    16) the step traces at most twice however the two fields' lengths combine."""
+    import chex
+
+    from sentjax.data.pipeline import Pipeline, load_source
+    from sentjax.tokenization import Tokenizer
+    from sentjax.train.tiny import make_tiny_workspace
+    ws = make_tiny_workspace(str(tmp_path / "ws"))
+    sents = open(ws.sentences).read().split("\n")[:96]
+    rng = np.random.default_rng(0)
+    rows = ["sentence1\tsentence2\tscore"]
+    for i in range(48):  # each side short (one sentence) or, rarely, long (two), independently
+        a = sents[2 * i] + (" " + sents[2 * i + 1] if rng.random() < 0.1 else "")
+        b = sents[95 - i] + (" " + sents[94 - i] if rng.random() < 0.1 else "")
+        rows.append(f"{a}\t{b}\t{rng.integers(0, 6)}.0")
+    sts = tmp_path / "mixed.tsv"
+    sts.write_text("\n".join(rows) + "\n")
+    made = step_lib.make_train_step
+    monkeypatch.setattr(step_lib, "make_train_step", lambda *a, **k: chex.assert_max_traces(made(*a, **k), n=2))
+    c = tiny_config(str(tmp_path), **{"objective.name": "cosine", "data.datasets": (f"sts:{sts}",),
+                                      "total_steps": 12, "batch_size": 8, "checkpoint.every_steps": 12})
+    # the data really mixes lengths across fields (otherwise this test would prove nothing)
+    p = Pipeline([load_source(f"sts:{sts}")], Tokenizer.from_dir(ws.tokenizer, max_length=16), 8, 0,
+                 dedup=False, process_index=0, process_count=1)
+    combos = set()
+    for step in range(12):
+        idx = p.global_indices(step)[2]
+        combos.add(tuple(max(len(x) for x in p.tokenizer.encode_ids([p.sources[0].columns[f][i] for i in idx])) > 8
+                         for f in ("anchor", "positive")))
+    assert len(combos) > 2, combos
+    chex.clear_trace_counter()
+    train(c, progress=False)

@@ -176,6 +176,26 @@ def read_parallel(spec: str, name: str | None = None) -> Source:
     return read_tsv(spec, "parallel", name)
 
 
+def read_parallel_sts(spec: str, name: str | None = None) -> Source:
+    """Translation pairs from two row-aligned STS files ``SRC|TGT`` (stsb_multi_mt: row i of the
+    German file translates row i of the English one): both sentences of each row, scores dropped.
+    Files or bundled names (``stsb-en-train|stsb-de-train``)."""
+    if "|" not in spec:
+        raise DataError(f"parallel-sts:{spec!r} must name two row-aligned STS files 'SRC|TGT', e.g. "
+                        "'parallel-sts:stsb-en-train|stsb-de-train'.")
+    sides = []
+    for part in spec.split("|", 1):
+        path, fmt = _reader_errors(readers.resolve_sts_data, _bundled_path(part))
+        pairs = _reader_errors(readers.read_sts_csv, path) if fmt == "stsb" else None
+        if pairs is None:
+            raise DataError(f"parallel-sts: {part!r} is a {fmt!r} file; use stsb_multi_mt CSVs.")
+        sides.append(list(pairs.sentences1) + list(pairs.sentences2))
+    if len(sides[0]) != len(sides[1]):
+        raise DataError(f"parallel-sts:{spec!r}: the files have {len(sides[0]) // 2} and {len(sides[1]) // 2} "
+                        "rows; row-aligned translations must have equal row counts (same split?).")
+    return Source(name or spec, "parallel", {"anchor": sides[0], "positive": sides[1]})
+
+
 def nli_to_triplets(nli: Source) -> Source:
     """SimCSE supervised data (Gao et al., 2021) from NLI pairs: ``readers.nli_triplets``
     ((premise, entailment, contradiction); the k-th entailment with the k-th contradiction)."""
@@ -199,11 +219,11 @@ def load_source(spec: str) -> Source:
 
     ``text:FILE[,FILE...]``, ``pairs:TSV``, ``triplets:TSV``, ``nli:TSV``, ``nli-triplets:TSV`` (SimCSE
     triplets from NLI), ``sts:FILE_OR_NAME`` (see ``read_sts``), ``parallel:SRC|TGT`` or
-    ``parallel:TSV``; a path ``bundled/<dataset>/<file>`` is a bundled file; ``tfds:<name>[:split]``
+    ``parallel:TSV``, ``parallel-sts:SRC|TGT`` (row-aligned STS-B translations); a path ``bundled/<dataset>/<file>`` is a bundled file; ``tfds:<name>[:split]``
     reads a TFDS dataset (``sentjax.data.tfds_builders``: local builders or ``glue/stsb``,
     ``snli``, ``multi_nli``). ``text+AUG:FILE`` augments the positive view with the
     ``sentjax.data.augment`` spec AUG, e.g. ``text+crop=0.1:FILE`` (SimCSE Table 1)."""
-    kinds = sorted(KIND_FIELDS) + ["nli-triplets", "tfds"]
+    kinds = sorted(KIND_FIELDS) + ["nli-triplets", "parallel-sts", "tfds"]
     kind, sep, rest = spec.partition(":")
     if not sep:
         raise DataError(f"Dataset spec {spec!r} must look like 'kind:path', kind one of {kinds}.")
@@ -221,6 +241,8 @@ def load_source(spec: str) -> Source:
         raise DataError("bundled:<...> specs need a kind: use e.g. 'text:bundled/<dataset>/<file>'.")
     if kind == "parallel":
         return read_parallel(rest)
+    if kind == "parallel-sts":
+        return read_parallel_sts(rest)
     if kind == "text" and "," in rest:
         # Several sentence files as one source (e.g. to reach a very large unique-text batch).
         parts = [read_text(_bundled_path(p)) for p in rest.split(",")]
@@ -305,11 +327,14 @@ class Pipeline:
       weights: mixing proportions (empty: round robin).
       dedup: no repeated text inside a batch (contrastive objectives).
       process_index / process_count: this process's share of the global batch.
+      teacher_tokenizer: also tokenize each anchor for a teacher with another vocabulary
+        (distillation); the batch gets a ``teacher_anchor`` token dict.
     """
 
     def __init__(self, sources: Sequence[Source], tokenizer, batch_size: int, seed: int,
                  weights: Sequence[float] = (), dedup: bool = True,
-                 process_index: int | None = None, process_count: int | None = None):
+                 process_index: int | None = None, process_count: int | None = None,
+                 teacher_tokenizer=None):
         if not sources:
             raise DataError("No datasets configured; set --config.data.datasets.")
         self.process_index = jax.process_index() if process_index is None else process_index
@@ -324,6 +349,7 @@ class Pipeline:
         self.weights = np.asarray(weights, np.float64) / np.sum(weights) if weights else None
         self.orders = [BatchOrder(s, batch_size, seed + 1000 * i, dedup) for i, s in enumerate(sources)]
         self._counts_cache: dict[int, np.ndarray] = {}
+        self.teacher_tokenizer = teacher_tokenizer
 
     # -- which source and which of its batches a step uses
     _BLOCK = 1024
@@ -360,29 +386,33 @@ class Pipeline:
     def batch(self, step: int) -> dict:
         """This process's rows of the global batch of ``step``: token dicts ``[B/P, L]``
         (``negative``: ``[B/P * k, L]``), ``label`` / ``score`` ``[B/P]``; all processes
-        get equal ``L`` per field."""
+        get equal ``L``. Every text field of a batch shares one ``L`` (the bucket of the
+        batch's longest text): a pair batch then has one of ``max_length / bucket_multiple``
+        shapes instead of its square, and each new shape is a new compilation of the step.
+        With a ``teacher_tokenizer`` the anchors are also tokenized for the teacher
+        (``teacher_anchor``; distillation into a student with another vocabulary)."""
         src, epoch, idx = self.global_indices(step)
         source = self.sources[src]
         per = self.batch_size // self.process_count
         lo, hi = self.process_index * per, (self.process_index + 1) * per
-        out: dict[str, Any] = {}
-        for field in source.text_fields:
-            col = source.columns[field]
-            ids = self.tokenizer.encode_ids([col[i] for i in idx])
-            length = bucket_length(max(len(x) for x in ids), self.tokenizer.max_length,
-                                   self.tokenizer.bucket_multiple)
-            out[field] = self.tokenizer.pad(ids[lo:hi], length)
+        ids: dict[str, list] = {f: self.tokenizer.encode_ids([source.columns[f][i] for i in idx])
+                                for f in source.text_fields}
         if source.kind == "text" and source.augment:
             from sentjax.data import augment
             fn = augment.parse_spec(source.augment)
             if fn is not None:  # augmented positive view x+ = aug(x), one generator per global row
                 aug = augment.augment_batch([source.columns["anchor"][i] for i in idx], fn, self.seed, epoch, step)
-                ids = self.tokenizer.encode_ids(aug)
-                length = bucket_length(max(len(x) for x in ids), self.tokenizer.max_length,
-                                       self.tokenizer.bucket_multiple)
-                out["positive"] = self.tokenizer.pad(ids[lo:hi], length)
+                ids["positive"] = self.tokenizer.encode_ids(aug)
+        length = bucket_length(max(len(x) for col in ids.values() for x in col), self.tokenizer.max_length,
+                               self.tokenizer.bucket_multiple)
+        out: dict[str, Any] = {f: self.tokenizer.pad(col[lo:hi], length) for f, col in ids.items()}
         if source.kind == "text" and "positive" not in out:
             out["positive"] = out["anchor"]  # SimCSE: the same sentence under another dropout mask
+        if self.teacher_tokenizer is not None:
+            t = self.teacher_tokenizer
+            t_ids = t.encode_ids([source.columns["anchor"][i] for i in idx])
+            out["teacher_anchor"] = t.pad(t_ids[lo:hi], bucket_length(max(len(x) for x in t_ids), t.max_length,
+                                                                       t.bucket_multiple))
         for extra in ("label", "score"):
             if extra in source.columns:
                 out[extra] = np.asarray(source.columns[extra])[idx[lo:hi]]
