@@ -211,9 +211,10 @@ def fmt(vals: list[float]) -> str:
     return f"{np.mean(vals):.2f} ± {np.std(vals, ddof=1):.2f}"
 
 
-def make_table(results: dict, metric_order: Sequence[str]) -> str:
+def make_table(results: dict, metric_order: Sequence[str], names: dict | None = None) -> str:
+    names = {**METRIC_NAMES, **(names or {})}
     metrics = [m for m in metric_order if any(m in r for row in results.values() for r in row)]
-    head = "| row | " + " | ".join(METRIC_NAMES.get(m, m) for m in metrics) + " |"
+    head = "| row | " + " | ".join(names.get(m, m) for m in metrics) + " |"
     lines = [head, "|" + "---|" * (len(metrics) + 1)]
     for row, runs in results.items():
         cell = row.replace("|", "\\|")  # |u-v| in a row name must not split the Markdown cell
@@ -278,6 +279,9 @@ def run(name: str, seeds: Sequence[int] = (0,), rows: Sequence[str] | None = Non
             from sentjax.testing import minilm_dir
             base = sentjax.load(kw.get("path") or minilm_dir(), max_length=kw.get("max_length", 32),
                                pooling=kw.get("pooling"))
+            if kw.get("vocab_from"):  # e.g. the distillation student before training
+                from sentjax.train.train import _transfer_vocab
+                base = _transfer_vocab(base, kw["vocab_from"], kw.get("max_length", 32))
             if not mats:
                 mats[bname] = cosine_matrix(base, s1, s2)
             if bname in cache and cache[bname].get("kw") == kw:
@@ -328,7 +332,13 @@ def run(name: str, seeds: Sequence[int] = (0,), rows: Sequence[str] | None = Non
 def write_outputs(mod, name, results, curves, mats, gold, seeds, rows, all_rows, smoke, out, workroot,
                   total, results_md) -> str:
     """results.json, table.md, loss.png, heatmap.png and (not smoke) the RESULTS.md section."""
-    table = make_table(results, [*METRIC_NAMES])
+    # An experiment with many metrics (e.g. one per language) groups them as TABLES = {title: [metrics]}.
+    groups = getattr(mod, "TABLES", None)
+    if groups:
+        names = getattr(mod, "METRIC_NAMES", {})
+        table = "\n\n".join(f"**{title}**\n\n{make_table(results, ms, names)}" for title, ms in groups.items())
+    else:
+        table = make_table(results, [*METRIC_NAMES])
     plot_losses(curves, os.path.join(out, "loss.png"), f"{name}: training loss (seed {seeds[0]})")
     if len(mats) >= 1:
         plot_heatmaps(mats, gold, os.path.join(out, "heatmap.png"))

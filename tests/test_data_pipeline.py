@@ -133,3 +133,57 @@ def test_text_spec_joins_several_files(tmp_path):
     (tmp_path / "b.txt").write_text("three\n\nfour\n")
     src = load_source(f"text:{tmp_path / 'a.txt'},{tmp_path / 'b.txt'}")
     assert src.columns["anchor"] == ["one", "two", "three", "four"]
+
+
+def test_text_fields_share_one_padded_length(ws, tok):
+    """One length per batch (the longest text of any field): a pair batch compiles one of
+    max_length / 8 shapes, not their square."""
+    src = load_source(f"sts:{ws.sts}")
+    p = Pipeline([src], tok, 8, seed=0, dedup=False, process_index=0, process_count=1)
+    for s in range(6):
+        b = p.batch(s)
+        la, lp = b["anchor"]["input_ids"].shape[1], b["positive"]["input_ids"].shape[1]
+        idx = p.global_indices(s)[2]
+        longest = max(len(x) for f in ("anchor", "positive")
+                      for x in tok.encode_ids([src.columns[f][i] for i in idx]))
+        assert la == lp == min(16, -(-longest // 8) * 8)
+        # padding changes nothing but the pad columns
+        ids = tok.encode_ids([src.columns["positive"][i] for i in idx])
+        for row, x in zip(b["positive"]["input_ids"], ids):
+            assert list(row[:len(x)]) == x and not row[len(x):].any()
+
+
+def test_teacher_tokenizer_adds_teacher_anchor(ws, tok):
+    """Distillation into another vocabulary: the teacher's tokens of each anchor ride along."""
+    teacher_tok = Tokenizer.from_dir(ws.tokenizer, max_length=12, bucket_multiple=4)
+    src = load_source(f"parallel:{ws.sentences}|{ws.sentences}")
+    p = Pipeline([src], tok, 8, seed=1, dedup=False, process_index=1, process_count=2,
+                 teacher_tokenizer=teacher_tok)
+    b = p.batch(3)
+    idx = p.global_indices(3)[2][4:]
+    want = teacher_tok([src.columns["anchor"][i] for i in idx], length=b["teacher_anchor"]["input_ids"].shape[1])
+    for k in ("input_ids", "attention_mask"):
+        np.testing.assert_array_equal(b["teacher_anchor"][k], want[k])
+    assert b["teacher_anchor"]["input_ids"].shape[1] % 4 == 0
+    assert "teacher_anchor" not in Pipeline([src], tok, 8, seed=1, dedup=False, process_index=0,
+                                            process_count=1).batch(3)
+
+
+def test_parallel_sts_rows_are_aligned():
+    from sentjax.data import readers
+    src = load_source("parallel-sts:stsb-en-dev|stsb-de-dev")
+    en = readers.read_sts_csv(readers.resolve_sts_data("stsb-en-dev")[0])
+    de = readers.read_sts_csv(readers.resolve_sts_data("stsb-de-dev")[0])
+    n = len(en.sentences1)
+    assert src.kind == "parallel" and len(src) == 2 * n
+    assert src.columns["anchor"][5] == en.sentences1[5] and src.columns["positive"][5] == de.sentences1[5]
+    assert src.columns["anchor"][n + 7] == en.sentences2[7] and src.columns["positive"][n + 7] == de.sentences2[7]
+
+
+def test_parallel_sts_errors(tmp_path):
+    with pytest.raises(DataError, match="SRC\\|TGT"):
+        load_source("parallel-sts:stsb-en-dev")
+    short = tmp_path / "short.csv"
+    short.write_text("Ein Mann.,Eine Frau.,2.0\n")
+    with pytest.raises(DataError, match="equal row counts"):
+        load_source(f"parallel-sts:stsb-en-dev|{short}")

