@@ -1,0 +1,502 @@
+"""Peer comparison (issue 5, item 6): the same run in sentjax and in sentence-transformers.
+
+  python experiments/peer_st.py simcse_unsup --seeds 0,1,2
+  python experiments/peer_st.py sbert_nli --seeds 0,1,2
+  python experiments/peer_st.py simcse_unsup --seeds 0 --smoke --out /tmp/o --workroot /tmp/w   (test)
+
+``--threads N`` sets torch's CPU threads (default 2). On a machine whose cores are busy with other
+jobs use ``--threads 1``: two spinning OpenMP threads on an oversubscribed CPU made an AdamW step of
+MiniLM ~40x slower (4 s instead of 0.1 s) here, while one thread is unaffected.
+
+For the main row of the experiment (simcse_unsup: "None (dropout only = unsup. SimCSE)";
+sbert_nli: ``sbert_nli.MAIN``, the (u, v, |u-v|) softmax row) and each seed, both engines train
+from one config, ``run.build_config(mod, row, seed, smoke, workroot)``, and are evaluated by one
+function, ``run.evaluate_model`` (STS-B dev, SICK-R trial; Spearman x100 of cosine), plus for
+sbert_nli the SNLI dev accuracy of the trained softmax head (``sbert_nli.extra_eval``).
+
+  sentjax                ``sentjax.train.train.train(cfg)``, the exported final model.
+  sentence-transformers  an explicit PyTorch loop (CPU, ``torch.set_num_threads(2)``) over
+                         ``Transformer -> Pooling [-> Dense(tanh)]`` and the ST loss module
+                         (``MultipleNegativesRankingLoss(scale=1/T)`` or ``SoftmaxLoss``):
+                         forward, backward, clip, AdamW step, scheduler step; ``model.train()``.
+
+Matched exactly:
+  * initial encoder weights: the model folder of ``cfg.model.init_from`` (all-MiniLM-L6-v2);
+    ``initial_check`` in peer.json is the largest |difference| between the two untrained
+    encoders' embeddings of the first batch (float rounding, ~1e-6) and whether both tokenizers
+    give the same token ids;
+  * the trainable heads' initial values: SimCSE's MLP (CLS -> Dense 384 -> tanh, training only)
+    and the Sentence-BERT classifier are copied from sentjax's seeded init
+    (``train.init_params``) into ``Dense(init_weight=...)`` / ``SoftmaxLoss.classifier``;
+  * data and order: the sentjax ``Pipeline`` is rebuilt from the same config
+    (``train.build_pipeline``) and step ``s`` of the torch loop gets the texts (and NLI labels)
+    of ``pipeline.global_indices(s)``, in the same row order (``batch_texts``);
+  * steps, batch size, max sequence length (truncation), pooling, loss (temperature 0.05 =
+    scale 20; (u, v, |u-v|) concatenation, cross-entropy), AdamW (b1, b2, eps 1e-6, decoupled
+    weight decay 0.01, none on biases / LayerNorm), the learning rate of every step (the table
+    of ``sentjax.train.optim.linear_warmup_decay`` with ``warmup_steps_of``: the first update
+    uses lr(0), as optax does), global-norm clipping at 1.0.
+  Check (fresh models, dropout off, first batch of seed 0, batch 8): the loss of sentjax's
+  objective and of the ST loss module agree to float32 printing (SimCSE 0.0089514,
+  Sentence-BERT 1.0601233).
+Not matched (cannot be):
+  * dropout masks: JAX's threefry keys vs torch's Philox/MT generator (``torch.manual_seed(seed)``);
+    with dropout (p = 0.1) on, the runs diverge from step 1, which is why the comparison is over
+    seeds (the sentjax mean against the peer's seed spread) and not step by step;
+  * float kernels: XLA CPU vs PyTorch (oneDNN / MKL) matmuls, softmax and layer norm round
+    differently (~1e-6 relative per op);
+  * torch's ``clip_grad_norm_`` scales by ``1 / (norm + 1e-6)``, optax by ``1 / norm``; torch's
+    AdamW multiplies by ``1 - lr * wd`` before the Adam step, optax adds ``lr * wd * p`` to it (the
+    same update, rounded differently);
+  * padding: sentjax pads a batch to a length bucket (multiple of 8) and ST merges the anchor
+    and positive columns into one forward padded to the longest text; masked, so only rounding;
+  * smoke mode (``--smoke``): the sentjax side is run.py's tiny random encoder, the ST side
+    still all-MiniLM-L6-v2 (3 steps of batch 8 each, first 64 STS-B dev pairs): it checks the
+    path, not the numbers; its heads are not copied (the sizes differ).
+
+Outputs: ``<out>/peer.json`` (per-seed numbers, losses per step, wall times, versions),
+``<out>/peer.md`` (the table) and, not in smoke mode, the ``<name>-peer`` section of
+``experiments/RESULTS.md``. Defaults: ``--out experiments/results/<name>``, ``--workroot
+runs/peer/<name>``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+import run  # noqa: E402  (experiments/run.py)
+
+EXPERIMENTS = ("simcse_unsup", "sbert_nli")
+METRICS = ("stsb_dev", "sickr_trial", "snli_dev_acc")
+ENGINES = ("sentjax", "sentence-transformers")
+
+
+def main_row(mod) -> str:
+    return getattr(mod, "MAIN", next(iter(mod.ROWS)))
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def batch_texts(pipeline, step: int) -> dict[str, Any]:
+    """The global batch of ``step`` as texts: ``{field: [str] * B}`` for the source's text fields in
+    ``pipeline.global_indices(step)`` order (kind ``text``: ``positive`` = the anchor, or its
+    augmented view exactly as ``Pipeline.batch`` builds it), plus ``label`` / ``score`` arrays."""
+    src, epoch, idx = pipeline.global_indices(step)
+    source = pipeline.sources[src]
+    out: dict[str, Any] = {f: [source.columns[f][i] for i in idx] for f in source.text_fields}
+    if source.kind == "text":
+        out["positive"] = list(out["anchor"])
+        if source.augment:
+            from sentjax.data import augment
+            fn = augment.parse_spec(source.augment)
+            if fn is not None:
+                out["positive"] = augment.augment_batch(out["anchor"], fn, pipeline.seed, epoch, step)
+    for extra in ("label", "score"):
+        if extra in source.columns:
+            out[extra] = np.asarray(source.columns[extra])[idx]
+    out["source"] = src
+    return out
+
+
+def model_dir(cfg) -> str:
+    """The folder both engines start from (``cfg.model.init_from``; smoke runs: MiniLM for ST)."""
+    from sentjax.testing import minilm_dir
+    path = cfg.model.init_from or "minilm"
+    return minilm_dir() if path == "minilm" else path
+
+
+# ----------------------------------------------------------------------------- sentence-transformers
+
+
+def _st_imports():
+    try:  # sentence-transformers >= 5.4 layout
+        from sentence_transformers.sentence_transformer import losses
+        from sentence_transformers.sentence_transformer import modules as models
+    except ImportError:  # older releases
+        from sentence_transformers import losses, models
+    from sentence_transformers import SentenceTransformer
+    return SentenceTransformer, models, losses
+
+
+class STEncoder:
+    """``encode(texts, batch_size, show_progress)`` of a SentenceTransformer, for run.evaluate_model."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def encode(self, texts, batch_size: int = 128, show_progress: bool = False, **_):
+        return self.model.encode(list(texts), batch_size=batch_size, show_progress_bar=False,
+                                 convert_to_numpy=True)
+
+
+def _concat_flags(concat: Sequence[str]) -> dict:
+    """SoftmaxLoss flags for a sentjax concat; ST's order is (u, v, |u-v|, u*v)."""
+    concat = tuple(concat)
+    flags = dict(concatenation_sent_rep="u" in concat, concatenation_sent_difference="|u-v|" in concat,
+                 concatenation_sent_multiplication="u*v" in concat)
+    order = (("u", "v") if flags["concatenation_sent_rep"] else ()) + \
+        (("|u-v|",) if flags["concatenation_sent_difference"] else ()) + \
+        (("u*v",) if flags["concatenation_sent_multiplication"] else ())
+    if order != concat:
+        raise ValueError(f"objective.concat={concat} has no SoftmaxLoss equivalent (ST concatenates in the "
+                         "order u, v, |u-v|, u*v and always u with v).")
+    return flags
+
+
+def sentjax_initial(cfg):
+    """sentjax's initial model and parameters for ``cfg`` (the seeded heads included)."""
+    from sentjax.train.objectives import make_objective
+    from sentjax.train.train import build_model, init_params
+    model = build_model(cfg)
+    objective = make_objective(cfg.objective)
+    params = init_params(cfg, model, objective)
+    return model, objective, params
+
+
+def train_st(cfg, smoke: bool, log=print, threads: int = 2) -> dict:
+    """Trains the sentence-transformers peer of ``cfg``; returns the model, loss module and logs."""
+    import torch
+    from sentjax.tokenization import Tokenizer
+    from sentjax.train.optim import linear_warmup_decay, warmup_steps_of
+    from sentjax.train.train import build_pipeline
+    SentenceTransformer, models, losses = _st_imports()
+    torch.set_num_threads(threads)
+    t_start = time.time()
+    if cfg.accum_steps != 1 or cfg.dtype != "float32":
+        raise ValueError("the peer loop runs float32 without gradient accumulation.")
+    path = model_dir(cfg)
+    sj_model, objective, sj_params = sentjax_initial(cfg)
+    sj_params = {k: _to_np(v) for k, v in sj_params.items()}
+
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    transformer = models.Transformer(path, max_seq_length=cfg.model.max_length)
+    dim = (transformer.get_embedding_dimension() if hasattr(transformer, "get_embedding_dimension")
+           else transformer.get_word_embedding_dimension())
+    pooling = cfg.model.pooling
+    mods = [transformer, models.Pooling(dim, "cls" if pooling == "cls_mlp" else pooling)]
+    heads_copied = []
+    if pooling == "cls_mlp":
+        mlp = sj_params["model"].get("pooler", {}).get("mlp")
+        kw = {}
+        if mlp is not None and mlp["kernel"].shape == (dim, dim):
+            kw = dict(init_weight=torch.tensor(mlp["kernel"].T.copy()), init_bias=torch.tensor(mlp["bias"].copy()))
+            heads_copied.append("pooler MLP")
+        mods.append(models.Dense(dim, dim, activation_function=torch.nn.Tanh(), **kw))
+    if cfg.model.normalize:
+        mods.append(models.Normalize())
+    model = SentenceTransformer(modules=mods, device="cpu")
+
+    name = cfg.objective.name
+    if name == "infonce":
+        if cfg.objective.symmetric or cfg.objective.hard_negative_weight:
+            raise ValueError("the peer supports the plain (non-symmetric, unweighted) InfoNCE only.")
+        loss_mod = losses.MultipleNegativesRankingLoss(model, scale=1.0 / cfg.objective.temperature)
+    elif name == "softmax":
+        loss_mod = losses.SoftmaxLoss(model, dim, num_labels=cfg.objective.num_labels,
+                                      **_concat_flags(cfg.objective.concat))
+        head = sj_params.get("head")
+        if head is not None and tuple(head["kernel"].shape) == tuple(loss_mod.classifier.weight.T.shape):
+            with torch.no_grad():
+                loss_mod.classifier.weight.copy_(torch.tensor(head["kernel"].T.copy()))
+                loss_mod.classifier.bias.copy_(torch.tensor(head["bias"].copy()))
+            heads_copied.append("softmax classifier")
+    else:
+        raise ValueError(f"objective {name!r}: the peer covers 'infonce' (SimCSE) and 'softmax' (Sentence-BERT).")
+
+    tokenizer = Tokenizer.from_dir(path, max_length=cfg.model.max_length)
+    pipeline = build_pipeline(cfg, tokenizer, dedup=objective.in_batch_negatives)
+    check = initial_check(cfg, sj_model, model, tokenizer, pipeline, smoke)
+
+    no_decay = lambda n: "bias" in n or "LayerNorm" in n  # noqa: E731  (HF convention = optim.decay_mask)
+    named = [(n, p) for n, p in loss_mod.named_parameters() if p.requires_grad]
+    o = cfg.optim
+    opt = torch.optim.AdamW([{"params": [p for n, p in named if not no_decay(n)], "weight_decay": o.weight_decay},
+                             {"params": [p for n, p in named if no_decay(n)], "weight_decay": 0.0}],
+                            lr=o.lr, betas=(o.b1, o.b2), eps=o.eps)
+    total = cfg.total_steps
+    sched = linear_warmup_decay(o.lr, warmup_steps_of(o, total), total)
+    lrs = [float(sched(t)) for t in range(total)]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: lrs[t] / o.lr if t < total else 0.0)
+    params = [p for _, p in named]
+
+    model.train()
+    step_losses, t0 = [], time.time()
+    for s in range(total):
+        b = batch_texts(pipeline, s)
+        fields = [f for f in ("anchor", "positive", "negative") if f in b]
+        features = [model.preprocess(b[f]) for f in fields]
+        labels = torch.tensor(b["label"], dtype=torch.long) if name == "softmax" else None
+        value = loss_mod(features, labels)
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        if o.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, o.clip_norm)
+        opt.step()
+        scheduler.step()
+        step_losses.append(float(value.detach()))
+        if not np.isfinite(step_losses[-1]):
+            raise FloatingPointError(f"sentence-transformers loss is {step_losses[-1]} at step {s}.")
+    loop = time.time() - t0
+    wall = time.time() - t_start
+    log(f"  sentence-transformers: {total} steps in {loop:.1f} s ({wall:.1f} s with loading), "
+        f"loss {step_losses[0]:.4f} -> {step_losses[-1]:.4f}")
+    model.eval()
+    if pooling == "cls_mlp" and not cfg.model.mlp_at_inference:
+        ev = SentenceTransformer(modules=[m for i, m in enumerate(model) if i != 2], device="cpu")
+    else:
+        ev = model
+    ev.eval()
+    return {"model": ev, "loss_module": loss_mod, "losses": step_losses, "train_wall_s": wall,
+            "loop_s": loop,
+            "pairs_per_s": total * cfg.batch_size / max(loop, 1e-9), "lr_first_last": [lrs[0], lrs[-1]],
+            "heads_copied": heads_copied, "initial_check": check}
+
+
+def _to_np(tree):
+    import jax
+    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+def initial_check(cfg, sj_model, st_model, tokenizer, pipeline, smoke: bool) -> dict:
+    """Same start? Token ids of the first batch under both tokenizers, and (not smoke: sentjax is then
+    the same MiniLM) the largest |difference| between the untrained encoders' embeddings of it."""
+    import torch
+    b = batch_texts(pipeline, 0)
+    texts = b["anchor"][:16]
+    sj_ids = tokenizer.encode_ids(texts)
+    st_feat = st_model.preprocess(texts)
+    st_ids = [row[m.bool()].tolist() for row, m in zip(st_feat["input_ids"], st_feat["attention_mask"])]
+    out = {"same_token_ids": sj_ids == st_ids}
+    if not smoke:
+        was = st_model.training
+        st_model.eval()
+        with torch.no_grad():
+            feats = st_model(dict(st_feat))
+            # pre-MLP embedding (CLS / mean) of the ST side: the Pooling module's output
+            x = feats["token_embeddings"]
+            if cfg.model.pooling in ("cls", "cls_mlp"):
+                st_emb = x[:, 0].numpy()
+            else:
+                m = st_feat["attention_mask"].unsqueeze(-1).float()
+                st_emb = ((x * m).sum(1) / m.sum(1).clamp(min=1e-9)).numpy()
+        st_model.train(was)
+        import sentjax
+        enc = sentjax.SentenceModel(sj_model.module.clone(mlp_at_inference=False, normalize=False),
+                                    sj_model.params, sj_model.tokenizer, sj_model.source_dir)
+        sj_emb = np.asarray(enc.encode(texts, show_progress=False))
+        out["max_abs_embedding_diff"] = float(np.max(np.abs(sj_emb - st_emb)))
+    return out
+
+
+# ----------------------------------------------------------------------------- one seed
+
+
+def run_sentjax(mod, cfg, smoke: bool, log=print) -> dict:
+    import sentjax
+    from sentjax.train.train import train
+    shutil.rmtree(cfg.workdir, ignore_errors=True)  # train() refuses to overwrite checkpoints
+    t0 = time.time()
+    summary = train(cfg, progress=False)
+    wall = time.time() - t0
+    if "preempted_at" in summary:
+        raise SystemExit(f"sentjax run stopped by SIGTERM at step {summary['preempted_at']}.")
+    model = sentjax.load(summary["final_model"], max_length=cfg.model.max_length)
+    t1 = time.time()
+    r = run.evaluate_model(model, full=False, smoke=smoke)
+    if hasattr(mod, "extra_eval"):
+        r.update(mod.extra_eval(model, summary, cfg, baseline=False))
+    m = run.read_metrics(cfg.workdir)
+    r.update(losses=[x["loss"] for x in m if "loss" in x], train_wall_s=wall, eval_wall_s=time.time() - t1,
+             pairs_per_s=next((x["pairs_per_s"] for x in reversed(m) if "pairs_per_s" in x), None))
+    shutil.rmtree(os.path.join(cfg.workdir, "checkpoints"), ignore_errors=True)
+    log(f"  sentjax: {cfg.total_steps} steps in {wall:.1f} s; " + _short(r))
+    return r
+
+
+def run_st(mod, cfg, smoke: bool, log=print, threads: int = 2) -> dict:
+    out = train_st(cfg, smoke, log, threads)
+    enc = STEncoder(out["model"])
+    t1 = time.time()
+    r = run.evaluate_model(enc, full=False, smoke=smoke)
+    if hasattr(mod, "extra_eval") and cfg.objective.name == "softmax":
+        c = out["loss_module"].classifier
+        head = {"kernel": c.weight.detach().numpy().T.copy(), "bias": c.bias.detach().numpy().copy()}
+        r.update(mod.extra_eval(enc, {"state": {"params": {"head": head}}}, cfg, baseline=False))
+    r.update(losses=out["losses"], train_wall_s=out["train_wall_s"], eval_wall_s=time.time() - t1,
+             loop_s=out["loop_s"], pairs_per_s=out["pairs_per_s"], heads_copied=out["heads_copied"],
+             initial_check=out["initial_check"], lr_first_last=out["lr_first_last"])
+    log("  sentence-transformers: " + _short(r))
+    return r
+
+
+def _short(r: dict) -> str:
+    return ", ".join(f"{k} {r[k]:.2f}" for k in METRICS if k in r)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def st_versions() -> str:
+    import sentence_transformers
+    import torch
+    import transformers
+    return (f"sentence-transformers {sentence_transformers.__version__}, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), transformers {transformers.__version__}")
+
+
+def spread_check(results: dict, metric: str) -> dict | None:
+    """Is the sentjax mean inside [min, max] of the peer's seeds? ``distance`` = 0 inside, else how far."""
+    a = [r[metric] for r in results["sentjax"] if r.get(metric) is not None]
+    b = [r[metric] for r in results["sentence-transformers"] if r.get(metric) is not None]
+    if not a or not b:
+        return None
+    mean, lo, hi = float(np.mean(a)), float(np.min(b)), float(np.max(b))
+    dist = 0.0 if lo <= mean <= hi else (lo - mean if mean < lo else mean - hi)
+    return {"sentjax_mean": mean, "peer_min": lo, "peer_max": hi, "peer_mean": float(np.mean(b)),
+            "inside": dist == 0.0, "distance": dist}
+
+
+def make_section(name: str, mod, row: str, results: dict, seeds, smoke: bool, cfg, cmd: str, total_s: float) -> str:
+    metrics = [m for m in METRICS if any(m in r for rs in results.values() for r in rs)]
+    head = ("| engine | " + " | ".join(f"{run.METRIC_NAMES[m]} (mean ± std)" for m in metrics) + " | "
+            + " | ".join(f"{run.METRIC_NAMES[m]} per seed" for m in metrics)
+            + " | train s/seed | train pairs/s | eval s/seed |")
+    lines = [head, "|" + "---|" * (2 * len(metrics) + 4)]
+    for eng in ENGINES:
+        rs = results[eng]
+        per = [", ".join(f"{r[m]:.2f}" for r in rs if m in r) or "–" for m in metrics]
+        lines.append(f"| {eng} | " + " | ".join(run.fmt([r.get(m) for r in rs]) for m in metrics) + " | "
+                     + " | ".join(per) + f" | {run.fmt([r['train_wall_s'] for r in rs])} | "
+                     f"{run.fmt([r.get('pairs_per_s') for r in rs])} | {run.fmt([r['eval_wall_s'] for r in rs])} |")
+    verdict = []
+    for m in metrics:
+        c = spread_check(results, m)
+        if c is None:
+            continue
+        where = ("inside" if c["inside"] else
+                 f"OUTSIDE by {c['distance']:.2f} ({'below' if c['sentjax_mean'] < c['peer_min'] else 'above'})")
+        verdict.append(f"{run.METRIC_NAMES[m]}: sentjax mean {c['sentjax_mean']:.2f} is {where} the peer's seed "
+                       f"spread [{c['peer_min']:.2f}, {c['peer_max']:.2f}] (peer mean {c['peer_mean']:.2f})")
+    n = len(seeds)
+    if n < 3:
+        verdict.append(f"only {n} seed(s): the spread of fewer than 3 seeds says little")
+    sj0, st0 = results["sentjax"][0], results["sentence-transformers"][0]
+    ic = st0.get("initial_check", {})
+    checks = f"same token ids: {ic.get('same_token_ids')}"
+    if "max_abs_embedding_diff" in ic:
+        checks += f"; untrained embeddings max |diff| {ic['max_abs_embedding_diff']:.1e}"
+    first = (f"first-step loss sentjax {sj0['losses'][0]:.4f} vs ST {st0['losses'][0]:.4f}, last "
+             f"{sj0['losses'][-1]:.4f} vs {st0['losses'][-1]:.4f} (seed {seeds[0]})") if sj0.get("losses") else ""
+    o = cfg.optim
+    from sentjax.train.optim import warmup_steps_of
+    setting = (f"{cfg.total_steps} steps x batch {cfg.batch_size}, lr {o.lr} (warm-up "
+               f"{warmup_steps_of(o, cfg.total_steps)} steps, linear decay), AdamW eps {o.eps} wd {o.weight_decay}, "
+               f"clip {o.clip_norm}, max length {cfg.model.max_length}, pooling {cfg.model.pooling}, objective "
+               f"{cfg.objective.name}, data {list(cfg.data.datasets)}")
+    return "\n".join([
+        f"## Peer comparison: {row} in sentjax vs sentence-transformers ({name})", "",
+        f"Command: `{cmd}` (total wall time {total_s / 60:.1f} min; seeds {list(seeds)})"
+        + (" — SMOKE run (tiny random sentjax encoder, 64 STS-B pairs): checks the path, not the numbers"
+           if smoke else "")
+        + ".  ",
+        f"Setting (both engines): {setting}. Heads copied from sentjax's init into ST: "
+        f"{', '.join(st0.get('heads_copied') or []) or 'none'}.  ",
+        f"Start check: {checks}; {first}.  ",
+        f"Versions: {run.versions()}; {st_versions()}.", "",
+        "\n".join(lines), "",
+        "Spearman x100 of cosine"
+        + (f" (SNLI dev acc: the trained softmax head on the first "
+           f"{32 if cfg.total_steps <= 3 else getattr(mod, 'SNLI_DEV_N', 2000)} SNLI dev pairs)"
+           if "snli_dev_acc" in metrics else "")
+        + "; mean ± std (ddof 1) over seeds. Train s: sentjax `train()` (loading, compilation, steps, export); "
+        "ST: loading, the start check and the loop. Train pairs/s: the steps after the first (sentjax) / all "
+        "steps (ST).  ",
+        "; ".join(verdict) + ".", "",
+        "Same initial weights, batches (texts and order) and hyperparameters, learning rate of every step; "
+        "dropout masks and float kernels differ between the frameworks (see `experiments/peer_st.py`), so the "
+        "runs are compared by their seed spreads, not step by step.",
+    ])
+
+
+def write_outputs(name, mod, row, results, seeds, smoke, cfg, cmd, total_s, out, results_md) -> str:
+    section = make_section(name, mod, row, results, seeds, smoke, cfg, cmd, total_s)
+    checks = {m: spread_check(results, m) for m in METRICS}
+    with open(os.path.join(out, "peer.json"), "w", encoding="utf-8") as f:
+        json.dump({"experiment": name, "row": row, "seeds": list(seeds), "smoke": smoke, "command": cmd,
+                   "results": results, "spread_check": {k: v for k, v in checks.items() if v},
+                   "total_wall_s": total_s, "versions": f"{run.versions()}; {st_versions()}",
+                   "machine": platform.platform()}, f, indent=1, default=float)
+    with open(os.path.join(out, "peer.md"), "w", encoding="utf-8") as f:  # only peer.* of <out> are written
+        f.write(section + "\n")
+    if not smoke:
+        run.update_results_md(results_md or os.path.join(HERE, "RESULTS.md"), f"{name}-peer", section)
+    return section
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def compare(name: str, seeds: Sequence[int] = (0, 1, 2), smoke: bool = False, out: str | None = None,
+            workroot: str | None = None, results_md: str | None = None, log=print, threads: int = 2) -> dict:
+    mod = importlib.import_module(name)
+    row = main_row(mod)
+    out = out or os.path.join(HERE, "results", name)
+    workroot = workroot or os.path.join(REPO, "runs", "peer", name)
+    os.makedirs(out, exist_ok=True)
+    cmd = (f"python experiments/peer_st.py {name} --seeds {','.join(map(str, seeds))}" + (" --smoke" if smoke else "")
+           + (f" --threads {threads}" if threads != 2 else ""))
+    results: dict[str, list[dict]] = {e: [] for e in ENGINES}
+    t_all = time.time()
+    section = ""
+    for seed in seeds:
+        cfg = run.build_config(mod, row, seed, smoke, workroot)
+        log(f"[{name} peer] {row!r} seed {seed}")
+        results["sentjax"].append({"seed": seed, **run_sentjax(mod, cfg, smoke, log)})
+        results["sentence-transformers"].append({"seed": seed, **run_st(mod, cfg, smoke, log, threads)})
+        # after every seed, so a stopped run still leaves its finished seeds
+        section = write_outputs(name, mod, row, results, list(seeds)[:len(results["sentjax"])], smoke, cfg, cmd,
+                                time.time() - t_all, out, results_md)
+    return {"results": results, "section": section, "out": out}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="experiments/peer_st.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("name", choices=EXPERIMENTS)
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    p.add_argument("--smoke", action="store_true", help="tiny sentjax model, 3 steps of batch 8, 64 STS pairs")
+    p.add_argument("--out", default=None, help="output folder (default experiments/results/<name>)")
+    p.add_argument("--workroot", default=None, help="run folders (default runs/peer/<name>)")
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch CPU threads (default 2; 1 is much faster on an oversubscribed machine)")
+    a = p.parse_args(argv)
+    try:
+        seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
+    except ValueError:
+        p.error(f"--seeds must be comma-separated integers like 0,1,2, got {a.seeds!r}")
+    if not seeds:
+        p.error("--seeds is empty")
+    if a.threads < 1:
+        p.error("--threads must be >= 1")
+    res = compare(a.name, seeds, a.smoke, a.out, a.workroot, threads=a.threads)
+    print(res["section"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""experiments/peer_st.py: the sentence-transformers peer run sees sentjax's batches, and the
+smoke comparison runs end to end (both engines, peer.json / peer.md)."""
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from sentjax.testing import minilm_dir
+
+pytest.importorskip("sentence_transformers")
+pytest.importorskip("torch")
+if minilm_dir() is None:
+    pytest.skip("all-MiniLM-L6-v2 (models extra) is not installed", allow_module_level=True)
+
+EXP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+if EXP not in sys.path:
+    sys.path.insert(0, EXP)
+
+import peer_st  # noqa: E402
+import run  # noqa: E402
+
+
+def _pipeline(name, workroot, seed=0):
+    import importlib
+
+    from sentjax.tokenization import Tokenizer
+    from sentjax.train.objectives import make_objective
+    from sentjax.train.train import build_pipeline
+    mod = importlib.import_module(name)
+    cfg = run.build_config(mod, peer_st.main_row(mod), seed, True, str(workroot))
+    tok = Tokenizer.from_dir(minilm_dir(), max_length=cfg.model.max_length)
+    return cfg, build_pipeline(cfg, tok, dedup=make_objective(cfg.objective).in_batch_negatives), tok
+
+
+@pytest.mark.parametrize("name,steps", [("simcse_unsup", (0, 1, 2)), ("sbert_nli", (0, 1, 2))])
+def test_batch_texts_are_the_pipeline_batch(tmp_path, name, steps):
+    """The texts (and NLI labels) the ST loop gets for a step tokenize to exactly the rows of
+    ``Pipeline.batch(step)``, in the same order."""
+    cfg, pipe, tok = _pipeline(name, tmp_path, seed=3)
+    seen_sources = set()
+    for step in steps:
+        texts = peer_st.batch_texts(pipe, step)
+        batch = pipe.batch(step)
+        seen_sources.add(texts["source"])
+        fields = [f for f in ("anchor", "positive", "negative") if f in batch and isinstance(batch[f], dict)]
+        assert fields and set(fields) <= set(texts)
+        for f in fields:
+            assert len(texts[f]) == cfg.batch_size
+            ids, mask = batch[f]["input_ids"], batch[f]["attention_mask"]
+            rows = [list(r[m.astype(bool)]) for r, m in zip(ids, mask)]
+            assert tok.encode_ids(texts[f]) == [[int(x) for x in r] for r in rows], (name, step, f)
+        if "label" in batch:
+            np.testing.assert_array_equal(texts["label"], batch["label"])
+    if name == "simcse_unsup":
+        b = peer_st.batch_texts(pipe, 0)
+        assert b["positive"] == b["anchor"]  # dropout-only SimCSE: the positive is the sentence itself
+        assert len(set(b["anchor"])) == len(b["anchor"])  # dedup, as sentjax's contrastive batches
+    else:
+        assert seen_sources == {0, 1}  # NLI-CAD and SICK, round robin
+
+
+def test_spread_check_and_concat_flags():
+    res = {"sentjax": [{"stsb_dev": 80.0}, {"stsb_dev": 82.0}],
+           "sentence-transformers": [{"stsb_dev": 79.0}, {"stsb_dev": 80.5}, {"stsb_dev": 83.0}]}
+    c = peer_st.spread_check(res, "stsb_dev")
+    assert c["inside"] and c["distance"] == 0.0 and c["peer_min"] == 79.0 and c["peer_max"] == 83.0
+    res["sentjax"] = [{"stsb_dev": 85.0}]
+    c = peer_st.spread_check(res, "stsb_dev")
+    assert not c["inside"] and c["distance"] == pytest.approx(2.0)
+    assert peer_st._concat_flags(("u", "v", "|u-v|")) == dict(
+        concatenation_sent_rep=True, concatenation_sent_difference=True, concatenation_sent_multiplication=False)
+    with pytest.raises(ValueError):
+        peer_st._concat_flags(("|u-v|", "u", "v"))
+
+
+def test_peer_smoke_end_to_end(tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    # --threads 1: two torch threads on a machine whose 2 cores are shared run many times slower
+    assert peer_st.main(["simcse_unsup", "--seeds", "0", "--smoke", "--out", str(out), "--workroot", str(work),
+                         "--threads", "1"]) == 0
+    data = json.loads((out / "peer.json").read_text())
+    assert data["smoke"] and data["seeds"] == [0]
+    for engine in ("sentjax", "sentence-transformers"):
+        (r,) = data["results"][engine]
+        assert math.isfinite(r["stsb_dev"]), engine
+        assert r["losses"] and all(math.isfinite(x) for x in r["losses"]), engine
+        assert len(r["losses"]) == 3, engine  # one loss per step (smoke: log_every 1)
+    assert data["results"]["sentence-transformers"][0]["initial_check"]["same_token_ids"] is True
+    assert "stsb_dev" in data["spread_check"]
+    md = (out / "peer.md").read_text()
+    assert "| sentjax |" in md and "| sentence-transformers |" in md
+    assert "peer_st.py simcse_unsup --seeds 0 --smoke" in md
