@@ -110,6 +110,7 @@ def main() -> None:
     p.add_argument("--devices", type=int, default=1)
     p.add_argument("--gradcache", action="store_true", help="also batches 512 and 4096")
     p.add_argument("--max-batch", type=int, default=4096, help="skip cases above this batch")
+    p.add_argument("--min-batch", type=int, default=0, help="skip cases below this batch (rerun one size)")
     p.add_argument("--out", default=None)
     a = p.parse_args()
     if a.child == "st":
@@ -134,7 +135,7 @@ def main() -> None:
                   ("sentjax InfoNCE + GradCache (chunk 64)", "sentjax", 512, 64, 1),
                   ("sentence-transformers CachedMNRL (mini 64)", "st", 4096, 64, 1),
                   ("sentjax InfoNCE + GradCache (chunk 64)", "sentjax", 4096, 64, 1)]
-    cases = [c for c in cases if c[2] <= a.max_batch]
+    cases = [c for c in cases if a.min_batch <= c[2] <= a.max_batch]
     rows = []
     for name, engine, batch, cached, devices in cases:
         args = [engine, "--batch", str(batch), "--cached", str(cached), "--devices", str(devices),
@@ -151,7 +152,7 @@ def main() -> None:
             os.environ["XLA_FLAGS"] = env_flags
         rows.append((name, batch, cached, devices, r))
         print(name, batch, r, flush=True)
-    peer64 = rows[0][4].get("pairs_per_s")
+    peer64 = next((r.get("pairs_per_s") for name, b, c, d, r in rows if b == 64 and name.startswith("sentence-")), None)
     import subprocess
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     lines = ["# Training benchmark: sentjax vs sentence-transformers", "",
@@ -174,8 +175,9 @@ def main() -> None:
             mean_len = r["real_tokens_per_step"] / batch
             flops = 3 * 2 * batch * common.bert_flops_per_sentence(int(round(mean_len)))
             util = f"{flops / r['seconds_per_step'] / (np_rate * 1e9):.0%}"
-        lines.append(f"| {name} | {batch} | {cached or '-'} | {devices} | {r['pairs_per_s']:.1f} | "
-                     f"{r['pairs_per_s'] / peer64:.2f} | {r['seconds_per_step']:.2f} | {r['peak_rss_mib']:.0f} | {util} |")
+        ratio = f"{r['pairs_per_s'] / peer64:.2f}" if peer64 else "-"
+        lines.append(f"| {name} | {batch} | {cached or '-'} | {devices} | {r['pairs_per_s']:.1f} | {ratio} | "
+                     f"{r['seconds_per_step']:.2f} | {r['peak_rss_mib']:.0f} | {util} |")
     text = "\n".join(lines) + "\n"
     print(text)
     out = a.out or os.path.join(common.HERE, "results", "train.md")
