@@ -128,7 +128,9 @@ def extra_eval(model, summary, cfg, baseline: bool) -> dict:
     if smoke:  # the path, not the numbers: one language, a few pairs
         d = readers.read_sts_csv(readers.resolve_sts_data("stsb-de-dev")[0])
         out["sts_de"] = evaluate_sts(f, d.sentences1[:32], d.sentences2[:32], d.scores[:32])["spearman"]
-        out["tatoeba_deu"] = evaluate_tatoeba(lambda t: f(t), ["deu"])["deu"]["accuracy"]
+        from sentjax.eval.retrieval import bitext_retrieval
+        p = readers.read_tatoeba("deu")
+        out["tatoeba_deu"] = bitext_retrieval(f(p.src[:32]), f(p.tgt[:32]))["accuracy"]
         return out
     for lang in STS_LANGS[1:]:  # English: run.py's stsb_dev (the same STS-B dev pairs)
         out[f"sts_{lang}"] = evaluate_sts_file(f, f"stsb-{lang}-dev")["spearman"]
