@@ -45,6 +45,7 @@ def get_config():
     c.model.init_from = "minilm"
     c.model.vocab_from = "multilingual"
     c.model.pooling = "mean"
+    c.model.normalize = True   # the teacher's outputs are unit vectors (its 2_Normalize module): match them
     c.model.max_length = 32
     c.objective.name = "distill"
     c.objective.teacher = "minilm"
@@ -100,6 +101,7 @@ def prepare(cfg, row: str, workroot: str) -> None:
         sentjax.save(m, path)
     cfg.model.init_from = path
     cfg.objective.teacher = path
+    cfg.model.normalize = False  # like the tiny teacher
     cfg.model.tokenizer = ""
     if multilingual_tokenizer_dir() is None:  # without the extra: distil into the same vocabulary
         cfg.model.vocab_from = ""

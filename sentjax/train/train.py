@@ -329,6 +329,11 @@ def train(c: ml_collections.ConfigDict, resume: bool = False, progress: bool = T
     objective = make_objective(c.objective)
     model = build_model(c)
     teacher = load_teacher(c, model) if objective.needs_teacher else None
+    if teacher is not None and teacher.module.normalize != model.module.normalize and is_main:
+        # MSE to unit vectors from an unnormalised student (or the reverse) mostly trains the norm.
+        print(f"warning: the distillation teacher {'does' if teacher.module.normalize else 'does not'} "
+              f"L2-normalise its embeddings but the student {'does' if model.module.normalize else 'does not'}; "
+              f"set --config.model.normalize={teacher.module.normalize} to match.", file=sys.stderr, flush=True)
     embed, grad_fn = build_objective_and_grad(c, model, objective, mesh, teacher)
     # The teacher reads the source text with its own tokenizer (the student's vocabulary may differ).
     pipeline = build_pipeline(c, model.tokenizer, dedup=objective.in_batch_negatives,
