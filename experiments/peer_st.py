@@ -485,12 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2,
                    help="torch CPU threads (default 2; 1 is much faster on an oversubscribed machine)")
     a = p.parse_args(argv)
-    try:
-        seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
-    except ValueError:
-        p.error(f"--seeds must be comma-separated integers like 0,1,2, got {a.seeds!r}")
-    if not seeds:
-        p.error("--seeds is empty")
+    seeds = run.parse_seeds(p, a.seeds)
     if a.threads < 1:
         p.error("--threads must be >= 1")
     res = compare(a.name, seeds, a.smoke, a.out, a.workroot, threads=a.threads)

@@ -371,6 +371,17 @@ def write_outputs(mod, name, results, curves, mats, gold, seeds, rows, all_rows,
     return section
 
 
+def parse_seeds(p: argparse.ArgumentParser, text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; a malformed or empty list is an argparse error."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        p.error(f"--seeds must be comma-separated integers like 0,1,2, got {text!r}")
+    if not seeds:
+        p.error("--seeds is empty")
+    return seeds
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="experiments/run.py", description=__doc__.split("\n\n")[0])
     p.add_argument("name", help="experiment module in experiments/, e.g. simcse_unsup")
@@ -380,12 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="output folder (default experiments/results/<name>)")
     p.add_argument("--workroot", default=None, help="run folders (default runs/experiments/<name>)")
     a = p.parse_args(argv)
-    try:
-        seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
-    except ValueError:
-        p.error(f"--seeds must be comma-separated integers like 0,1,2, got {a.seeds!r}")
-    if not seeds:
-        p.error("--seeds is empty")
+    seeds = parse_seeds(p, a.seeds)
     if not os.path.isfile(os.path.join(HERE, f"{a.name}.py")) or a.name in ("run", "demo"):
         p.error(f"no experiment {a.name!r}; choose one of "
                 f"{sorted(f[:-3] for f in os.listdir(HERE) if f.endswith('.py') and f not in ('run.py', 'demo.py'))}")
