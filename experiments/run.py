@@ -18,7 +18,9 @@ evaluated with ``sentjax.eval`` (cosine similarity; Spearman x100): STS-B dev (S
 SICK-R trial, and for FULL_EVAL rows STS12-16 (pooled "all", SimCSE's number). Outputs go to
 ``experiments/results/<name>/`` (``results.json``, ``table.md``, ``loss.png``, ``heatmap.png``)
 and the section between ``<!-- BEGIN name -->`` / ``<!-- END name -->`` of
-``experiments/RESULTS.md`` is replaced. ``--smoke`` swaps in a tiny random encoder (MiniLM's
+``experiments/RESULTS.md`` is replaced. A run of a subset of the rows (``--rows``) keeps the other
+rows' results, loss curves and commands from the previous ``results.json`` in ``--out`` (so an
+ablation can be extended row by row; ``--fresh`` drops them). ``--smoke`` swaps in a tiny random encoder (MiniLM's
 tokenizer, 2 layers of width 32), 3 steps of batch 8 and STS-B dev only, into a temporary
 ``--out``: the test suite runs it so the configs cannot rot.
 """
@@ -249,9 +251,34 @@ def update_results_md(path: str, name: str, section: str) -> None:
 # ----------------------------------------------------------------------------- main
 
 
+def command(name: str, seeds: Sequence[int], rows: Sequence[str], all_rows: Sequence[str]) -> str:
+    cmd = f"python experiments/run.py {name} --seeds {','.join(map(str, seeds))}"
+    if list(rows) != list(all_rows):
+        cmd += f" --rows '{';'.join(rows)}'"
+    return cmd
+
+
+def previous_rows(out: str, name: str, all_rows: Sequence[str]) -> dict[str, dict]:
+    """{row: {"runs", "curve", "command"}} of the finished rows in ``out/results.json`` that are still
+    rows of the experiment (a results file from before curves were saved gives an empty curve)."""
+    path = os.path.join(out, "results.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        old = json.load(f)
+    cmds = old.get("row_commands") or {}
+    fallback = command(name, old.get("seeds", [0]), old.get("rows", all_rows), all_rows)
+    return {row: {"runs": old["results"][row], "curve": (old.get("curves") or {}).get(row, []),
+                  "command": cmds.get(row, fallback)}
+            for row in all_rows if old.get("results", {}).get(row)}
+
+
 def run(name: str, seeds: Sequence[int] = (0,), rows: Sequence[str] | None = None, smoke: bool = False,
-        out: str | None = None, workroot: str | None = None, results_md: str | None = None) -> dict:
-    """Trains and evaluates ``rows`` x ``seeds`` of experiment ``name``; returns the results dict."""
+        out: str | None = None, workroot: str | None = None, results_md: str | None = None,
+        fresh: bool = False) -> dict:
+    """Trains and evaluates ``rows`` x ``seeds`` of experiment ``name``; returns the results dict.
+
+    Rows not in ``rows`` keep their earlier results from ``out/results.json`` unless ``fresh``."""
     import sentjax
     from sentjax.train.train import train
     mod = importlib.import_module(name)
@@ -266,8 +293,11 @@ def run(name: str, seeds: Sequence[int] = (0,), rows: Sequence[str] | None = Non
     if os.path.isdir(workroot):
         shutil.rmtree(workroot)  # a rerun starts fresh: train() refuses to overwrite checkpoints
     full_rows = set(getattr(mod, "FULL_EVAL", all_rows[:1]))
+    carried = {} if fresh else {r: v for r, v in previous_rows(out, name, all_rows).items() if r not in rows}
     results: dict[str, list[dict]] = {}
-    curves: dict[str, list] = {}
+    curves: dict[str, list] = {r: v["curve"] for r, v in carried.items()}
+    row_commands = {r: v["command"] for r, v in carried.items()}
+    row_commands.update({r: command(name, seeds, rows, all_rows) for r in rows})
     mats: dict[str, np.ndarray] = {}
     s1, s2, gold = heatmap_pairs()
     t_all = time.time()
@@ -297,8 +327,12 @@ def run(name: str, seeds: Sequence[int] = (0,), rows: Sequence[str] | None = Non
                 json.dump(cache, f, indent=1, default=float)
             print(f"[{name}] {bname}: {r}", flush=True)
 
+    for row in all_rows:  # table order = the experiment's order, carried rows in their place
+        if row in carried:
+            results[row] = carried[row]["runs"]
+        elif row in rows:
+            results[row] = []
     for row in rows:
-        results[row] = []
         for seed in seeds:
             cfg = build_config(mod, row, seed, smoke, workroot)
             t0 = time.time()
@@ -318,19 +352,19 @@ def run(name: str, seeds: Sequence[int] = (0,), rows: Sequence[str] | None = Non
             results[row].append(r)
             if seed == seeds[0]:
                 curves[row] = losses
-                if row == rows[0] and not smoke:
+                if row == all_rows[0] and not smoke:
                     mats[f"{row} (trained)"] = cosine_matrix(model, s1, s2)
             shutil.rmtree(os.path.join(cfg.workdir, "checkpoints"), ignore_errors=True)
             print(f"[{name}] {row} seed {seed}: {json.dumps(r, default=float)}", flush=True)
             del summary
             # after every run, so a run that is stopped still leaves its finished rows
             section = write_outputs(mod, name, results, curves, mats, gold, seeds, rows, all_rows, smoke,
-                                    out, workroot, time.time() - t_all, results_md)
+                                    out, workroot, time.time() - t_all, results_md, row_commands)
     return {"results": results, "section": section, "out": out}
 
 
 def write_outputs(mod, name, results, curves, mats, gold, seeds, rows, all_rows, smoke, out, workroot,
-                  total, results_md) -> str:
+                  total, results_md, row_commands) -> str:
     """results.json, table.md, loss.png, heatmap.png and (not smoke) the RESULTS.md section."""
     # An experiment with many metrics (e.g. one per language) groups them as TABLES = {title: [metrics]}.
     groups = getattr(mod, "TABLES", None)
@@ -339,15 +373,21 @@ def write_outputs(mod, name, results, curves, mats, gold, seeds, rows, all_rows,
         table = "\n\n".join(f"**{title}**\n\n{make_table(results, ms, names)}" for title, ms in groups.items())
     else:
         table = make_table(results, [*METRIC_NAMES])
-    plot_losses(curves, os.path.join(out, "loss.png"), f"{name}: training loss (seed {seeds[0]})")
-    if len(mats) >= 1:
-        plot_heatmaps(mats, gold, os.path.join(out, "heatmap.png"))
+    plot_losses({r: c for r, c in curves.items() if c}, os.path.join(out, "loss.png"),
+                f"{name}: training loss (first seed of each row)")
+    heatmap = os.path.join(out, "heatmap.png")
+    if len(mats) >= 2:  # untrained + trained main row; otherwise an earlier heat map stays
+        plot_heatmaps(mats, gold, heatmap)
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump({"results": results, "done_rows": [r for r in rows if results.get(r)], "seeds": list(seeds), "rows": rows, "smoke": smoke,
-                   "total_wall_s": total, "versions": versions()}, f, indent=1, default=float)
-    cmd = f"python experiments/run.py {name} --seeds {','.join(map(str, seeds))}"
-    if rows != all_rows:
-        cmd += f" --rows '{';'.join(rows)}'"
+        json.dump({"results": results, "curves": curves, "row_commands": row_commands,
+                   "done_rows": [r for r in rows if results.get(r)], "seeds": list(seeds), "rows": rows,
+                   "smoke": smoke, "total_wall_s": total, "versions": versions()}, f, indent=1, default=float)
+    cmd = command(name, seeds, rows, all_rows)
+    others: dict[str, list[str]] = {}
+    for r, c in row_commands.items():
+        if c != cmd and results.get(r):
+            others.setdefault(c, []).append(r)
+    earlier = "".join(f" Rows {', '.join(rs)} come from an earlier command: `{c}`." for c, rs in others.items())
     done = [r for r in rows if results.get(r)]
     partial = "" if done == rows else f" Finished {len(done)} of {len(rows)} rows so far."
     cfg0 = build_config(mod, rows[0], seeds[0], smoke, os.path.join(workroot, '_cfg'))
@@ -355,14 +395,15 @@ def write_outputs(mod, name, results, curves, mats, gold, seeds, rows, all_rows,
                f"{cfg0.model.max_length}, init {cfg0.model.init_from or 'random'}")
     section = "\n".join([
         f"## {mod.TITLE}", "",
-        f"Command: `{cmd}` (total wall time {total / 60:.1f} min; seeds {list(seeds)}).{partial}  ",
+        f"Command: `{cmd}` (total wall time {total / 60:.1f} min; seeds {list(seeds)}).{partial}{earlier}  ",
         f"Reduced CPU setting: {setting}. Paper setting: {mod.PAPER}.  ",
         f"Versions: {versions()}.", "",
         table, "",
         "Spearman x100 of cosine similarity; mean ± std over seeds where more than one. "
         "STS12-16 = SentEval pooled ('all'), run for the first seed of the main rows only.", "",
         getattr(mod, "NOTES", "").strip(), "",
-        f"![loss](results/{name}/loss.png)" + (f" ![heatmap](results/{name}/heatmap.png)" if mats else ""),
+        f"![loss](results/{name}/loss.png)" + (f" ![heatmap](results/{name}/heatmap.png)"
+                                               if os.path.isfile(heatmap) else ""),
     ])
     with open(os.path.join(out, "table.md"), "w", encoding="utf-8") as f:
         f.write(section + "\n")
@@ -390,13 +431,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="a few steps of a tiny model (tests)")
     p.add_argument("--out", default=None, help="output folder (default experiments/results/<name>)")
     p.add_argument("--workroot", default=None, help="run folders (default runs/experiments/<name>)")
+    p.add_argument("--fresh", action="store_true",
+                   help="with --rows: drop the other rows' earlier results instead of keeping them")
     a = p.parse_args(argv)
     seeds = parse_seeds(p, a.seeds)
     if not os.path.isfile(os.path.join(HERE, f"{a.name}.py")) or a.name in ("run", "demo"):
         p.error(f"no experiment {a.name!r}; choose one of "
                 f"{sorted(f[:-3] for f in os.listdir(HERE) if f.endswith('.py') and f not in ('run.py', 'demo.py'))}")
     rows = [r.strip() for r in a.rows.split(";") if r.strip()]
-    res = run(a.name, seeds, rows or None, a.smoke, a.out, a.workroot)
+    res = run(a.name, seeds, rows or None, a.smoke, a.out, a.workroot, fresh=a.fresh)
     print(res["section"])
     return 0
 

@@ -31,10 +31,25 @@ def _smoke(tmp_path, name, rows):
 
 
 @needs_tok
-def test_smoke_simcse_unsup_with_augmentation(tmp_path):
+def test_smoke_simcse_unsup_with_augmentation_keeps_earlier_rows(tmp_path):
+    """A --rows run adds its rows to the earlier results.json: the other rows keep their numbers,
+    loss curve and command, in the experiment's row order; rows no longer in ROWS are dropped."""
+    (tmp_path / "out").mkdir()
+    earlier = {"results": {"Crop 10%": [{"stsb_dev": 12.5, "final_loss": 0.25, "seed": 3}],
+                           "a row that was renamed": [{"stsb_dev": 1.0}]},
+               "curves": {"Crop 10%": [[1, 0.5], [2, 0.25]]}, "seeds": [3],
+               "rows": ["Crop 10%", "a row that was renamed"]}
+    (tmp_path / "out" / "results.json").write_text(json.dumps(earlier))
     rows = ["Word deletion 10%"]
-    res, _ = _smoke(tmp_path, "simcse_unsup", rows)
-    assert "| Word deletion 10% |" in res["section"]
+    res, saved = _smoke(tmp_path, "simcse_unsup", rows)
+    assert list(saved["results"]) == ["Crop 10%", "Word deletion 10%"]
+    assert saved["results"]["Crop 10%"] == earlier["results"]["Crop 10%"]
+    assert saved["curves"]["Crop 10%"] == [[1, 0.5], [2, 0.25]] and saved["curves"]["Word deletion 10%"]
+    old_cmd = "python experiments/run.py simcse_unsup --seeds 3 --rows 'Crop 10%;a row that was renamed'"
+    assert saved["row_commands"] == {"Crop 10%": old_cmd, "Word deletion 10%":
+                                     "python experiments/run.py simcse_unsup --seeds 0 --rows 'Word deletion 10%'"}
+    assert "| Word deletion 10% |" in res["section"] and "| Crop 10% | 12.50 |" in res["section"]
+    assert f"Rows Crop 10% come from an earlier command: `{old_cmd}`" in res["section"]
 
 
 @needs_tok
@@ -74,7 +89,7 @@ def test_smoke_infonce_ablation_rows(tmp_path):
     import infonce_ablation
     temps = {run.build_config(infonce_ablation, r, 0, True, str(tmp_path)).objective.temperature
              for r in infonce_ablation.ROWS}
-    assert temps == {0.01, 0.05, 0.1, 1.0}
+    assert temps == {0.01, 0.05, 0.1, 0.5, 1.0}
     _smoke(tmp_path, "infonce_ablation", ["T = 1.0, batch 64"])
 
 
