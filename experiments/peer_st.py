@@ -368,8 +368,15 @@ def spread_check(results: dict, metric: str) -> dict | None:
         return None
     mean, lo, hi = float(np.mean(a)), float(np.min(b)), float(np.max(b))
     dist = 0.0 if lo <= mean <= hi else (lo - mean if mean < lo else mean - hi)
-    return {"sentjax_mean": mean, "peer_min": lo, "peer_max": hi, "peer_mean": float(np.mean(b)),
-            "inside": dist == 0.0, "distance": dist}
+    out = {"sentjax_mean": mean, "peer_min": lo, "peer_max": hi, "peer_mean": float(np.mean(b)),
+           "inside": dist == 0.0, "distance": dist}
+    if len(a) >= 2 and len(b) >= 2 and (np.var(a) + np.var(b)) > 0:
+        # The [min, max] of 3 seeds is a narrow band; Welch's t-test says whether the two means differ by
+        # more than the seed noise of both engines (unequal variances, few seeds).
+        from scipy import stats
+        t = stats.ttest_ind(a, b, equal_var=False)
+        out.update(welch_t=float(t.statistic), welch_p=float(t.pvalue))
+    return out
 
 
 def make_section(name: str, mod, row: str, results: dict, seeds, smoke: bool, cfg, cmd: str, total_s: float) -> str:
@@ -391,8 +398,10 @@ def make_section(name: str, mod, row: str, results: dict, seeds, smoke: bool, cf
             continue
         where = ("inside" if c["inside"] else
                  f"OUTSIDE by {c['distance']:.2f} ({'below' if c['sentjax_mean'] < c['peer_min'] else 'above'})")
+        welch = (f"; difference of means {c['sentjax_mean'] - c['peer_mean']:+.2f}, Welch's t-test p = "
+                 f"{c['welch_p']:.2f}" if "welch_p" in c else "")
         verdict.append(f"{run.METRIC_NAMES[m]}: sentjax mean {c['sentjax_mean']:.2f} is {where} the peer's seed "
-                       f"spread [{c['peer_min']:.2f}, {c['peer_max']:.2f}] (peer mean {c['peer_mean']:.2f})")
+                       f"spread [{c['peer_min']:.2f}, {c['peer_max']:.2f}] (peer mean {c['peer_mean']:.2f}{welch})")
     n = len(seeds)
     if n < 3:
         verdict.append(f"only {n} seed(s): the spread of fewer than 3 seeds says little")

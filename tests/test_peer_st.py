@@ -67,6 +67,14 @@ def test_spread_check_and_concat_flags():
            "sentence-transformers": [{"stsb_dev": 79.0}, {"stsb_dev": 80.5}, {"stsb_dev": 83.0}]}
     c = peer_st.spread_check(res, "stsb_dev")
     assert c["inside"] and c["distance"] == 0.0 and c["peer_min"] == 79.0 and c["peer_max"] == 83.0
+    # Welch's t-test against the textbook formula (unequal variances, Welch-Satterthwaite df), float64
+    from scipy import stats
+    a, b = np.array([80.0, 82.0]), np.array([79.0, 80.5, 83.0])
+    va, vb = a.var(ddof=1) / 2, b.var(ddof=1) / 3
+    t = (a.mean() - b.mean()) / np.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / 1 + vb ** 2 / 2)
+    assert c["welch_t"] == pytest.approx(t, rel=1e-12)
+    assert c["welch_p"] == pytest.approx(2 * stats.t.sf(abs(t), df), rel=1e-9)
     res["sentjax"] = [{"stsb_dev": 85.0}]
     c = peer_st.spread_check(res, "stsb_dev")
     assert not c["inside"] and c["distance"] == pytest.approx(2.0)
