@@ -33,6 +33,7 @@ ROWS = {
     "T = 0.05, batch 16, 64 steps": {"batch_size": 16, "total_steps": 64},
     "T = 0.05, batch 256 (GradCache, chunk 64), 4 steps": {"batch_size": 256, "total_steps": 4,
                                                           "gradient.gradcache_chunk": 64},
+    "T = 0.05, batch 256 (GradCache, chunk 64), 16 steps": {"batch_size": 256, "gradient.gradcache_chunk": 64},
     "T = 0.05, batch 1024 (GradCache, chunk 64), 1 step": {"batch_size": 1024, "total_steps": 1,
                                                           "gradient.gradcache_chunk": 64},
     "T = 0.05, batch 4096 (GradCache, chunk 64), 1 step": {"batch_size": 4096, "total_steps": 1,
@@ -42,9 +43,10 @@ FULL_EVAL = []
 BASELINES = {"MiniLM untrained, CLS pooling (as evaluated)": {"pooling": "cls"}}
 SMOKE = {}
 NOTES = """
-Every row sees 1,024 sentences except the batch-4096 row (one step of 4,096); the batch rows therefore
-trade steps for negatives (64 steps of 16, 16 of 64, 4 of 256, 1 of 1,024 or 4,096) and are not the
-paper's equal-steps comparison: at lr 3e-5 a single step moves the encoder little, so those rows show
+Every row sees 1,024 sentences except "batch 256, 16 steps" (4,096: the same number of updates as
+batch 64, with 4x the negatives) and the batch-4096 row (one step of 4,096); the other batch rows
+trade steps for negatives (64 steps of 16, 16 of 64, 4 of 256, 1 of 1,024) and are not an
+equal-steps comparison: at lr 3e-5 a single step moves the encoder little, so the one-step rows show
 that batches of 1,024 and 4,096 run on 2 CPU cores through GradCache (the gradient equals the direct
 one, tests/test_gradcache.py) more than they measure the effect of the batch size. STS12-16 are not
 run for these rows.

@@ -165,10 +165,12 @@ def read_metrics(workdir: str) -> list[dict]:
 def plot_losses(curves: dict[str, list[tuple[int, float]]], path: str, title: str) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for name, pts in curves.items():
+    # tab10 repeats after 10 curves; an 11-row ablation needs distinct colours and line styles
+    colours = plt.get_cmap("tab20" if len(curves) > 10 else "tab10").colors
+    for i, (name, pts) in enumerate(curves.items()):
         if pts:
             s, l = zip(*pts)
-            ax.plot(s, l, label=name, lw=1.2)
+            ax.plot(s, l, label=name, lw=1.2, color=colours[i % len(colours)], ls=("-", "--", ":")[i // 10 % 3])
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (mean over the log window)")
     ax.set_title(title, fontsize=10)
@@ -258,9 +260,10 @@ def command(name: str, seeds: Sequence[int], rows: Sequence[str], all_rows: Sequ
     return cmd
 
 
-def previous_rows(out: str, name: str, all_rows: Sequence[str]) -> dict[str, dict]:
+def previous_rows(out: str, name: str, all_rows: Sequence[str], workroot: str) -> dict[str, dict]:
     """{row: {"runs", "curve", "command"}} of the finished rows in ``out/results.json`` that are still
-    rows of the experiment (a results file from before curves were saved gives an empty curve)."""
+    rows of the experiment. A results file from before curves were saved takes the curve from the
+    row's run folder (``metrics.jsonl`` of its first seed) where that is still there."""
     path = os.path.join(out, "results.json")
     if not os.path.isfile(path):
         return {}
@@ -268,9 +271,16 @@ def previous_rows(out: str, name: str, all_rows: Sequence[str]) -> dict[str, dic
         old = json.load(f)
     cmds = old.get("row_commands") or {}
     fallback = command(name, old.get("seeds", [0]), old.get("rows", all_rows), all_rows)
-    return {row: {"runs": old["results"][row], "curve": (old.get("curves") or {}).get(row, []),
-                  "command": cmds.get(row, fallback)}
-            for row in all_rows if old.get("results", {}).get(row)}
+    prev = {}
+    for row in all_rows:
+        runs = old.get("results", {}).get(row)
+        if not runs:
+            continue
+        curve = (old.get("curves") or {}).get(row) or [
+            (x["step"], x["loss"]) for x in read_metrics(os.path.join(workroot, row, f"seed{runs[0].get('seed', 0)}"))
+            if "loss" in x]
+        prev[row] = {"runs": runs, "curve": curve, "command": cmds.get(row, fallback)}
+    return prev
 
 
 def run(name: str, seeds: Sequence[int] = (0,), rows: Sequence[str] | None = None, smoke: bool = False,
@@ -290,10 +300,11 @@ def run(name: str, seeds: Sequence[int] = (0,), rows: Sequence[str] | None = Non
     out = out or os.path.join(HERE, "results", name)
     workroot = workroot or os.path.join(REPO, "runs", "experiments", name)
     os.makedirs(out, exist_ok=True)
-    if os.path.isdir(workroot):
-        shutil.rmtree(workroot)  # a rerun starts fresh: train() refuses to overwrite checkpoints
+    carried = {} if fresh else {r: v for r, v in previous_rows(out, name, all_rows, workroot).items()
+                                if r not in rows}
+    for row in rows:  # a rerun starts fresh (train() refuses to overwrite checkpoints); other rows' logs stay
+        shutil.rmtree(os.path.join(workroot, row), ignore_errors=True)
     full_rows = set(getattr(mod, "FULL_EVAL", all_rows[:1]))
-    carried = {} if fresh else {r: v for r, v in previous_rows(out, name, all_rows).items() if r not in rows}
     results: dict[str, list[dict]] = {}
     curves: dict[str, list] = {r: v["curve"] for r, v in carried.items()}
     row_commands = {r: v["command"] for r, v in carried.items()}
@@ -412,6 +423,27 @@ def write_outputs(mod, name, results, curves, mats, gold, seeds, rows, all_rows,
     return section
 
 
+def replot(out: str, name: str, workroot: str | None = None) -> str:
+    """Redraws ``out/loss.png`` from the curves in ``out/results.json`` (no training); curves missing
+    there are read from the rows' run folders and saved into results.json."""
+    path = os.path.join(out, "results.json")
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: {path} does not exist; run the experiment first.")
+    mod = importlib.import_module(name)
+    prev = previous_rows(out, name, list(mod.ROWS), workroot or os.path.join(REPO, "runs", "experiments", name))
+    curves = {r: v["curve"] for r, v in prev.items() if v["curve"]}
+    if not curves:
+        raise SystemExit(f"error: no loss curves in {path} or the run folders; rerun the rows.")
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    saved["curves"] = {**(saved.get("curves") or {}), **curves}
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(saved, f, indent=1, default=float)
+    png = os.path.join(out, "loss.png")
+    plot_losses(curves, png, f"{name}: training loss (first seed of each row)")
+    return png
+
+
 def parse_seeds(p: argparse.ArgumentParser, text: str) -> list[int]:
     """``"0,1,2"`` -> ``[0, 1, 2]``; a malformed or empty list is an argparse error."""
     try:
@@ -431,6 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="a few steps of a tiny model (tests)")
     p.add_argument("--out", default=None, help="output folder (default experiments/results/<name>)")
     p.add_argument("--workroot", default=None, help="run folders (default runs/experiments/<name>)")
+    p.add_argument("--replot", action="store_true", help="only redraw loss.png from results.json")
     p.add_argument("--fresh", action="store_true",
                    help="with --rows: drop the other rows' earlier results instead of keeping them")
     a = p.parse_args(argv)
@@ -438,6 +471,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not os.path.isfile(os.path.join(HERE, f"{a.name}.py")) or a.name in ("run", "demo"):
         p.error(f"no experiment {a.name!r}; choose one of "
                 f"{sorted(f[:-3] for f in os.listdir(HERE) if f.endswith('.py') and f not in ('run.py', 'demo.py'))}")
+    if a.replot:
+        print(replot(a.out or os.path.join(HERE, "results", a.name), a.name, a.workroot))
+        return 0
     rows = [r.strip() for r in a.rows.split(";") if r.strip()]
     res = run(a.name, seeds, rows or None, a.smoke, a.out, a.workroot, fresh=a.fresh)
     print(res["section"])

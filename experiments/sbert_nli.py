@@ -100,7 +100,7 @@ def prepare(cfg, row: str, workroot: str) -> None:
         first = os.path.join(workroot, MAIN, f"seed{cfg.seed}", "final_model")
         if not os.path.isdir(first):
             raise FileNotFoundError(f"{first} is missing: the STS-B stage continues the {MAIN!r} row; run "
-                                    f"that row first (same --seeds), e.g. --rows '{MAIN},{row}'.")
+                                    f"that row first (same --seeds), e.g. --rows '{MAIN};{row}'.")
         cfg.model.init_from = first
         cfg.model.tokenizer = ""
         cfg.optim.warmup_ratio = 0.1

@@ -33,23 +33,32 @@ def _smoke(tmp_path, name, rows):
 @needs_tok
 def test_smoke_simcse_unsup_with_augmentation_keeps_earlier_rows(tmp_path):
     """A --rows run adds its rows to the earlier results.json: the other rows keep their numbers,
-    loss curve and command, in the experiment's row order; rows no longer in ROWS are dropped."""
+    loss curve (from results.json, else from the row's metrics.jsonl) and command, in the experiment's
+    row order; rows no longer in ROWS are dropped."""
     (tmp_path / "out").mkdir()
+    old_run = tmp_path / "runs" / "Crop 20%" / "seed3"
+    old_run.mkdir(parents=True)
+    (old_run / "metrics.jsonl").write_text('{"step": 1, "loss": 0.75}\n{"step": 2, "eval_sts": 1.0}\n')
     earlier = {"results": {"Crop 10%": [{"stsb_dev": 12.5, "final_loss": 0.25, "seed": 3}],
+                           "Crop 20%": [{"stsb_dev": 13.5, "seed": 3}],
                            "a row that was renamed": [{"stsb_dev": 1.0}]},
                "curves": {"Crop 10%": [[1, 0.5], [2, 0.25]]}, "seeds": [3],
                "rows": ["Crop 10%", "a row that was renamed"]}
     (tmp_path / "out" / "results.json").write_text(json.dumps(earlier))
     rows = ["Word deletion 10%"]
     res, saved = _smoke(tmp_path, "simcse_unsup", rows)
-    assert list(saved["results"]) == ["Crop 10%", "Word deletion 10%"]
+    assert list(saved["results"]) == ["Crop 10%", "Crop 20%", "Word deletion 10%"]
+    assert saved["curves"]["Crop 20%"] == [[1, 0.75]] and old_run.is_dir()  # other rows' run folders stay
     assert saved["results"]["Crop 10%"] == earlier["results"]["Crop 10%"]
     assert saved["curves"]["Crop 10%"] == [[1, 0.5], [2, 0.25]] and saved["curves"]["Word deletion 10%"]
     old_cmd = "python experiments/run.py simcse_unsup --seeds 3 --rows 'Crop 10%;a row that was renamed'"
-    assert saved["row_commands"] == {"Crop 10%": old_cmd, "Word deletion 10%":
+    assert saved["row_commands"] == {"Crop 10%": old_cmd, "Crop 20%": old_cmd, "Word deletion 10%":
                                      "python experiments/run.py simcse_unsup --seeds 0 --rows 'Word deletion 10%'"}
     assert "| Word deletion 10% |" in res["section"] and "| Crop 10% | 12.50 |" in res["section"]
-    assert f"Rows Crop 10% come from an earlier command: `{old_cmd}`" in res["section"]
+    assert f"Rows Crop 10%, Crop 20% come from an earlier command: `{old_cmd}`" in res["section"]
+    (tmp_path / "out" / "loss.png").unlink()
+    assert run.replot(str(tmp_path / "out"), "simcse_unsup", str(tmp_path / "runs")) == str(tmp_path / "out" / "loss.png")
+    assert (tmp_path / "out" / "loss.png").stat().st_size > 1000
 
 
 @needs_tok
