@@ -72,8 +72,8 @@ SMOKE = {}
 NOTES = """
 Rows follow SimCSE Table 1: the positive view is aug(x) with dropout on (p = 0.1) unless stated.
 Synonym replacement: 15% of the words that have a WordNet 3.0 synonym, replaced by a synonym of their
-most frequent sense (WordNet from the Debian package `wordnet-base`; no PyPI package ships the database
-offline: `nltk` and `wn` download it at run time). MLM 15%: the paper samples replacements from BERT's
+most frequent sense (the bundled table `sentjax/data/bundled/wordnet_synonyms/`, derived from the Debian
+package `wordnet-base`; no PyPI package ships the database offline: `nltk` and `wn` download it at run time). MLM 15%: the paper samples replacements from BERT's
 MLM head; all-MiniLM-L6-v2 has no MLM head (its checkpoint is the sentence encoder only), so this row
 replaces 15% of the words by `[MASK]` and lets the encoder see the mask token (the masking half of MLM).
 Inference uses CLS pooling without the MLP (SimCSE's unsup. setting), so the relevant baseline is the

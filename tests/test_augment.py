@@ -64,14 +64,49 @@ def test_mask_and_synonym_counts():
     assert sum(a != b for a, b in zip(SENT.split(), out)) == 3
 
 
-def test_wordnet_synonyms_if_installed():
+def _fake_wordnet(root):
+    """A two-synset WordNet in the database format: index.<pos> names the lemma's synset offsets
+    (most frequent first), data.<pos> holds the synsets at those byte offsets."""
+    header = "  1 This is a licence header line\n"
+    s1 = "{off} 05 n 03 car 0 auto 0 motor_car 0 000 | a motor vehicle\n"
+    s2 = "{off} 05 n 02 car 0 gondola 0 000 | a cable car\n"
+    a = len(header)
+    b = a + len(s1.format(off=f"{a:08d}"))
+    (root / "data.noun").write_text(header + s1.format(off=f"{a:08d}") + s2.format(off=f"{b:08d}"))
+    (root / "index.noun").write_text(header + f"car n 2 0 2 0 {b:08d} {a:08d}\n"  # gondola sense first
+                                     f"auto n 1 0 1 0 {a:08d}\nmotor_car n 1 0 1 0 {a:08d}\n")
+    for pos in ("verb", "adj", "adv"):
+        (root / f"index.{pos}").write_text(header)
+        (root / f"data.{pos}").write_text(header)
+
+
+def test_wordnet_reader_takes_the_first_sense_and_single_words(tmp_path, monkeypatch):
+    _fake_wordnet(tmp_path)
+    syn = augment.read_wordnet_synonyms(str(tmp_path))
+    assert syn == {"car": ("gondola",), "auto": ("car",)}  # motor_car: multi-word, skipped both ways
+    augment.write_synonym_table(str(tmp_path / "t.tsv.gz"), syn)
+    assert augment.read_synonym_table(str(tmp_path / "t.tsv.gz")) == syn
+    monkeypatch.setenv("SENTJAX_WORDNET", str(tmp_path))  # a user's own database wins over the table
+    augment.load_synonyms.cache_clear()
     try:
-        syn = augment.load_synonyms()
-    except FileNotFoundError as e:
-        assert "wordnet-base" in str(e)
-        pytest.skip("WordNet database not installed")
-    assert "car" in syn and "auto" in syn["car"]
-    assert "big" in syn and "large" in syn["big"]
+        assert augment.load_synonyms() == syn
+    finally:
+        augment.load_synonyms.cache_clear()
+    with pytest.raises(FileNotFoundError, match="wordnet-base"):
+        augment.read_wordnet_synonyms(str(tmp_path / "nowhere"))
+
+
+def test_bundled_synonym_table(monkeypatch):
+    monkeypatch.delenv("SENTJAX_WORDNET", raising=False)
+    monkeypatch.delenv("WNHOME", raising=False)
+    augment.load_synonyms.cache_clear()
+    syn = augment.load_synonyms()
+    assert len(syn) == 44648 and sum(map(len, syn.values())) == 101509  # as SOURCE.md states
+    assert syn["car"] == ("auto", "automobile", "machine", "motorcar") and syn["big"] == ("large",)
+    assert all(" " not in w and "_" not in w and w != k for k, v in syn.items() for w in v)
+    installed = "/usr/share/wordnet"
+    if os.path.isfile(os.path.join(installed, "index.noun")):  # the table is that database, derived
+        assert augment.read_wordnet_synonyms(installed) == syn
 
 
 def test_determinism_depends_on_seed_epoch_step_row():

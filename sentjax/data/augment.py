@@ -88,9 +88,14 @@ def mask_words(text: str, rng: np.random.Generator, share: float, mask_token: st
 
 # ----------------------------------------------------------------------------- WordNet
 
-WORDNET_HELP = ("Synonym replacement reads the WordNet 3.0 database files (index.noun, data.noun, ...). "
-                "Install them with `apt-get install wordnet-base` (Debian/Ubuntu: /usr/share/wordnet) or "
-                "point $WNHOME / $SENTJAX_WORDNET at a folder holding them.")
+WORDNET_HELP = ("Reading a WordNet database needs its files (index.noun, data.noun, ...): install them with "
+                "`apt-get install wordnet-base` (Debian/Ubuntu: /usr/share/wordnet) or point $WNHOME / "
+                "$SENTJAX_WORDNET at a folder holding them. Without one, synonym replacement uses the "
+                "bundled WordNet 3.0 table.")
+# The synonym table load_synonyms() derives from WordNet 3.0 (Debian wordnet-base 1:3.0-37), shipped so
+# that synonym replacement runs offline with the package alone; see its SOURCE.md and LICENSE.
+BUNDLED_SYNONYMS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bundled", "wordnet_synonyms",
+                                "synonyms.tsv.gz")
 
 
 def wordnet_dir() -> str:
@@ -108,8 +113,21 @@ def wordnet_dir() -> str:
 @functools.lru_cache(maxsize=4)
 def load_synonyms(root: str | None = None) -> dict[str, tuple[str, ...]]:
     """lemma -> synonyms from its most frequent sense per part of speech (WordNet's first
-    synset in index.<pos>), single words only, lower-cased, the lemma itself excluded."""
-    root = root or wordnet_dir()
+    synset in index.<pos>), single words only, lower-cased, the lemma itself excluded.
+
+    ``root``: a WordNet dict folder to read; ``None`` reads $SENTJAX_WORDNET / $WNHOME when set,
+    else the bundled table (the same mapping, derived from WordNet 3.0)."""
+    if root is None and (os.environ.get("SENTJAX_WORDNET") or os.environ.get("WNHOME")):
+        root = wordnet_dir()
+    if root is None:
+        return read_synonym_table(BUNDLED_SYNONYMS)
+    return read_wordnet_synonyms(root)
+
+
+def read_wordnet_synonyms(root: str) -> dict[str, tuple[str, ...]]:
+    """:func:`load_synonyms` from the database files in ``root``."""
+    if not os.path.isfile(os.path.join(root, "index.noun")):
+        raise FileNotFoundError(f"{root} holds no WordNet database (index.noun is missing). {WORDNET_HELP}")
     out: dict[str, list[str]] = {}
     for pos in ("noun", "verb", "adj", "adv"):
         with open(os.path.join(root, f"index.{pos}"), encoding="latin-1") as idx, \
@@ -132,6 +150,30 @@ def load_synonyms(root: str | None = None) -> dict[str, tuple[str, ...]]:
                         if w not in lst:
                             lst.append(w)
     return {k: tuple(v) for k, v in out.items()}
+
+
+def write_synonym_table(path: str, synonyms: dict[str, Sequence[str]]) -> None:
+    """Writes ``lemma<TAB>syn1 syn2 ...`` lines (gzip, reproducible bytes), the synonyms in order."""
+    import gzip
+    text = "".join(f"{k}\t{' '.join(v)}\n" for k, v in synonyms.items())
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0,
+                                                filename="") as f:
+        f.write(text.encode("utf-8"))
+
+
+def read_synonym_table(path: str) -> dict[str, tuple[str, ...]]:
+    """The inverse of :func:`write_synonym_table`."""
+    import gzip
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Synonym table {path} is missing (reinstall sentjax). {WORDNET_HELP}")
+    out = {}
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            lemma, sep, syns = line.rstrip("\n").partition("\t")
+            if not sep or not syns:
+                raise ValueError(f"{path} line {n} is not 'lemma<TAB>synonyms': {line[:80]!r}")
+            out[lemma] = tuple(syns.split(" "))
+    return out
 
 
 def synonym_replace(text: str, rng: np.random.Generator, share: float,
@@ -180,7 +222,7 @@ def parse_spec(spec: str, mask_token: str = "[MASK]") -> Callable[[str, np.rando
         raise ValueError(f"Bad {SPEC_HELP}: got {spec!r}.")
     _check_share(share, name)
     if name == "synonym":
-        load_synonyms()  # fail now (missing WordNet) rather than at the first batch
+        load_synonyms()  # fail now (a missing database) rather than at the first batch
     fn = fns[name]
     return lambda text, rng: fn(text, rng, share)
 
@@ -189,3 +231,12 @@ def augment_batch(texts: Sequence[str], fn: Callable[[str, np.random.Generator],
                   epoch: int, step: int, row_offset: int = 0) -> list[str]:
     """``[fn(t, row_rng(seed, epoch, step, row_offset + i)) for i, t in enumerate(texts)]``."""
     return [fn(t, row_rng(seed, epoch, step, row_offset + i)) for i, t in enumerate(texts)]
+
+
+if __name__ == "__main__":  # python -m sentjax.data.augment WORDNET_DIR OUT.tsv.gz: rebuild the table
+    import sys
+    if len(sys.argv) != 3:
+        raise SystemExit("usage: python -m sentjax.data.augment WORDNET_DICT_DIR OUT.tsv.gz")
+    table = read_wordnet_synonyms(sys.argv[1])
+    write_synonym_table(sys.argv[2], table)
+    print(f"{sys.argv[2]}: {len(table)} lemmas, {sum(map(len, table.values()))} synonyms")
