@@ -423,25 +423,26 @@ def write_outputs(mod, name, results, curves, mats, gold, seeds, rows, all_rows,
     return section
 
 
-def replot(out: str, name: str, workroot: str | None = None) -> str:
-    """Redraws ``out/loss.png`` from the curves in ``out/results.json`` (no training); curves missing
-    there are read from the rows' run folders and saved into results.json."""
+def replot(out: str, name: str, workroot: str | None = None, results_md: str | None = None) -> str:
+    """Rewrites ``out/loss.png``, ``table.md`` and the RESULTS.md section from ``out/results.json``
+    (no training: after editing an experiment's NOTES, or to redraw). Curves missing from
+    results.json are read from the rows' run folders and saved into it."""
     path = os.path.join(out, "results.json")
     if not os.path.isfile(path):
         raise SystemExit(f"error: {path} does not exist; run the experiment first.")
     mod = importlib.import_module(name)
-    prev = previous_rows(out, name, list(mod.ROWS), workroot or os.path.join(REPO, "runs", "experiments", name))
-    curves = {r: v["curve"] for r, v in prev.items() if v["curve"]}
-    if not curves:
+    all_rows = list(mod.ROWS)
+    workroot = workroot or os.path.join(REPO, "runs", "experiments", name)
+    prev = previous_rows(out, name, all_rows, workroot)
+    if not any(v["curve"] for v in prev.values()):
         raise SystemExit(f"error: no loss curves in {path} or the run folders; rerun the rows.")
     with open(path, encoding="utf-8") as f:
         saved = json.load(f)
-    saved["curves"] = {**(saved.get("curves") or {}), **curves}
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(saved, f, indent=1, default=float)
-    png = os.path.join(out, "loss.png")
-    plot_losses(curves, png, f"{name}: training loss (first seed of each row)")
-    return png
+    seeds, rows = saved.get("seeds", [0]), [r for r in saved.get("rows", all_rows) if r in mod.ROWS]
+    write_outputs(mod, name, saved["results"], {r: v["curve"] for r, v in prev.items()}, {}, None, seeds,
+                  rows or all_rows, all_rows, bool(saved.get("smoke")), out, workroot,
+                  saved.get("total_wall_s", 0.0), results_md, {r: v["command"] for r, v in prev.items()})
+    return os.path.join(out, "loss.png")
 
 
 def parse_seeds(p: argparse.ArgumentParser, text: str) -> list[int]:
@@ -463,7 +464,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="a few steps of a tiny model (tests)")
     p.add_argument("--out", default=None, help="output folder (default experiments/results/<name>)")
     p.add_argument("--workroot", default=None, help="run folders (default runs/experiments/<name>)")
-    p.add_argument("--replot", action="store_true", help="only redraw loss.png from results.json")
+    p.add_argument("--replot", action="store_true",
+                   help="no training: rewrite loss.png, table.md and the RESULTS.md section from results.json")
     p.add_argument("--fresh", action="store_true",
                    help="with --rows: drop the other rows' earlier results instead of keeping them")
     a = p.parse_args(argv)

@@ -56,9 +56,12 @@ def test_smoke_simcse_unsup_with_augmentation_keeps_earlier_rows(tmp_path):
                                      "python experiments/run.py simcse_unsup --seeds 0 --rows 'Word deletion 10%'"}
     assert "| Word deletion 10% |" in res["section"] and "| Crop 10% | 12.50 |" in res["section"]
     assert f"Rows Crop 10%, Crop 20% come from an earlier command: `{old_cmd}`" in res["section"]
+    table = (tmp_path / "out" / "table.md").read_text()
     (tmp_path / "out" / "loss.png").unlink()
-    assert run.replot(str(tmp_path / "out"), "simcse_unsup", str(tmp_path / "runs")) == str(tmp_path / "out" / "loss.png")
-    assert (tmp_path / "out" / "loss.png").stat().st_size > 1000
+    (tmp_path / "out" / "table.md").unlink()
+    png = run.replot(str(tmp_path / "out"), "simcse_unsup", str(tmp_path / "runs"))
+    assert png == str(tmp_path / "out" / "loss.png") and os.path.getsize(png) > 1000
+    assert (tmp_path / "out" / "table.md").read_text() == table  # same results -> same section
 
 
 @needs_tok
