@@ -170,7 +170,8 @@ def plot_losses(curves: dict[str, list[tuple[int, float]]], path: str, title: st
     for i, (name, pts) in enumerate(curves.items()):
         if pts:
             s, l = zip(*pts)
-            ax.plot(s, l, label=name, lw=1.2, color=colours[i % len(colours)], ls=("-", "--", ":")[i // 10 % 3])
+            ax.plot(s, l, label=name, lw=1.2, color=colours[i % len(colours)], ls=("-", "--", ":")[i // 10 % 3],
+                    marker="o" if len(pts) <= 4 else None)  # a one-step row is a single point
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (mean over the log window)")
     ax.set_title(title, fontsize=10)
@@ -384,7 +385,8 @@ def write_outputs(mod, name, results, curves, mats, gold, seeds, rows, all_rows,
         table = "\n\n".join(f"**{title}**\n\n{make_table(results, ms, names)}" for title, ms in groups.items())
     else:
         table = make_table(results, [*METRIC_NAMES])
-    plot_losses({r: c for r, c in curves.items() if c}, os.path.join(out, "loss.png"),
+    order = [r for r in all_rows if curves.get(r)] + [r for r in curves if r not in all_rows and curves[r]]
+    plot_losses({r: curves[r] for r in order}, os.path.join(out, "loss.png"),
                 f"{name}: training loss (first seed of each row)")
     heatmap = os.path.join(out, "heatmap.png")
     if len(mats) >= 2:  # untrained + trained main row; otherwise an earlier heat map stays
@@ -398,10 +400,11 @@ def write_outputs(mod, name, results, curves, mats, gold, seeds, rows, all_rows,
     for r, c in row_commands.items():
         if c != cmd and results.get(r):
             others.setdefault(c, []).append(r)
-    earlier = "".join(f" Rows {', '.join(rs)} come from an earlier command: `{c}`." for c, rs in others.items())
+    earlier = "".join(f" Rows from an earlier command `{c}`: " + ", ".join(f'"{r}"' for r in rs) + "."
+                      for c, rs in others.items())
     done = [r for r in rows if results.get(r)]
     partial = "" if done == rows else f" Finished {len(done)} of {len(rows)} rows so far."
-    cfg0 = build_config(mod, rows[0], seeds[0], smoke, os.path.join(workroot, '_cfg'))
+    cfg0 = build_config(mod, all_rows[0], seeds[0], smoke, os.path.join(workroot, '_cfg'))  # the main setting
     setting = (f"{cfg0.total_steps} steps x batch {cfg0.batch_size}, lr {cfg0.optim.lr}, max length "
                f"{cfg0.model.max_length}, init {cfg0.model.init_from or 'random'}")
     section = "\n".join([

@@ -55,7 +55,7 @@ def test_smoke_simcse_unsup_with_augmentation_keeps_earlier_rows(tmp_path):
     assert saved["row_commands"] == {"Crop 10%": old_cmd, "Crop 20%": old_cmd, "Word deletion 10%":
                                      "python experiments/run.py simcse_unsup --seeds 0 --rows 'Word deletion 10%'"}
     assert "| Word deletion 10% |" in res["section"] and "| Crop 10% | 12.50 |" in res["section"]
-    assert f"Rows Crop 10%, Crop 20% come from an earlier command: `{old_cmd}`" in res["section"]
+    assert f'Rows from an earlier command `{old_cmd}`: "Crop 10%", "Crop 20%".' in res["section"]
     table = (tmp_path / "out" / "table.md").read_text()
     (tmp_path / "out" / "loss.png").unlink()
     (tmp_path / "out" / "table.md").unlink()
