@@ -379,7 +379,8 @@ def spread_check(results: dict, metric: str) -> dict | None:
     return out
 
 
-def make_section(name: str, mod, row: str, results: dict, seeds, smoke: bool, cfg, cmd: str, total_s: float) -> str:
+def make_section(name: str, mod, row: str, results: dict, seeds, smoke: bool, cfg, cmd: str, total_s: float,
+                 versions: str) -> str:
     metrics = [m for m in METRICS if any(m in r for rs in results.values() for r in rs)]
     head = ("| engine | " + " | ".join(f"{run.METRIC_NAMES[m]} (mean ± std)" for m in metrics) + " | "
             + " | ".join(f"{run.METRIC_NAMES[m]} per seed" for m in metrics)
@@ -427,7 +428,7 @@ def make_section(name: str, mod, row: str, results: dict, seeds, smoke: bool, cf
         f"Setting (both engines): {setting}. Heads copied from sentjax's init into ST: "
         f"{', '.join(st0.get('heads_copied') or []) or 'none'}.  ",
         f"Start check: {checks}; {first}.  ",
-        f"Versions: {run.versions()}; {st_versions()}.", "",
+        f"Versions: {versions}.", "",
         "\n".join(lines), "",
         "Spearman x100 of cosine"
         + (f" (SNLI dev acc: the trained softmax head on the first "
@@ -443,13 +444,16 @@ def make_section(name: str, mod, row: str, results: dict, seeds, smoke: bool, cf
     ])
 
 
-def write_outputs(name, mod, row, results, seeds, smoke, cfg, cmd, total_s, out, results_md) -> str:
-    section = make_section(name, mod, row, results, seeds, smoke, cfg, cmd, total_s)
+def write_outputs(name, mod, row, results, seeds, smoke, cfg, cmd, total_s, out, results_md,
+                  versions: str | None = None) -> str:
+    """peer.json, peer.md and (not smoke) the RESULTS.md section; ``versions`` defaults to this process's."""
+    versions = versions or f"{run.versions()}; {st_versions()}"
+    section = make_section(name, mod, row, results, seeds, smoke, cfg, cmd, total_s, versions)
     checks = {m: spread_check(results, m) for m in METRICS}
     with open(os.path.join(out, "peer.json"), "w", encoding="utf-8") as f:
         json.dump({"experiment": name, "row": row, "seeds": list(seeds), "smoke": smoke, "command": cmd,
                    "results": results, "spread_check": {k: v for k, v in checks.items() if v},
-                   "total_wall_s": total_s, "versions": f"{run.versions()}; {st_versions()}",
+                   "total_wall_s": total_s, "versions": versions,
                    "machine": platform.platform()}, f, indent=1, default=float)
     with open(os.path.join(out, "peer.md"), "w", encoding="utf-8") as f:  # only peer.* of <out> are written
         f.write(section + "\n")
@@ -484,6 +488,21 @@ def compare(name: str, seeds: Sequence[int] = (0, 1, 2), smoke: bool = False, ou
     return {"results": results, "section": section, "out": out}
 
 
+def report(name: str, out: str | None = None, results_md: str | None = None) -> str:
+    """Rewrites peer.md and the RESULTS.md section from ``out/peer.json`` (no training)."""
+    out = out or os.path.join(HERE, "results", name)
+    path = os.path.join(out, "peer.json")
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: {path} does not exist; run `python experiments/peer_st.py {name}` first.")
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    mod = importlib.import_module(name)
+    seeds = saved["seeds"][:len(saved["results"]["sentjax"])]
+    cfg = run.build_config(mod, saved["row"], seeds[0], saved["smoke"], os.path.join(REPO, "runs", "peer", name))
+    return write_outputs(name, mod, saved["row"], saved["results"], seeds, saved["smoke"], cfg, saved["command"],
+                         saved["total_wall_s"], out, results_md, saved.get("versions"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="experiments/peer_st.py", description=__doc__.split("\n\n")[0])
     p.add_argument("name", choices=EXPERIMENTS)
@@ -493,7 +512,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workroot", default=None, help="run folders (default runs/peer/<name>)")
     p.add_argument("--threads", type=int, default=2,
                    help="torch CPU threads (default 2; 1 is much faster on an oversubscribed machine)")
+    p.add_argument("--report", action="store_true",
+                   help="no training: rewrite peer.md and the RESULTS.md section from peer.json")
     a = p.parse_args(argv)
+    if a.report:
+        print(report(a.name, a.out))
+        return 0
     seeds = run.parse_seeds(p, a.seeds)
     if a.threads < 1:
         p.error("--threads must be >= 1")

@@ -101,3 +101,7 @@ def test_peer_smoke_end_to_end(tmp_path):
     md = (out / "peer.md").read_text()
     assert "| sentjax |" in md and "| sentence-transformers |" in md
     assert "peer_st.py simcse_unsup --seeds 0 --smoke" in md
+    md = (out / "peer.md").read_text()
+    (out / "peer.md").unlink()
+    assert peer_st.main(["simcse_unsup", "--report", "--out", str(out)]) == 0  # no training: same section
+    assert (out / "peer.md").read_text() == md
