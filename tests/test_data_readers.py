@@ -14,7 +14,7 @@ from sentjax.data import readers as R
 from sentjax.data.readers import DataFormatError
 
 DATASETS = ["commonvoice_en", "multi30k", "nli_cad", "sick", "snli_esnli", "sts12_16_senteval",
-            "stsb_multi_mt", "stsbenchmark_senteval", "tatoeba_laser_v1"]
+            "stsb_multi_mt", "stsbenchmark_senteval", "tatoeba_laser_v1", "wordnet_synonyms"]
 
 
 # ----------------------------------------------------------------------------- bundled folder
@@ -26,7 +26,8 @@ def test_bundled_datasets_listed_and_documented():
     for d in DATASETS:
         assert f"`{d}/`" in readme
         src = open(bundled.path(f"{d}/SOURCE.md"), encoding="utf-8").read()
-        assert re.search(r"@ [0-9a-f]{40}", src), f"{d}/SOURCE.md lacks 'repo @ commit'"
+        # a git repo @ commit, or (WordNet) a Debian package file @ sha256
+        assert re.search(r"@ ([0-9a-f]{40}\b|sha256 [0-9a-f]{64})", src), f"{d}/SOURCE.md lacks 'repo @ commit'"
         assert "Licence" in src
 
 
