@@ -385,8 +385,7 @@ def write_outputs(mod, name, results, curves, mats, gold, seeds, rows, all_rows,
         table = "\n\n".join(f"**{title}**\n\n{make_table(results, ms, names)}" for title, ms in groups.items())
     else:
         table = make_table(results, [*METRIC_NAMES])
-    order = [r for r in all_rows if curves.get(r)] + [r for r in curves if r not in all_rows and curves[r]]
-    plot_losses({r: curves[r] for r in order}, os.path.join(out, "loss.png"),
+    plot_losses({r: curves[r] for r in all_rows if curves.get(r)}, os.path.join(out, "loss.png"),
                 f"{name}: training loss (first seed of each row)")
     heatmap = os.path.join(out, "heatmap.png")
     if len(mats) >= 2:  # untrained + trained main row; otherwise an earlier heat map stays

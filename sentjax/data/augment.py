@@ -94,8 +94,7 @@ WORDNET_HELP = ("Reading a WordNet database needs its files (index.noun, data.no
                 "bundled WordNet 3.0 table.")
 # The synonym table load_synonyms() derives from WordNet 3.0 (Debian wordnet-base 1:3.0-37), shipped so
 # that synonym replacement runs offline with the package alone; see its SOURCE.md and LICENSE.
-BUNDLED_SYNONYMS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bundled", "wordnet_synonyms",
-                                "synonyms.tsv.gz")
+BUNDLED_SYNONYMS = "wordnet_synonyms/synonyms.tsv.gz"
 
 
 def wordnet_dir() -> str:
@@ -120,7 +119,8 @@ def load_synonyms(root: str | None = None) -> dict[str, tuple[str, ...]]:
     if root is None and (os.environ.get("SENTJAX_WORDNET") or os.environ.get("WNHOME")):
         root = wordnet_dir()
     if root is None:
-        return read_synonym_table(BUNDLED_SYNONYMS)
+        from sentjax.data import bundled
+        return read_synonym_table(bundled.path(BUNDLED_SYNONYMS))
     return read_wordnet_synonyms(root)
 
 
@@ -164,8 +164,6 @@ def write_synonym_table(path: str, synonyms: dict[str, Sequence[str]]) -> None:
 def read_synonym_table(path: str) -> dict[str, tuple[str, ...]]:
     """The inverse of :func:`write_synonym_table`."""
     import gzip
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Synonym table {path} is missing (reinstall sentjax). {WORDNET_HELP}")
     out = {}
     with gzip.open(path, "rt", encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
