@@ -1,10 +1,19 @@
-"""Test setup: 8 fake CPU devices for the multi-device tests (must run before jax is imported)."""
+"""Test setup: 8 fake CPU devices for the multi-device checks, offline hub, a shared compile cache.
+
+Everything here must run before jax is imported. The persistent compilation cache lives in the
+repo's ``.pytest_cache`` (ignored by git) and is inherited by the subprocess tests through the
+environment, so a program compiled once (same shapes, flags and device count) is not compiled again.
+"""
 import os
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(_REPO, ".pytest_cache", "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax  # noqa: E402
 

@@ -9,6 +9,7 @@ and the data order is a pure function of (seed, step), so ``--resume`` continues
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -311,12 +312,30 @@ def _stop_everywhere(mesh) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.array([_Stop.requested]))))
 
 
+class TrainingDivergedError(FloatingPointError):
+    """Too many steps had a non-finite loss or gradient (``nonfinite_limit``)."""
+
+
 def train(c: ml_collections.ConfigDict, resume: bool = False, progress: bool = True) -> dict:
-    """Runs (or resumes) training; returns a summary dict (final metrics, best step, paths)."""
+    """Runs (or resumes) training; returns a summary dict (final metrics, best step, paths).
+
+    Process 0 owns the workdir for the whole run (``<workdir>/.lock``), so a second run into the
+    same workdir is refused. Pending checkpoint saves are waited for on every exit, errors included:
+    an exit with a save in flight would leave a torn checkpoint."""
+    from sentjax.train.workdir import WorkdirLock, check_writable
+    validate_config(c)
+    with contextlib.ExitStack() as cleanup:
+        if jax.process_index() == 0:
+            check_writable(c.workdir)
+            cleanup.enter_context(WorkdirLock(c.workdir, report=lambda m: print(m, file=sys.stderr, flush=True)))
+        return _train(c, resume, progress, cleanup)
+
+
+def _train(c: ml_collections.ConfigDict, resume: bool, progress: bool, cleanup: contextlib.ExitStack) -> dict:
     from sentjax.train.checkpoint import Checkpointer
     from sentjax.train.objectives import make_objective
     from sentjax.train.optim import make_optimizer
-    validate_config(c)
+    from sentjax.train.workdir import MetricsLog, atomic_export
     is_main = jax.process_index() == 0
     mesh = step_lib.make_data_mesh(c.mesh.data)
     step_lib.check_global_batch(c.batch_size, mesh, c.accum_steps)
@@ -335,17 +354,23 @@ def train(c: ml_collections.ConfigDict, resume: bool = False, progress: bool = T
     tx, schedule = make_optimizer(c.optim, c.total_steps)
     train_step = step_lib.jit_train_step(step_lib.make_train_step(grad_fn, tx, schedule), mesh)
 
+    # ------------------------------------------------------------------------ checkpoint + resume
     rep = step_lib.replicated(mesh)
     state = jax.device_put(step_lib.init_state(init_params(c, model, objective), tx, c.seed), rep)
     ckpt_dir = os.path.join(c.workdir, "checkpoints")
-    ckpt = Checkpointer(ckpt_dir, c.checkpoint.max_to_keep,
-                        best_metric="sts_dev_spearman" if c.eval.sts_file else None,
+    metric = "sts_dev_spearman" if c.eval.sts_file else None
+    ckpt = Checkpointer(ckpt_dir, c.checkpoint.max_to_keep, best_metric=metric,
                         async_save=c.checkpoint.async_save)
-    if ckpt.latest_step() is not None and not resume:
+    cleanup.callback(ckpt.close)
+    # best: the evaluation that picked best_model/, persisted in every checkpoint so a resumed run
+    # compares against the true best, not against nothing.
+    best = {"metric": metric, "step": None, "value": None, "first": None}
+    if ckpt.all_steps() and not resume:
         raise config_cli.ConfigError(f"{ckpt_dir} already holds checkpoints (step {ckpt.latest_step()}); "
                                      "pass --resume to continue that run or choose a new --config.workdir.")
-    if resume and ckpt.latest_step() is not None:
+    if resume and ckpt.all_steps():
         state, pos = ckpt.restore(state)
+        best.update(pos.get("best") or {})
         if is_main:
             print(f"Resumed from step {int(pos['step'])} ({ckpt_dir}).", flush=True)
     start = int(step_lib.to_host(state["step"]))
@@ -354,41 +379,41 @@ def train(c: ml_collections.ConfigDict, resume: bool = False, progress: bool = T
     if c.eval.sts_file:
         sts = read_sts(c.eval.sts_file)
         encode = make_encoder(embed, model.tokenizer, mesh, c.eval.batch_size)
-    os.makedirs(c.workdir, exist_ok=True)
-    writer = jsonl = None
-    if is_main:
-        from tensorboardX import SummaryWriter
-        writer = SummaryWriter(os.path.join(c.workdir, "tensorboard"))
-        jsonl = open(os.path.join(c.workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    logger = MetricsLog(c.workdir, start_step=start) if is_main else None
+    if logger is not None:
+        cleanup.callback(logger.close)
 
     def log(step: int, metrics: dict) -> None:
-        if not is_main:
-            return
-        for k, v in metrics.items():
-            writer.add_scalar(k, v, step)
-        jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
-        jsonl.flush()
+        if logger is not None:
+            logger.write(step, metrics)
 
-    best = {"step": None, "sts_dev_spearman": -np.inf}
     summary: dict[str, Any] = {"workdir": c.workdir}
+    if best["first"] is not None:
+        summary["sts_dev_spearman_start"] = best["first"]
+
+    def export(path: str) -> str:
+        return atomic_export(lambda d: export_model(model, state["params"], d), os.path.join(c.workdir, path))
 
     def evaluate(step: int) -> dict:
         if sts is None:
             return {}
         score = sts_spearman(encode, state["params"]["model"], *sts)
         log(step, {"sts_dev_spearman": score})
+        if best["first"] is None:
+            best["first"] = score
         summary.setdefault("sts_dev_spearman_start", score)
         summary["sts_dev_spearman"] = score
-        if score > best["sts_dev_spearman"]:
-            best.update(step=step, sts_dev_spearman=score)
+        if best["value"] is None or score > best["value"]:
+            best.update(step=step, value=score)
             if c.export.best_model and is_main:
-                export_model(model, state["params"], os.path.join(c.workdir, "best_model"))
+                export("best_model")
         return {"sts_dev_spearman": score}
 
     meta = {"config": c.to_json_best_effort()}
 
     def save(step: int, metrics: dict | None = None) -> None:
-        ckpt.save(step, state, {"step": step, "data_pos": step, "seed": c.seed}, meta, metrics=metrics or None)
+        ckpt.save(step, state, {"step": step, "data_pos": step, "seed": c.seed, "best": dict(best)}, meta,
+                  metrics=metrics or None)
 
     if c.eval.at_start and sts is not None and start == 0:
         evaluate(0)
@@ -402,6 +427,7 @@ def train(c: ml_collections.ConfigDict, resume: bool = False, progress: bool = T
     metrics = {}
     window, window_n = None, 0  # device-side sums of the metrics since the last log line
     skipped = 0  # steps whose update was skipped for a non-finite loss / gradient
+    diverged = None
     hang = os.environ.get("SENTJAX_TEST_HANG_AFTER_CHECKPOINT")  # test hook: freeze to be killed
     for s in range(start, c.total_steps):
         batch = global_batch(pipeline.batch(s), mesh)
@@ -421,18 +447,20 @@ def train(c: ml_collections.ConfigDict, resume: bool = False, progress: bool = T
             if step > n0:
                 metrics["pairs_per_s"] = (step - n0) * c.batch_size / max(time.perf_counter() - t0, 1e-9)
             bad = int(round(metrics.get("nonfinite", 0.0) * n_window))
+            log(step, metrics)
             if bad:
                 skipped += bad
                 print(f"warning: {bad} of the last {n_window} steps (up to step {step}) had a non-finite "
                       f"loss or gradient; their updates were skipped ({skipped} so far).",
                       file=sys.stderr, flush=True)
                 if skipped >= c.nonfinite_limit:
-                    raise FloatingPointError(
-                        f"{skipped} steps had a non-finite loss or gradient (limit nonfinite_limit="
-                        f"{c.nonfinite_limit}). Lower optim.lr, keep optim.clip_norm > 0, use float32, or "
-                        "check the data for empty texts; the last good checkpoint is in "
-                        f"{ckpt_dir}.")
-            log(step, metrics)
+                    last = ckpt.latest_step()
+                    diverged = (
+                        f"training diverged: {skipped} steps had a non-finite loss or gradient (limit "
+                        f"nonfinite_limit={c.nonfinite_limit}). Lower optim.lr, keep optim.clip_norm > 0, "
+                        "use float32, or check the data for empty texts; the last good checkpoint is "
+                        f"step {last} in {ckpt_dir}.")
+                    break
             if bar is not None:
                 shown = {"loss": f"{metrics['loss']:.4f}"}
                 if "pairs_per_s" in metrics:
@@ -457,19 +485,17 @@ def train(c: ml_collections.ConfigDict, resume: bool = False, progress: bool = T
             break
     if bar is not None:
         bar.close()
-    ckpt.close()
-    summary.update(final=metrics, best_step=best["step"], best_sts_dev_spearman=best["sts_dev_spearman"],
-                   state=state)
+    ckpt.wait()
+    if diverged:
+        raise TrainingDivergedError(diverged)
+    summary.update(final=metrics, best_step=best["step"],
+                   best_sts_dev_spearman=-np.inf if best["value"] is None else best["value"], state=state)
     if is_main and "preempted_at" not in summary:
-        final_dir = os.path.join(c.workdir, "final_model")
-        export_model(model, state["params"], final_dir)
-        summary["final_model"] = final_dir
+        summary["final_model"] = export("final_model")
         if best["step"] is not None and os.path.isdir(os.path.join(c.workdir, "best_model")):
             summary["best_model"] = os.path.join(c.workdir, "best_model")
         else:
-            summary["best_model"] = final_dir
-        writer.close()
-        jsonl.close()
+            summary["best_model"] = summary["final_model"]
     return summary
 
 
@@ -502,10 +528,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workdir:
         cfg.workdir = args.workdir
     maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    from sentjax.train.workdir import WorkdirLockedError, describe_os_error
     try:
         summary = train(cfg, resume=args.resume, progress=not args.no_progress)
-    except (config_cli.ConfigError, ValueError, FileNotFoundError) as e:
+    except TrainingDivergedError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 3
+    except (config_cli.ConfigError, ValueError, FileNotFoundError, WorkdirLockedError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # read-only or full workdir, also when raised by a checkpoint save
+        print(f"error: {describe_os_error(e, cfg.workdir)}", file=sys.stderr)
         return 2
     if jax.process_index() == 0:
         shown = {k: v for k, v in summary.items() if k != "state"}
