@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from sentjax.parallel import distributed
+from sentjax.parallel.distributed import maybe_initialize_distributed  # noqa: F401 (re-exported)
 from sentjax.train import config_cli
 from sentjax.train import step as step_lib
 
@@ -84,20 +86,8 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
 # ============================================================================ distributed + mesh
 
 
-def maybe_initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                                 process_id: int | None = None) -> None:
-    """``jax.distributed.initialize`` when launched as several processes.
-
-    Explicit ``--coordinator host:port --num_processes N --process_id i`` (e.g. localhost),
-    otherwise JAX's own cluster detection when it sees a cluster (SLURM with several tasks,
-    a multi-host Cloud TPU, or JAX_COORDINATOR_ADDRESS set)."""
-    if coordinator:
-        if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS", "") == "cpu":
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(coordinator, num_processes, process_id)
-    elif (int(os.environ.get("SLURM_NTASKS", "1")) > 1 or os.environ.get("JAX_COORDINATOR_ADDRESS")
-          or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0):
-        jax.distributed.initialize()
+# maybe_initialize_distributed: when and how to call jax.distributed.initialize (the launcher's
+# environment, heartbeat / shutdown / initialization timeouts) lives in sentjax.parallel.distributed.
 
 
 # ============================================================================ data
@@ -504,7 +494,8 @@ def _train(c: ml_collections.ConfigDict, resume: bool, progress: bool, cleanup: 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``sentjax train --config FILE [--config.k=v ...] [--resume] [--workdir DIR]
-    [--coordinator HOST:PORT --num_processes N --process_id I]``."""
+    [--coordinator HOST:PORT --num_processes N --process_id I] [--heartbeat_timeout_seconds S]
+    [--shutdown_timeout_seconds S] [--initialization_timeout_seconds S]``."""
     import argparse
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -520,26 +511,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="sentjax train")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     p.add_argument("--workdir", default=None, help="same as --config.workdir")
-    p.add_argument("--coordinator", default=None, help="host:port of process 0 (multi-process runs)")
-    p.add_argument("--num_processes", type=int, default=None)
-    p.add_argument("--process_id", type=int, default=None)
     p.add_argument("--no_progress", action="store_true")
+    distributed.add_arguments(p)  # --coordinator, --num_processes, --process_id, timeouts
     args = p.parse_args(rest)
     if args.workdir:
         cfg.workdir = args.workdir
-    maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     from sentjax.train.workdir import WorkdirLockedError, describe_os_error
     try:
+        maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id,
+                                     **distributed.timeouts_from_args(args))
         summary = train(cfg, resume=args.resume, progress=not args.no_progress)
     except TrainingDivergedError as e:
+        # exit_now_if_multiprocess: skip the shutdown barrier, so the other processes stop now
         print(f"error: {e}", file=sys.stderr)
-        return 3
+        return distributed.exit_now_if_multiprocess(3)
     except (config_cli.ConfigError, ValueError, FileNotFoundError, WorkdirLockedError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return distributed.exit_now_if_multiprocess(2)
     except OSError as e:  # read-only or full workdir, also when raised by a checkpoint save
         print(f"error: {describe_os_error(e, cfg.workdir)}", file=sys.stderr)
-        return 2
+        return distributed.exit_now_if_multiprocess(2)
     if jax.process_index() == 0:
         shown = {k: v for k, v in summary.items() if k != "state"}
         print(json.dumps(shown, default=float, indent=1))
