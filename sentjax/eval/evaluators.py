@@ -1,0 +1,167 @@
+"""Evaluators by name: ``config.evals.<name> = {"type": ..., "every_steps": ..., <its fields>}``.
+
+An evaluator is a frozen dataclass (its fields are its config: a default and one comment each)
+called as ``evaluator(encode_fn, head=None) -> {metric: value}``, where ``encode_fn(list[str]) ->
+np.ndarray [n, dim]`` is any encoder (the model being trained, an exported folder, another
+library) and ``head`` the objective's trainable head, for evaluators that need it (NLI accuracy).
+
+During training (``sentjax.train.train``) an evaluator runs every ``every_steps`` steps, at the last
+step and, with ``at_start``, before the first step of a new run (``every_steps = 0``: never); its
+values are logged as ``<name>_<metric>`` (``evals.sts_dev`` -> ``sts_dev_spearman``) and
+``config.best_metric`` names the one that picks ``best_model/``. ``experiments/run.py`` evaluates
+each exported model with the same evaluators.
+
+  type      metrics (x100)                                         fields
+  sts       spearman, pearson of cosine vs gold scores             data, limit
+  senteval  avg, sts12 .. sts16: SentEval STS, pooled "all"        years, root
+  nli       accuracy of the softmax head (Sentence-BERT)           data, limit, concat
+  tatoeba   mean, <lang>: bitext retrieval, both directions        langs, root
+
+Adding an evaluator: a frozen dataclass subclass of :class:`Evaluator` with
+``@EVALUATORS.register("<type>")``, its ``metric_names`` and ``__call__``, and a line in
+``tests/test_registry_evals.py``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from sentjax.data import readers
+from sentjax.registry import ConfigError, Registry
+
+__all__ = ["EVALUATORS", "Evaluator", "STS", "SentEval", "NLIAccuracy", "Tatoeba", "build_evaluators",
+           "eval_config"]
+
+EncodeFn = Callable[[list[str]], np.ndarray]
+EVALUATORS = Registry("evaluator")
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluator:
+    """Fields every evaluator has (they only matter during training)."""
+    every_steps: int = 0        # evaluate every this many training steps and at the last; 0: never in training
+    at_start: bool = True       # also before the first step of a new run (the untrained model)
+    batch_size: int = 64        # sentences per encoder call during training
+
+    def __post_init__(self):
+        if self.every_steps < 0 or self.batch_size < 1:
+            raise ValueError(f"every_steps must be >= 0 and batch_size >= 1, got {self.every_steps} and "
+                             f"{self.batch_size}.")
+
+    def metric_names(self) -> tuple[str, ...]:
+        """The keys ``__call__`` returns, the main one first."""
+        raise NotImplementedError
+
+    def __call__(self, encode_fn: EncodeFn, head: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
+        raise NotImplementedError
+
+
+def _first(items, limit: int):
+    return items[:limit] if limit > 0 else items
+
+
+@functools.lru_cache(maxsize=16)
+def _sts_pairs(data: str) -> tuple[list[str], list[str], np.ndarray]:
+    """(sentences1, sentences2, scores) of an STS file or bundled name, read once per process."""
+    from sentjax.data.pipeline import load_source
+    src = load_source(f"sts:{data}")
+    return list(src.columns["anchor"]), list(src.columns["positive"]), np.asarray(src.columns["score"], np.float64)
+
+
+@EVALUATORS.register("sts")
+@dataclasses.dataclass(frozen=True)
+class STS(Evaluator):
+    """Spearman and Pearson x100 of cos(u, v) against gold scores (SentEval's STS-B dev metric)."""
+    # stsb-dev (= stsbenchmark-dev, SentEval's STS-B dev), stsb-<lang>-dev, sick-trial, STS12..STS16
+    # (pooled subsets), an STS-B CSV / SentEval / SICK file, a headed TSV (sentence1, sentence2, score)
+    # or bundled/<dataset>/<file>
+    data: str = "stsb-dev"
+    limit: int = 0              # the first N pairs only (0: all); not for STS12..16
+
+    def metric_names(self) -> tuple[str, ...]:
+        return ("spearman", "pearson")
+
+    def __call__(self, encode_fn, head=None) -> dict[str, float]:
+        from sentjax.eval.sts import evaluate_sts, evaluate_sts_file
+        data = "stsbenchmark-dev" if self.data == "stsb-dev" else self.data
+        if data.upper() in readers.SENTEVAL_YEARS or os.path.isdir(data):
+            r = evaluate_sts_file(encode_fn, data)  # a SentEval year: correlation of the pooled subsets
+        else:
+            s1, s2, scores = _sts_pairs(data)  # scores scaled linearly, which neither correlation sees
+            r = evaluate_sts(encode_fn, _first(s1, self.limit), _first(s2, self.limit), _first(scores, self.limit))
+        return {"spearman": float(r["spearman"]), "pearson": float(r["pearson"])}
+
+
+@EVALUATORS.register("senteval")
+@dataclasses.dataclass(frozen=True)
+class SentEval(Evaluator):
+    """SentEval STS12-16: Spearman x100 of cosine pooled over each year's subsets ("all", SimCSE's number)."""
+    years: tuple[str, ...] = readers.SENTEVAL_YEARS
+    root: str = ""              # folder holding STS12-en-test/ ... STS16-en-test/; "": the bundled copy
+
+    def metric_names(self) -> tuple[str, ...]:
+        return ("avg",) + tuple(y.lower() for y in self.years)
+
+    def __call__(self, encode_fn, head=None) -> dict[str, float]:
+        from sentjax.eval.sts import evaluate_senteval
+        r = evaluate_senteval(encode_fn, self.root or None, self.years)
+        return {"avg": r["avg"]["spearman_all"], **{y.lower(): r[y.upper()]["spearman"]["all"] for y in self.years}}
+
+
+@EVALUATORS.register("nli")
+@dataclasses.dataclass(frozen=True)
+class NLIAccuracy(Evaluator):
+    """Accuracy x100 of the objective's softmax classifier head (Sentence-BERT) on labelled NLI pairs."""
+    data: str = "snli-dev"      # snli-dev / snli-test (bundled e-SNLI) or an NLI TSV (sentence1, sentence2, gold_label)
+    limit: int = 0              # the first N pairs only (0: all)
+    concat: tuple[str, ...] = ("u", "v", "|u-v|")   # the head's features: the run's objective.concat
+
+    def metric_names(self) -> tuple[str, ...]:
+        return ("accuracy",)
+
+    def __call__(self, encode_fn, head=None) -> dict[str, float]:
+        from sentjax.eval.nli_head import nli_head_accuracy
+        if head is None:
+            raise ConfigError("the 'nli' evaluator scores a classifier head: use it with an objective that "
+                              "trains one (objective.name='softmax').")
+        split = self.data[len("snli-"):] if self.data in ("snli-dev", "snli-test") else None
+        d = readers.read_snli_esnli(split=split) if split else readers.read_nli_tsv(self.data)
+        n = self.limit or len(d.premises)
+        r = nli_head_accuracy(encode_fn, head, d.premises[:n], d.hypotheses[:n], d.labels[:n], self.concat)
+        return {"accuracy": r["accuracy"]}
+
+
+@EVALUATORS.register("tatoeba")
+@dataclasses.dataclass(frozen=True)
+class Tatoeba(Evaluator):
+    """Tatoeba bitext retrieval accuracy x100 (mean of both directions, LASER protocol) per language."""
+    langs: tuple[str, ...] = ("deu", "fra")   # ISO 639-3 codes
+    root: str = ""              # a LASER tatoeba/v1 folder; "": the bundled copy
+
+    def metric_names(self) -> tuple[str, ...]:
+        return ("mean",) + tuple(self.langs)
+
+    def __call__(self, encode_fn, head=None) -> dict[str, float]:
+        from sentjax.eval.retrieval import evaluate_tatoeba
+        r = evaluate_tatoeba(encode_fn, list(self.langs), self.root or None)
+        return {"mean": r["mean"], **{lang: r[lang]["accuracy"] for lang in self.langs}}
+
+
+def eval_config(type: str, **fields: Any):
+    """``config.evals.<name>``: every field of evaluator ``type`` with its default, ``fields`` applied,
+    as a ConfigDict (so each one can be overridden from the command line)."""
+    import ml_collections
+    return ml_collections.ConfigDict(EVALUATORS.default_config(type, **fields))
+
+
+def build_evaluators(evals: Mapping[str, Mapping[str, Any]], where: str = "evals") -> dict[str, Evaluator]:
+    """``{name: Evaluator}`` of a ``config.evals`` section (errors name ``evals.<name>``)."""
+    out = {}
+    for name, cfg in evals.items():
+        cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+        out[name] = EVALUATORS.build(cfg, f"{where}.{name}")
+    return out
