@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from sentjax.train.train import default_config
+from sentjax.configs import default
 
 TITLE = "Multilingual knowledge distillation: all-MiniLM-L6-v2 -> MiniLM with the XLM-R vocabulary"
 PAPER = {"teacher": "paraphrase-distilroberta / SBERT-nli-stsb", "student": "xlm-roberta-base", "batch": 64,
@@ -40,7 +40,7 @@ def datasets() -> tuple[str, ...]:
 
 
 def get_config():
-    c = default_config()
+    c = default.get_config()
     c.workdir = "runs/distill"
     c.model.init_from = "minilm"
     c.model.vocab_from = "multilingual"
@@ -54,8 +54,8 @@ def get_config():
     c.optim.lr = 2e-5
     c.optim.warmup_steps = 10000
     c.data.datasets = datasets()
-    c.eval.sts_file = "stsb-de-dev"
-    c.eval.every_steps = 1000
+    c.evals.sts_dev.data = "stsb-de-dev"
+    c.evals.sts_dev.every_steps = 1000
     c.checkpoint.every_steps = 1000
     return c
 

@@ -9,11 +9,11 @@ captions (83k unique lines, so a 65,536 batch has no duplicate text).
 
   sentjax train --config experiments/large_batch_65k.py
 """
-from sentjax.train.train import default_config
+from sentjax.configs import default
 
 
 def get_config():
-    c = default_config()
+    c = default.get_config()
     c.workdir = "runs/large_batch_65k"
     c.model.init_from = ""
     c.model.tokenizer = "minilm"          # the bundled all-MiniLM-L6-v2 tokenizer
@@ -37,6 +37,5 @@ def get_config():
     c.optim.warmup_steps = 1
     c.data.datasets = ("text:bundled/commonvoice_en/sentence-collector.txt,"
                        "bundled/multi30k/train.en.gz",)
-    c.eval.sts_file = ""
     c.checkpoint.every_steps = 2
     return c

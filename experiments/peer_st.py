@@ -308,24 +308,11 @@ def initial_check(cfg, sj_model, st_model, tokenizer, pipeline, smoke: bool) -> 
 
 
 def run_sentjax(mod, cfg, smoke: bool, log=print) -> dict:
-    import sentjax
-    from sentjax.train.train import train
     shutil.rmtree(cfg.workdir, ignore_errors=True)  # train() refuses to overwrite checkpoints
-    t0 = time.time()
-    summary = train(cfg, progress=False)
-    wall = time.time() - t0
-    if "preempted_at" in summary:
-        raise SystemExit(f"sentjax run stopped by SIGTERM at step {summary['preempted_at']}.")
-    model = sentjax.load(summary["final_model"], max_length=cfg.model.max_length)
-    t1 = time.time()
-    r = run.evaluate_model(model, full=False, smoke=smoke)
-    if hasattr(mod, "extra_eval"):
-        r.update(mod.extra_eval(model, summary, cfg, baseline=False))
-    m = run.read_metrics(cfg.workdir)
-    r.update(losses=[x["loss"] for x in m if "loss" in x], train_wall_s=wall, eval_wall_s=time.time() - t1,
-             pairs_per_s=next((x["pairs_per_s"] for x in reversed(m) if "pairs_per_s" in x), None))
-    shutil.rmtree(os.path.join(cfg.workdir, "checkpoints"), ignore_errors=True)
-    log(f"  sentjax: {cfg.total_steps} steps in {wall:.1f} s; " + _short(r))
+    r, info, _ = run.train_and_evaluate(mod, cfg, full=False, smoke=smoke)
+    r.update(losses=[loss for _, loss in info["losses"]], train_wall_s=info["wall_s"],
+             eval_wall_s=info["eval_wall_s"], pairs_per_s=info["pairs_per_s"])
+    log(f"  sentjax: {cfg.total_steps} steps in {info['wall_s']:.1f} s; " + _short(r))
     return r
 
 

@@ -1,8 +1,8 @@
-"""One command per experiment: train every row x seed, evaluate, write table + plots + RESULTS.md.
+"""One command per experiment: rows x seeds -> ``train(cfg)`` + evaluators -> table, plots, RESULTS.md.
 
   python experiments/run.py <name> [--seeds 0,1,2] [--rows 'a;b'] [--smoke] [--out DIR]
 
-``<name>`` is a module in ``experiments/`` (``simcse_unsup``, ``sbert_nli``, ...) that defines
+``<name>`` is a config module in ``experiments/`` (``simcse_unsup``, ``sbert_nli``, ...) that defines
 
   get_config()  the paper-shaped config (also usable as ``sentjax train --config experiments/<name>.py``)
   PAPER         the paper-scale setting (model, batch, steps, lr) for users with accelerators
@@ -13,9 +13,12 @@
   TITLE, NOTES  for the Markdown section; optional hooks ``prepare(cfg, row, workroot)`` (edit the
                 built config, write derived data) and ``extra_eval(model, summary, cfg, baseline) -> dict``.
 
-Each row is trained with ``sentjax.train.train.train(cfg)`` and the exported final model is
-evaluated with ``sentjax.eval`` (cosine similarity; Spearman x100): STS-B dev (SentEval file),
-SICK-R trial, and for FULL_EVAL rows STS12-16 (pooled "all", SimCSE's number). Outputs go to
+Overrides go through ``sentjax.train.config_cli.apply_overrides``, the path of ``--config.k=v``:
+a key the config does not have is an error (configs are locked). Each row x seed is trained with
+``sentjax.train.train.train(cfg)`` and its exported final model is evaluated by the evaluators of
+``sentjax.eval.evaluators`` in ``EVALS`` (each column is an evaluator's main metric, x100): STS-B dev
+(SentEval file) and SICK-R trial Spearman of cosine, and for FULL_EVAL rows STS12-16 (pooled "all",
+SimCSE's number). Outputs go to
 ``experiments/results/<name>/`` (``results.json``, ``table.md``, ``loss.png``, ``heatmap.png``)
 and the section between ``<!-- BEGIN name -->`` / ``<!-- END name -->`` of
 ``experiments/RESULTS.md`` is replaced. A run of a subset of the rows (``--rows``) keeps the other
@@ -38,6 +41,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from sentjax.data.readers import SENTEVAL_YEARS
+from sentjax.eval.evaluators import EVALUATORS
+from sentjax.train.config_cli import apply_overrides, set_key
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 if HERE not in sys.path:
@@ -48,55 +55,30 @@ SMOKE = {"total_steps": 3, "batch_size": 8, "log_every": 1, "model.init_from": "
          "model.encoder.num_hidden_layers": 2, "model.encoder.num_attention_heads": 4,
          "model.encoder.intermediate_size": 64, "model.encoder.max_position_embeddings": 64,
          "model.max_length": 16}
+# {column: evaluator config} of every exported model; FULL_EVAL rows add STS12-16, smoke runs check
+# the path on the first 64 STS-B dev pairs (fewer shapes to compile), not the number.
+EVALS = {"stsb_dev": {"type": "sts", "data": "stsbenchmark-dev"}, "sickr_trial": {"type": "sts", "data": "sick-trial"}}
+FULL_EVALS = {y.lower(): {"type": "sts", "data": y} for y in SENTEVAL_YEARS}
+SMOKE_EVALS = {"stsb_dev": {"type": "sts", "data": "stsbenchmark-dev", "limit": 64}}
 
 
 # ----------------------------------------------------------------------------- config
 
 
-def set_key(cfg, dotted: str, value: Any) -> None:
-    """``cfg.a.b = value`` for ``dotted = "a.b"``; the key must exist unless it is a new leaf
-    (experiment-only keys such as ``objective.concat``)."""
-    *path, leaf = dotted.split(".")
-    node = cfg
-    for p in path:
-        if p not in node:
-            raise KeyError(f"config has no section {p!r} (in {dotted!r}); valid: {sorted(node.keys())}.")
-        node = node[p]
-    with node.unlocked() if hasattr(node, "unlocked") else _null():
-        node[leaf] = value
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
-def apply(cfg, overrides: dict) -> None:
-    for k, v in overrides.items():
-        set_key(cfg, k, v)
-
-
 def build_config(mod, row: str, seed: int, smoke: bool, workroot: str):
-    cfg = mod.get_config()
-    apply(cfg, getattr(mod, "CPU", {}))
-    apply(cfg, mod.ROWS[row])
+    """The locked config of ``row`` x ``seed``: get_config() + CPU + the row (+ the smoke settings)."""
+    overrides = {**getattr(mod, "CPU", {}), **mod.ROWS[row]}
     if smoke:
         from sentjax.testing import minilm_dir
-        apply(cfg, SMOKE)
-        cfg.model.tokenizer = minilm_dir() or ""
-        apply(cfg, getattr(mod, "SMOKE", {}))
-        if cfg.gradient.get("gradcache_chunk", 0) > 0:
-            cfg.gradient.gradcache_chunk = 1  # keep the GradCache path with the tiny batch
-    cfg.seed = seed
-    cfg.workdir = os.path.join(workroot, row, f"seed{seed}")
-    cfg.eval.sts_file = ""            # evaluated after training, on the exported model
-    cfg.checkpoint.every_steps = cfg.total_steps
-    cfg.checkpoint.max_to_keep = 1
-    cfg.checkpoint.async_save = False
-    cfg.export.best_model = False
+        overrides.update({**SMOKE, "model.tokenizer": minilm_dir() or "", **getattr(mod, "SMOKE", {})})
+    cfg = apply_overrides(mod.get_config(), overrides)
+    if smoke and cfg.gradient.gradcache_chunk > 0:
+        set_key(cfg, "gradient.gradcache_chunk", 1)  # keep the GradCache path with the tiny batch
+    cfg = apply_overrides(cfg, {
+        "seed": seed, "workdir": os.path.join(workroot, row, f"seed{seed}"),
+        **{f"evals.{name}.every_steps": 0 for name in cfg.evals},  # evaluated after training, on the export
+        "checkpoint.every_steps": cfg.total_steps, "checkpoint.max_to_keep": 1, "checkpoint.async_save": False,
+        "export.best_model": False})
     if hasattr(mod, "prepare"):
         mod.prepare(cfg, row, workroot)
     return cfg
@@ -109,22 +91,42 @@ def encoder_of(model) -> Callable[[list[str]], np.ndarray]:
     return lambda texts: model.encode(texts, batch_size=128, show_progress=False)
 
 
+def evaluate(evals: dict[str, dict], encode_fn, head=None) -> dict[str, float]:
+    """``{column: main metric}`` of the evaluators ``{column: evaluator config}`` on ``encode_fn``."""
+    out = {}
+    for column, spec in evals.items():
+        ev = EVALUATORS.build(spec, column)
+        out[column] = ev(encode_fn, head)[ev.metric_names()[0]]
+    return out
+
+
 def evaluate_model(model, full: bool, smoke: bool) -> dict:
     """STS-B dev, SICK-R trial and (``full``) SentEval STS12-16: Spearman x100 of cosine."""
-    from sentjax.eval.sts import evaluate_senteval, evaluate_sts_file
-    f = encoder_of(model)
-    if smoke:  # the first 64 pairs: checks the path, not the number (fewer shapes to compile)
-        from sentjax.data import readers
-        from sentjax.eval.sts import evaluate_sts
-        d = readers.read_stsbenchmark_senteval(readers.resolve_sts_data("stsbenchmark-dev")[0])
-        return {"stsb_dev": evaluate_sts(f, d.sentences1[:64], d.sentences2[:64], d.scores[:64])["spearman"]}
-    out = {"stsb_dev": evaluate_sts_file(f, "stsbenchmark-dev")["spearman"]}
-    out["sickr_trial"] = evaluate_sts_file(f, "sick-trial")["spearman"]
-    if full:
-        r = evaluate_senteval(f)
-        for y in ("STS12", "STS13", "STS14", "STS15", "STS16"):
-            out[y.lower()] = r[y]["spearman"]["all"]
-    return out
+    return evaluate(SMOKE_EVALS if smoke else {**EVALS, **(FULL_EVALS if full else {})}, encoder_of(model))
+
+
+def train_and_evaluate(mod, cfg, full: bool, smoke: bool) -> tuple[dict, dict, Any]:
+    """``train(cfg)``, then the exported final model through ``evaluate_model`` and the module's
+    ``extra_eval``; the checkpoints are deleted (the export stays). Returns (metrics, {"losses":
+    [(step, loss)], "wall_s": training, "eval_wall_s", "pairs_per_s"}, the loaded model)."""
+    import sentjax
+    from sentjax.train.train import train
+    t0 = time.time()
+    summary = train(cfg, progress=False)
+    wall = time.time() - t0
+    if "preempted_at" in summary:  # SIGTERM: train() saved and returned; stop the whole run
+        raise SystemExit(f"stopped by SIGTERM at step {summary['preempted_at']} of {cfg.workdir}; finished "
+                         "runs are saved.")
+    model = sentjax.load(summary["final_model"], max_length=cfg.model.max_length)
+    t1 = time.time()
+    r = evaluate_model(model, full=full, smoke=smoke)
+    if hasattr(mod, "extra_eval"):
+        r.update(mod.extra_eval(model, summary, cfg, baseline=False))
+    m = read_metrics(cfg.workdir)
+    shutil.rmtree(os.path.join(cfg.workdir, "checkpoints"), ignore_errors=True)
+    return r, {"losses": [(x["step"], x["loss"]) for x in m if "loss" in x], "wall_s": wall,
+               "eval_wall_s": time.time() - t1,
+               "pairs_per_s": next((x["pairs_per_s"] for x in reversed(m) if "pairs_per_s" in x), None)}, model
 
 
 def heatmap_pairs(n: int = 8) -> tuple[list[str], list[str], np.ndarray]:
@@ -291,7 +293,6 @@ def run(name: str, seeds: Sequence[int] = (0,), rows: Sequence[str] | None = Non
 
     Rows not in ``rows`` keep their earlier results from ``out/results.json`` unless ``fresh``."""
     import sentjax
-    from sentjax.train.train import train
     mod = importlib.import_module(name)
     all_rows = list(mod.ROWS)
     rows = list(rows) if rows else all_rows
@@ -322,8 +323,10 @@ def run(name: str, seeds: Sequence[int] = (0,), rows: Sequence[str] | None = Non
             base = sentjax.load(kw.get("path") or minilm_dir(), max_length=kw.get("max_length", 32),
                                pooling=kw.get("pooling"))
             if kw.get("vocab_from"):  # e.g. the distillation student before training
-                from sentjax.train.train import _transfer_vocab
-                base = _transfer_vocab(base, kw["vocab_from"], kw.get("max_length", 32))
+                from sentjax.models.vocab_transfer import transfer_vocabulary
+                from sentjax.train.train import resolve_bundled
+                base = transfer_vocabulary(base, resolve_bundled(kw["vocab_from"], "vocab_from"),
+                                           kw.get("max_length", 32))[0]
             if not mats:
                 mats[bname] = cosine_matrix(base, s1, s2)
             if bname in cache and cache[bname].get("kw") == kw:
@@ -347,28 +350,16 @@ def run(name: str, seeds: Sequence[int] = (0,), rows: Sequence[str] | None = Non
     for row in rows:
         for seed in seeds:
             cfg = build_config(mod, row, seed, smoke, workroot)
-            t0 = time.time()
-            summary = train(cfg, progress=False)
-            wall = time.time() - t0
-            if "preempted_at" in summary:  # SIGTERM: train() saved and returned; stop the whole run
-                raise SystemExit(f"stopped by SIGTERM during {row!r} seed {seed}; finished rows are in {out}.")
-            model = sentjax.load(summary["final_model"], max_length=cfg.model.max_length)
-            r = evaluate_model(model, full=row in full_rows and seed == seeds[0], smoke=smoke)
-            if hasattr(mod, "extra_eval"):
-                r.update(mod.extra_eval(model, summary, cfg, baseline=False))
-            m = read_metrics(cfg.workdir)
-            losses = [(x["step"], x["loss"]) for x in m if "loss" in x]
-            r.update(final_loss=losses[-1][1] if losses else None, wall_s=wall,
-                     pairs_per_s=next((x["pairs_per_s"] for x in reversed(m) if "pairs_per_s" in x), None),
-                     seed=seed, steps=cfg.total_steps, batch=cfg.batch_size)
+            r, info, model = train_and_evaluate(mod, cfg, full=row in full_rows and seed == seeds[0], smoke=smoke)
+            losses = info["losses"]
+            r.update(final_loss=losses[-1][1] if losses else None, wall_s=info["wall_s"],
+                     pairs_per_s=info["pairs_per_s"], seed=seed, steps=cfg.total_steps, batch=cfg.batch_size)
             results[row].append(r)
             if seed == seeds[0]:
                 curves[row] = losses
                 if row == all_rows[0] and not smoke:
                     mats[f"{row} (trained)"] = cosine_matrix(model, s1, s2)
-            shutil.rmtree(os.path.join(cfg.workdir, "checkpoints"), ignore_errors=True)
             print(f"[{name}] {row} seed {seed}: {json.dumps(r, default=float)}", flush=True)
-            del summary
             # after every run, so a run that is stopped still leaves its finished rows
             section = write_outputs(mod, name, results, curves, mats, gold, seeds, rows, all_rows, smoke,
                                     out, workroot, time.time() - t_all, results_md, row_commands)

@@ -20,7 +20,7 @@ import os
 import jax
 import numpy as np
 
-from sentjax.train.train import default_config
+from sentjax.configs import default
 
 TITLE = "Sentence-BERT: NLI softmax objective, concatenation ablation (all-MiniLM-L6-v2, NLI-CAD + SICK)"
 PAPER = {"model": "bert-base-uncased", "batch": 16, "steps": "1 epoch of SNLI+MNLI (~62.5k)", "lr": 2e-5,
@@ -30,7 +30,7 @@ SNLI_DEV_N = 2000
 
 
 def get_config():
-    c = default_config()
+    c = default.get_config()
     c.workdir = "runs/sbert_nli"
     c.model.init_from = "minilm"
     c.model.pooling = "mean"
@@ -43,7 +43,7 @@ def get_config():
     c.optim.lr = 2e-5
     c.optim.warmup_ratio = 0.1
     c.data.datasets = (NLI_CAD,)   # prepare() adds SICK train (converted to an NLI TSV)
-    c.eval.sts_file = "stsb-dev"
+    c.evals.sts_dev.every_steps = 50
     return c
 
 
@@ -110,11 +110,9 @@ def extra_eval(model, summary, cfg, baseline: bool) -> dict:
     """SNLI dev accuracy of the trained head (the head is not part of the exported model)."""
     if baseline or summary is None or "head" not in summary["state"]["params"]:
         return {}
-    from sentjax.data import readers
-    from sentjax.eval.nli_head import nli_head_accuracy
+    from sentjax.eval.evaluators import EVALUATORS
     head = jax.tree.map(np.asarray, jax.device_get(summary["state"]["params"]["head"]))
-    d = readers.read_snli_esnli(split="dev")
     n = 32 if cfg.total_steps <= 3 else SNLI_DEV_N  # smoke runs: a few pairs
-    r = nli_head_accuracy(lambda t: model.encode(t, batch_size=128, show_progress=False), head,
-                          d.premises[:n], d.hypotheses[:n], d.labels[:n], tuple(cfg.objective.concat))
-    return {"snli_dev_acc": r["accuracy"]}
+    nli = EVALUATORS.build({"type": "nli", "data": "snli-dev", "limit": n, "concat": tuple(cfg.objective.concat)})
+    encode = lambda t: model.encode(t, batch_size=128, show_progress=False)  # noqa: E731
+    return {"snli_dev_acc": nli(encode, head)["accuracy"]}

@@ -13,32 +13,28 @@ T 0.05, max length 32, CLS + MLP pooler at train and test time; hard-negative we
 Reduced CPU run: all-MiniLM-L6-v2 (mean pooling, its own), bundled NLI-CAD triplets, 1,024 triplets
 per row (16 steps of 64, 4 of 256, 1 of 1024):  python experiments/run.py simcse_sup
 """
-from sentjax.train.train import default_config
+from sentjax.configs import demo
 
 TITLE = "Supervised SimCSE: hard-negative weight and GradCache batch size (all-MiniLM-L6-v2, NLI-CAD)"
 PAPER = {"model": "bert-base-uncased", "batch": 512, "steps": "3 epochs of 275k triplets (~1.6k)",
          "lr": 5e-5, "temperature": 0.05, "max_length": 32, "alpha": 1.0}
-TRIPLETS = "nli-triplets:bundled/nli_cad/all_combined/train.tsv"
+TRIPLETS = demo.NLI_TRIPLETS
 
 
 def get_config():
-    c = default_config()
+    """The README demo's setting (sentjax/configs/demo.py: MiniLM, mean pooling, max length 32, InfoNCE
+    T 0.05 with the contradictions as hard negatives, lr 5e-5, NLI-CAD triplets) at the paper's batch."""
+    c = demo.get_config()
     c.workdir = "runs/simcse_sup"
-    c.model.init_from = "minilm"
-    c.model.pooling = "mean"
-    c.model.max_length = 32
-    c.objective.name = "infonce"
-    c.objective.temperature = 0.05
-    c.objective.use_hard_negatives = True
     c.objective.hard_negative_weight = 0.0
     c.batch_size = 512
     c.total_steps = 1600
-    c.optim.lr = 5e-5
+    c.log_every = 10
     c.optim.warmup_steps = 0
-    c.data.datasets = (TRIPLETS,)
-    c.eval.sts_file = "stsb-dev"
-    c.eval.every_steps = 125
+    c.evals.sts_dev.every_steps = 125
+    c.evals.sts_dev.batch_size = 64
     c.checkpoint.every_steps = 125
+    c.checkpoint.max_to_keep = 2
     return c
 
 

@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 
-from sentjax.train.train import default_config
+from sentjax.configs import default
 
 CV = "bundled/commonvoice_en/sentence-collector.txt"
 TITLE = "Unsupervised SimCSE and SimCSE Table 1 augmentations (all-MiniLM-L6-v2, Common Voice)"
@@ -27,7 +27,7 @@ PAPER = {"model": "bert-base-uncased", "batch": 64, "steps": 15625, "lr": 3e-5, 
 
 
 def get_config():
-    c = default_config()
+    c = default.get_config()
     c.workdir = "runs/simcse_unsup"
     c.model.init_from = "minilm"
     c.model.pooling = "cls_mlp"
@@ -40,8 +40,7 @@ def get_config():
     c.optim.lr = 3e-5
     c.optim.warmup_steps = 0
     c.data.datasets = (f"text:{CV}",)
-    c.eval.sts_file = "stsb-dev"
-    c.eval.every_steps = 125
+    c.evals.sts_dev.every_steps = 125
     c.checkpoint.every_steps = 125
     return c
 

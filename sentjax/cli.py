@@ -4,7 +4,7 @@
     sentjax eval senteval --model DIR [--root DIR] [--years STS12,STS13]
     sentjax eval tatoeba --model DIR --langs deu,fra
     sentjax train --config experiments/simcse_unsup.py [--config.key=value ...] [--resume]
-    sentjax demo [--workdir DIR] [--config.key=value ...]
+    sentjax demo [--workdir DIR] [--config.key=value ...]     (= sentjax train --config sentjax/configs/demo.py)
 
 Adding a command: write ``def add_<name>(sub) -> None`` that creates its parser with
 ``sub.add_parser(...)`` and sets ``func=<callable(args) -> int>``, then list it in ``COMMANDS``.
@@ -142,9 +142,44 @@ def _train_main(argv: list[str]) -> int:
     return train_main(argv)
 
 
+_DEMO_USAGE = ("usage: sentjax demo [--workdir DIR] [--config.key=value ...] [--no_progress]\n"
+               "  (any option of sentjax train; the demo's config is sentjax/configs/demo.py)")
+
+
 def _demo_main(argv: list[str]) -> int:
-    from sentjax.train.demo import main as demo_main
-    return demo_main(argv)
+    """``sentjax demo`` = ``sentjax train --config sentjax/configs/demo.py`` (into a new
+    ``runs/demo-<time>`` unless ``--workdir`` / ``--config.workdir`` is given) plus a short report."""
+    import os
+    import time
+
+    from sentjax import configs
+    from sentjax.train.train import main as train_main
+    if any(a in ("-h", "--help") for a in argv):
+        from sentjax.configs import demo
+        print(demo.__doc__.strip() + "\n\n" + _DEMO_USAGE)
+        return 0
+    if not any(a.startswith(("--workdir", "--config.workdir")) for a in argv):
+        argv = ["--workdir", os.path.join("runs", time.strftime("demo-%Y%m%d-%H%M%S")), *argv]
+    t = time.perf_counter()
+
+    def start(cfg) -> None:
+        print(f"sentjax demo: supervised SimCSE from all-MiniLM-L6-v2 on bundled NLI-CAD triplets, "
+              f"{cfg.total_steps} steps x batch {cfg.batch_size}; workdir {cfg.workdir}", flush=True)
+
+    def report(cfg, s: dict) -> None:
+        m, final = s["best_metric"], s.get("final", {})
+        if m:
+            print(f"\nSTS-B dev Spearman x100: {s.get(m + '_start', float('nan')):.2f} before, "
+                  f"{s.get(m, float('nan')):.2f} after (best {s['best_value']:.2f} at step {s['best_step']})")
+        if final:
+            print(f"final loss {final.get('loss', float('nan')):.4f}, {final.get('pairs_per_s', float('nan')):.1f} "
+                  f"pairs/s, {time.perf_counter() - t:.0f} s in all")
+        path = os.path.abspath(s["best_model"])
+        print(f"exported model (best by STS-B dev): {path}\n  use it: sentjax.load({path!r}).encode([...])")
+        print(f"metrics: {os.path.abspath(os.path.join(cfg.workdir, 'metrics.jsonl'))} "
+              f"(TensorBoard: {os.path.abspath(os.path.join(cfg.workdir, 'tensorboard'))})")
+
+    return train_main(["--config", configs.path("demo"), *argv], on_start=start, on_summary=report)
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:

@@ -21,7 +21,7 @@ def _write_config(tmp_path, workdir):
     # one config file and workspace per run: the runs overlap in time
     path = tmp_path / f"cfg_{workdir.name}.py"
     path.write_text(textwrap.dedent(f"""
-        from sentjax.train.tiny import tiny_config
+        from tiny import tiny_config
         def get_config():
             return tiny_config({str(tmp_path / f'ws_{workdir.name}')!r}, workdir={str(workdir)!r},
                                total_steps=6)
@@ -29,15 +29,18 @@ def _write_config(tmp_path, workdir):
     return str(path)
 
 
-def _cmd(cfg, *extra):
-    return [sys.executable, "-m", "sentjax.train.train", "--config", cfg, "--no_progress", *extra]
+def _cmd(cfg, *extra, hang=False):
+    # hang: freeze after the first committed checkpoint (tests/hang_after_checkpoint.py), to be killed
+    main = [os.path.join(REPO, "tests", "hang_after_checkpoint.py")] if hang else ["-m", "sentjax.train.train"]
+    return [sys.executable, *main, "--config", cfg, "--no_progress", *extra]
 
 
 def _env(**kw):
     # 2 devices: the data axis is really split (the 1-vs-8-device agreement is test_train_step's
     # job), at a fraction of the 8-device compile and step time.
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               JAX_DEFAULT_MATMUL_PRECISION="highest", PYTHONPATH=REPO)
+               JAX_DEFAULT_MATMUL_PRECISION="highest",
+               PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]))  # tests/tiny.py
     env.update(kw)
     return env
 
@@ -52,7 +55,7 @@ def test_sigkill_then_resume_is_bitwise_exact(tmp_path, capsys):
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     cfg_b = _write_config(tmp_path, wb)
     # Run B stops after its step-3 checkpoint is committed; then it is SIGKILLed.
-    b = subprocess.Popen(_cmd(cfg_b), env=_env(SENTJAX_TEST_HANG_AFTER_CHECKPOINT="1"), cwd=REPO,
+    b = subprocess.Popen(_cmd(cfg_b, hang=True), env=_env(), cwd=REPO,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     for line in b.stdout:

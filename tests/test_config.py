@@ -50,7 +50,7 @@ def test_experiment_configs_load(name):
     if not os.path.isfile(path):
         pytest.skip(f"{name} config not written")
     cfg = config_cli.load_config_file(path)
-    from sentjax.train.train import default_config
+    from sentjax.configs.default import get_config as default_config
     assert set(config_cli.valid_keys(cfg)) == set(config_cli.valid_keys(default_config()))
 
 

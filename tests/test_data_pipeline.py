@@ -5,7 +5,7 @@ import pytest
 
 from sentjax.data.pipeline import DataError, Pipeline, Source, load_source, nli_to_triplets, read_tsv
 from sentjax.tokenization import Tokenizer
-from sentjax.train.tiny import make_tiny_workspace
+from tiny import make_tiny_workspace  # tests/tiny.py
 
 
 @pytest.fixture(scope="module")

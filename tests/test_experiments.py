@@ -134,7 +134,7 @@ def test_table_and_results_md_section(tmp_path):
 
 
 def test_set_key_errors():
-    from sentjax.train.train import default_config
+    from sentjax.configs.default import get_config as default_config
     c = default_config()
     run.set_key(c, "optim.lr", 1e-3)
     assert c.optim.lr == 1e-3

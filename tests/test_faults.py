@@ -33,21 +33,22 @@ STEPS = 6
 def write_config(path, workdir, **overrides):
     lines = "".join(f"    c.{k} = {v!r}\n" for k, v in overrides.items())
     path.write_text(textwrap.dedent(f"""
-        from sentjax.train.tiny import tiny_config
+        from tiny import tiny_config
         def get_config():
             c = tiny_config({str(path.parent / 'ws')!r}, workdir={str(workdir)!r}, total_steps={STEPS})
             c.mesh.data = 2
             c.checkpoint.every_steps = 1
             c.checkpoint.max_to_keep = 10
-            c.eval.sts_file = c.data.datasets[0][len("text:"):].replace("sentences.txt", "sts.tsv")
-            c.eval.every_steps = 2
+            c.evals.sts_dev.data = c.data.datasets[0][len("text:"):].replace("sentences.txt", "sts.tsv")
+            c.evals.sts_dev.every_steps = 2
     """) + lines + "    return c\n")
     return str(path)
 
 
 def env():
     return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-                JAX_DEFAULT_MATMUL_PRECISION="highest", PYTHONPATH=REPO, PYTHONUNBUFFERED="1")
+                JAX_DEFAULT_MATMUL_PRECISION="highest", PYTHONUNBUFFERED="1",
+                PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]))  # tests/tiny.py
 
 
 def cmd(cfg, *extra):
@@ -268,7 +269,8 @@ def test_divergence_stops_cleanly_after_the_save(tmp_path):
     cfg = write_config(tmp_path / "cfg.py", work)
     # lr 1e12 with no clipping: parameters blow up, every later loss is non-finite.
     cfg_text = open(cfg).read().replace("    return c\n", "    c.optim.lr = 1e12\n    c.optim.clip_norm = 0.0\n"
-                                         "    c.nonfinite_limit = 2\n    c.total_steps = 12\n    c.eval.sts_file = ''\n"
+                                         "    c.nonfinite_limit = 2\n    c.total_steps = 12\n"
+                                         "    c.evals.sts_dev.every_steps = 0\n"
                                          "    return c\n")
     open(cfg, "w").write(cfg_text)
     out = run(cfg)

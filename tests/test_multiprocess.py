@@ -14,8 +14,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from sentjax.train import step as step_lib
-from sentjax.train.tiny import tiny_config
 from sentjax.train.train import train
+from tiny import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 240
@@ -29,11 +29,12 @@ def _free_port() -> int:
 
 def _launch(cfg, port, *extra, hang=False):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
-               JAX_DEFAULT_MATMUL_PRECISION="highest", PYTHONPATH=REPO, TOKENIZERS_PARALLELISM="false")
-    if hang:
-        env["SENTJAX_TEST_HANG_AFTER_CHECKPOINT"] = "1"
+               JAX_DEFAULT_MATMUL_PRECISION="highest", TOKENIZERS_PARALLELISM="false",
+               PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]))  # tests/tiny.py
+    # hang: freeze after the first committed checkpoint (tests/hang_after_checkpoint.py), to be killed
+    main = [os.path.join(REPO, "tests", "hang_after_checkpoint.py")] if hang else ["-m", "sentjax.train.train"]
     return [subprocess.Popen(
-        [sys.executable, "-m", "sentjax.train.train", "--config", cfg, "--no_progress",
+        [sys.executable, *main, "--config", cfg, "--no_progress",
          "--coordinator", f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i), *extra],
         env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True) for i in range(2)]
@@ -52,7 +53,7 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path):
     ws, workdir = tmp_path / "ws", tmp_path / "mp"
     cfg = tmp_path / "cfg.py"
     cfg.write_text(textwrap.dedent(f"""
-        from sentjax.train.tiny import tiny_config
+        from tiny import tiny_config
         def get_config():
             return tiny_config({str(ws)!r}, workdir={str(workdir)!r}, total_steps=6)
     """))

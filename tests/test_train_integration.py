@@ -12,8 +12,8 @@ import optax
 import pytest
 
 from sentjax.train import step as step_lib
-from sentjax.train.tiny import tiny_config
 from sentjax.train.train import train
+from tiny import tiny_config
 
 
 def _final_params(tmp_path, name, **overrides):

@@ -44,7 +44,7 @@ def _dev_subset(path: str) -> str:
 
 
 def test_short_real_run_loss_falls_and_sts_rises(tmp_path):
-    from sentjax.train.demo import get_config
+    from sentjax.configs.demo import get_config
     from sentjax.train.train import train
     c = get_config()
     c.workdir = str(tmp_path / "run")
@@ -55,9 +55,9 @@ def test_short_real_run_loss_falls_and_sts_rises(tmp_path):
     c.log_every = 2
     c.optim.lr = 2e-4
     c.optim.warmup_steps = 0
-    c.eval.sts_file = _dev_subset(str(tmp_path / "dev.tsv"))
-    c.eval.every_steps = 6
-    c.eval.batch_size = 64
+    c.evals.sts_dev.data = _dev_subset(str(tmp_path / "dev.tsv"))
+    c.evals.sts_dev.every_steps = 6
+    c.evals.sts_dev.batch_size = 64
     c.checkpoint.every_steps = 6
     c.checkpoint.async_save = False
     s = train(c, progress=False)

@@ -8,8 +8,8 @@ import pytest
 from sentjax.train import step as step_lib
 from sentjax.train.config_cli import ConfigError
 from sentjax.train.optim import linear_warmup_decay
-from sentjax.train.tiny import tiny_config
 from sentjax.train.train import train
+from tiny import tiny_config
 
 
 def _params(summary):
@@ -89,7 +89,7 @@ def test_pair_objective_compiles_once_per_length_bucket(tmp_path, monkeypatch):
 
     from sentjax.data.pipeline import Pipeline, load_source
     from sentjax.tokenization import Tokenizer
-    from sentjax.train.tiny import make_tiny_workspace
+    from tiny import make_tiny_workspace
     ws = make_tiny_workspace(str(tmp_path / "ws"))
     sents = open(ws.sentences).read().split("\n")[:96]
     rng = np.random.default_rng(0)

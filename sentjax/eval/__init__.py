@@ -1,1 +1,2 @@
-"""Evaluation: STS / SentEval STS12-16 (``sts``), Tatoeba bitext retrieval (``retrieval``), NLI accuracy (``nli``)."""
+"""Evaluation: STS / SentEval STS12-16 (``sts``), Tatoeba bitext retrieval (``retrieval``), NLI accuracy (``nli``,
+``nli_head``); ``evaluators``: the same as named evaluators configured as data (``config.evals``)."""

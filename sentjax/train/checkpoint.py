@@ -2,9 +2,10 @@
 
 Each step folder holds three items (``ocp.args.Composite``):
   state  the state dict (params, opt_state, step, rng, data_pos), ``StandardSave``
-  data   JSON ``{"step", "data_pos", "seed", "best": {...}, "digest": {...}}``: the data position,
-         the best evaluation so far (so a resumed run does not mistake its first evaluation for a
-         new best) and a SHA-256 digest of every state array
+  data   JSON ``{"step", "seed", "best": {...}, "digest": {...}}``: the step (the data position:
+         the data order is a pure function of seed and step), the best evaluation so far (so a
+         resumed run does not mistake its first evaluation for a new best) and a SHA-256 digest of
+         every state array
   meta   JSON run metadata (the config)
 
 Why a digest: Orbax's array files carry no checksum, so flipped bytes inside an OCDBT file
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -122,7 +122,6 @@ class Checkpointer:
                  best_mode: str = "max", async_save: bool = True,
                  report: Callable[[str], None] = _stderr):
         self.directory = os.path.abspath(directory) if "://" not in directory else directory
-        self.best_metric = best_metric
         self._report = report
         self._options = dict(max_to_keep=max_to_keep, best_metric=best_metric, best_mode=best_mode,
                              async_save=async_save)
@@ -153,9 +152,6 @@ class Checkpointer:
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
-
-    def best_step(self) -> int | None:
-        return self.manager.best_step() if self.best_metric else None
 
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
@@ -292,14 +288,6 @@ class Checkpointer:
         with _quiet_orbax():
             self.manager = self._open()
         return what
-
-    def read_meta(self, step: int | None = None) -> dict:
-        step = self.latest_step() if step is None else step
-        path = os.path.join(self.directory, str(step), "meta", "metadata")
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                return json.load(f)
-        return {}
 
     def wait(self) -> None:
         with _os_errors():

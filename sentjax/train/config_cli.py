@@ -1,11 +1,14 @@
-"""Experiment configs: ``get_config()`` files plus ``--config.a.b=value`` overrides.
+"""Configs: ``get_config()`` files plus overrides, the one path every config takes.
 
-A config file is a Python file (``experiments/*.py``) defining ``get_config(arg: str | None = None)``
-that returns an ``ml_collections.ConfigDict``. ``path.py:arg`` passes ``arg`` (big_vision style).
-Overrides are validated against the ConfigDict: an unknown or mistyped key is an error that
-lists the valid keys (and the closest match), so a typo never silently trains the wrong model.
-Values are parsed as Python literals and coerced to the existing field's type
-(``--config.lr=1e-4`` on a float field, ``--config.datasets=nli,sts`` on a tuple field).
+A config file is a Python file (``sentjax/configs/*.py``, ``experiments/*.py``) defining
+``get_config(arg: str | None = None)`` that returns an ``ml_collections.ConfigDict``; ``path.py:arg``
+passes ``arg`` (big_vision style). Overrides, from the command line (``--config.a.b=value``, see
+``parse_config_args``) or from Python (``apply_overrides(cfg, {"a.b": value})``: the experiment
+runner, the tests), are validated against the ConfigDict: an unknown or mistyped key is an error
+that lists the valid keys (and the closest match), so a typo never silently trains the wrong model,
+and no key can be added. Values are coerced to the existing field's type (``--config.lr=1e-4`` on a
+float field, ``--config.datasets=nli,sts`` on a tuple field; command-line text is parsed as a Python
+literal first). The config returned is locked: code that runs later cannot add keys either.
 """
 from __future__ import annotations
 
@@ -13,13 +16,22 @@ import ast
 import difflib
 import importlib.util
 import os
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import ml_collections
 
 
-class ConfigError(ValueError):
-    """A config file or override that cannot be applied."""
+from sentjax.registry import ConfigError
+
+__all__ = ["ConfigError", "UnknownKeyError", "load_config_file", "valid_keys", "set_key", "apply_overrides",
+           "parse_config_args"]
+
+
+class UnknownKeyError(ConfigError, KeyError):
+    """A key that the config does not have (configs are locked: overrides cannot add keys)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
@@ -52,21 +64,20 @@ def valid_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
     return sorted(keys)
 
 
-def _parse_value(text: str, old: Any, key: str) -> Any:
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        value = text  # bare strings need no quotes on a command line
+def _coerce(value: Any, old: Any, key: str, text: str | None = None) -> Any:
+    """``value`` in the type of the field's current value ``old``; ``text``: the command-line text
+    ``value`` was parsed from (a bare string or a comma-separated list there needs no quotes)."""
+    shown = f"--config.{key}={text!r}" if text is not None else f"{key}={value!r}"
     if old is None or value is None:
         return value
     if isinstance(old, bool):
-        if isinstance(value, str) and value.lower() in ("true", "false"):
+        if text is not None and isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
         if not isinstance(value, bool):
-            raise ConfigError(f"--config.{key} expects true/false, got {text!r}.")
+            raise ConfigError(f"{shown}: expects true/false.")
         return value
     if isinstance(old, (tuple, list)):
-        if isinstance(value, str):
+        if isinstance(value, str) and text is not None:
             value = tuple(v for v in value.split(",") if v)
         if not isinstance(value, (tuple, list)):
             value = (value,)
@@ -75,46 +86,61 @@ def _parse_value(text: str, old: Any, key: str) -> Any:
         return float(value)
     if isinstance(old, int) and isinstance(value, float) and value.is_integer():
         return int(value)
-    if type(value) is not type(old) and not (isinstance(old, str) and isinstance(value, str)):
-        if isinstance(old, str):
+    if type(value) is not type(old):
+        if isinstance(old, str) and text is not None:
             return text
-        raise ConfigError(f"--config.{key}={text!r}: expected a {type(old).__name__} "
-                          f"(current value {old!r}).")
+        raise ConfigError(f"{shown}: expected a {type(old).__name__} (current value {old!r}).")
     return value
 
 
-def set_key(cfg: ml_collections.ConfigDict, key: str, text: str) -> None:
-    """Sets dotted ``key`` from its command-line text; unknown keys raise ConfigError."""
+def _parse(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # bare strings need no quotes on a command line
+
+
+def set_key(cfg: ml_collections.ConfigDict, key: str, value: Any, text: str | None = None) -> None:
+    """Sets the existing dotted ``key`` to ``value`` (coerced to its type); unknown keys raise
+    ConfigError listing the valid ones. ``text``: the command-line text of ``value``, if any."""
     node = cfg
     parts = key.split(".")
     for i, part in enumerate(parts):
         if not isinstance(node, ml_collections.ConfigDict) or part not in node:
             keys = valid_keys(cfg)
             close = difflib.get_close_matches(key, keys, n=1)
+            where = f" (the config has no section {'.'.join(parts[:i + 1])!r})" if i < len(parts) - 1 else ""
             hint = f" Did you mean --config.{close[0]}?" if close else ""
-            raise ConfigError(f"Unknown config key {key!r}.{hint} Valid keys: {', '.join(keys)}.")
+            raise UnknownKeyError(f"Unknown config key {key!r}{where}.{hint} Valid keys: {', '.join(keys)}.")
         if i == len(parts) - 1:
             old = node[part]
             if isinstance(old, ml_collections.ConfigDict):
                 raise ConfigError(f"{key!r} is a group, not a value; set one of its fields: "
                                   f"{', '.join(valid_keys(old, key + '.'))}.")
             with node.ignore_type():
-                node[part] = _parse_value(text, old, key)
+                node[part] = _coerce(value, old, key, text)
         else:
             node = node[part]
 
 
-def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:
-    """Applies ``--config.k=v`` / ``config.k=v`` / ``k=v`` strings to a copy of ``cfg``."""
+def apply_overrides(cfg: ml_collections.ConfigDict,
+                    overrides: Sequence[str] | Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """A locked copy of ``cfg`` with ``overrides`` applied: command-line strings ``--config.k=v``
+    (also ``config.k=v``, ``k=v``) or a mapping ``{"k": python value}``."""
     cfg = ml_collections.ConfigDict(cfg.to_dict())
-    for item in overrides:
-        body = item[2:] if item.startswith("--") else item
-        if body.startswith("config."):
-            body = body[len("config."):]
-        if "=" not in body:
-            raise ConfigError(f"Override {item!r} must look like --config.key=value.")
-        key, text = body.split("=", 1)
-        set_key(cfg, key, text)
+    if isinstance(overrides, Mapping):
+        for key, value in overrides.items():
+            set_key(cfg, key, value)
+    else:
+        for item in overrides:
+            body = item[2:] if item.startswith("--") else item
+            if body.startswith("config."):
+                body = body[len("config."):]
+            if "=" not in body:
+                raise ConfigError(f"Override {item!r} must look like --config.key=value.")
+            key, text = body.split("=", 1)
+            set_key(cfg, key, _parse(text), text)
+    cfg.lock()
     return cfg
 
 

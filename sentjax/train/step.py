@@ -75,23 +75,16 @@ def step_rng(state_rng: jax.Array, step: int | jax.Array) -> jax.Array:
 
 # ----------------------------------------------------------------------------- gradients
 
-def value_and_grad_fn(loss_fn: Callable) -> GradFn:
-    """Default gradient: ``jax.value_and_grad`` of the loss on the global (sharded) batch."""
-    return jax.value_and_grad(loss_fn, has_aux=True)
-
-
-def _micro_batches(batch: dict, accum: int) -> dict:
-    """[B*r, ...] leaves -> [accum, B/accum*r, ...]; micro-batch m takes rows i with i % accum == m,
-    so each keeps an even share of every device's rows (no resharding)."""
-    b = batch["_size"] if "_size" in batch else None
-
+def _micro_batches(batch: dict, accum: int, global_batch: int) -> dict:
+    """[B*r, ...] leaves (r rows per example, e.g. k hard negatives) -> [accum, B/accum*r, ...];
+    micro-batch m takes examples i with i % accum == m, so each keeps an even share of every
+    device's rows (no resharding)."""
     def split(x):
-        n = x.shape[0]
-        r = n // b
-        y = x.reshape((b // accum, accum, r) + x.shape[1:])
+        r = x.shape[0] // global_batch
+        y = x.reshape((global_batch // accum, accum, r) + x.shape[1:])
         y = jnp.moveaxis(y, 1, 0)
-        return y.reshape((accum, b // accum * r) + x.shape[1:])
-    return jax.tree.map(split, {k: v for k, v in batch.items() if k != "_size"})
+        return y.reshape((accum, global_batch // accum * r) + x.shape[1:])
+    return jax.tree.map(split, batch)
 
 
 def accumulate(grad_fn: GradFn, accum: int, global_batch: int) -> GradFn:
@@ -102,13 +95,12 @@ def accumulate(grad_fn: GradFn, accum: int, global_batch: int) -> GradFn:
         return grad_fn
 
     def fn(params, batch, rng):
-        micro = _micro_batches(dict(batch, _size=global_batch), accum)
+        micro = _micro_batches(batch, accum, global_batch)
 
         def body(carry, xs):
             i, mb = xs
             (loss, metrics), grads = grad_fn(params, mb, jax.random.fold_in(rng, i))
-            acc = jax.tree.map(jnp.add, carry, (loss, metrics, grads))
-            return acc, None
+            return jax.tree.map(jnp.add, carry, (loss, metrics, grads)), None
         zero = jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro), rng))
         zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (zero[0][0], zero[0][1], zero[1]))
         (loss, metrics, grads), _ = jax.lax.scan(body, zero, (jnp.arange(accum), micro))
@@ -125,17 +117,25 @@ def make_train_step(grad_fn: GradFn, tx: optax.GradientTransformation,
 
     A step whose loss or gradient is not finite leaves parameters and optimizer state untouched
     and reports ``metrics["nonfinite"] = 1`` (the loop stops on it); it is never applied silently.
+    The check is ``grad_fn``'s own ``metrics["nonfinite"]`` where it reports one
+    (``sentjax.parallel.global_grads.make_grad_fn`` does), so it runs once per step.
     """
-    from sentjax.parallel.finite import guarded_update
+    from sentjax.parallel.finite import all_finite, select_if_finite
 
     def train_step(state: dict, batch: dict, rng: jax.Array) -> tuple[dict, dict]:
-        params = state["params"]
+        params, opt_state = state["params"], state["opt_state"]
         (loss, metrics), grads = grad_fn(params, batch, rng)
-        new_params, opt_state, nonfinite = guarded_update(tx, grads, state["opt_state"], params, loss)
-        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads), nonfinite=nonfinite)
+        metrics = dict(metrics)
+        flag = metrics.pop("nonfinite", None)
+        finite = all_finite(loss, grads) if flag is None else flag == 0
+        updates, new_opt_state = tx.update(grads, opt_state, params)
+        params, opt_state = select_if_finite(finite, (optax.apply_updates(params, updates), new_opt_state),
+                                             (params, opt_state))
+        metrics.update(loss=loss, grad_norm=optax.tree.norm(grads),
+                       nonfinite=jnp.logical_not(finite).astype(jnp.float32))
         if schedule is not None:
             metrics["lr"] = schedule(state["step"])
-        new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1,
+        new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1,
                      "rng": state["rng"], "data_pos": state["data_pos"] + 1}
         return new_state, metrics
     return train_step
@@ -146,6 +146,24 @@ def jit_train_step(train_step: Callable, mesh) -> Callable:
     rep = replicated(mesh)
     return jax.jit(train_step, donate_argnames=("state",),
                    in_shardings=(rep, batch_sharded(mesh), rep), out_shardings=(rep, rep))
+
+
+def make_encoder(embed, tokenizer, mesh, batch_size: int):
+    """``encode(params, texts) -> np [n, dim]`` with replicated params and bucketed batches."""
+    rep = replicated(mesh)
+    fwd = jax.jit(lambda p, b: embed(p, b, None), out_shardings=rep)
+
+    def encode(params, texts):
+        outs = []
+        for i in range(0, len(texts), batch_size):
+            chunk = list(texts[i:i + batch_size])
+            n = len(chunk)
+            chunk += [""] * (batch_size - n)  # one compiled shape per length bucket
+            tok = tokenizer(chunk)
+            tok = {k: jax.make_array_from_callback(v.shape, rep, lambda idx, v=v: v[idx]) for k, v in tok.items()}
+            outs.append(to_host(fwd(params, tok))[:n])
+        return np.concatenate(outs).astype(np.float64)
+    return encode
 
 
 def to_host(tree: Any) -> Any:

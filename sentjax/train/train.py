@@ -1,21 +1,22 @@
-"""Training: ``sentjax train --config experiments/<name>.py [--config.key=value ...] [--resume]``.
+"""Training: ``sentjax train --config FILE [--config.key=value ...] [--resume]``.
 
-One file in clearly bannered sections (big_vision style): config, distributed + mesh,
-data, model + state, step, checkpoint, evaluation + export, loop. The train step is a pure
+One file, read top to bottom (big_vision style), in bannered sections: config, mesh, data,
+model + state, step, checkpoint, evals, loop, CLI. The train step is a pure
 ``(state, batch, rng) -> (state, metrics)`` compiled once with ``jax.jit`` (state donated,
-parameters replicated, batch sharded on the mesh's ``data`` axis). Everything a resumed run
-needs is in the checkpoint: parameters, optimizer state, step, rng and the data position,
-and the data order is a pure function of (seed, step), so ``--resume`` continues exactly.
+parameters replicated, batch sharded on the mesh's ``data`` axis); ``sentjax.train.step`` holds
+its pieces. Everything a resumed run needs is in the checkpoint (parameters, optimizer state,
+step, rng, the best evaluation so far) and the data order is a pure function of (seed, step), so
+``--resume`` continues exactly.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
 import sys
-import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,51 +29,8 @@ from sentjax.train import config_cli
 from sentjax.train import step as step_lib
 
 # ============================================================================ config
-
-
-def default_config() -> ml_collections.ConfigDict:
-    """Every key a run understands (experiment files start from this and change values)."""
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.workdir = "runs/default"
-    c.total_steps = 100
-    c.batch_size = 64                 # global: examples per step, all processes and devices
-    c.accum_steps = 1                 # micro-batches per step (objectives without in-batch negatives)
-    c.dtype = "float32"               # compute dtype; "bfloat16" keeps float32 master parameters
-    c.log_every = 10
-    c.nonfinite_limit = 10            # stop after this many skipped (non-finite) steps
-    c.mesh = ml_collections.ConfigDict({"data": -1})   # devices on the data axis (-1: all)
-    c.model = ml_collections.ConfigDict({
-        "init_from": "",              # model folder / hub id / "minilm"; "" = random init
-        "tokenizer": "",              # tokenizer folder for a random init ("minilm": the bundled one)
-        "encoder": ml_collections.ConfigDict({"vocab_size": 100, "hidden_size": 32,
-                                               "num_hidden_layers": 2, "num_attention_heads": 4,
-                                               "intermediate_size": 64, "max_position_embeddings": 64}),
-        "pooling": "mean", "normalize": False, "mlp_at_inference": True, "max_length": 64,
-        # tokenizer folder whose vocabulary replaces init_from's ("multilingual": the XLM-R one of
-        # the multilingual extra); word embeddings are transferred (sentjax.models.vocab_transfer)
-        "vocab_from": "",
-    })
-    c.objective = ml_collections.ConfigDict({
-        "name": "infonce", "temperature": 0.05, "symmetric": False, "hard_negative_weight": 0.0,
-        "use_hard_negatives": True, "num_labels": 3, "scale": 20.0, "teacher": "",
-        "impl": "dense", "tile_size": 1024,   # infonce kernel: dense B x B logits or memory-tiled
-        "concat": ("u", "v", "|u-v|"),         # softmax objective: features fed to the classifier
-    })
-    # method: "shard_map" (explicit all-gather of candidates), "pmap", or "jit" (global-batch loss,
-    # XLA picks the collectives); gradcache_chunk > 0: GradCache with that many rows per chunk/device.
-    c.gradient = ml_collections.ConfigDict({"method": "shard_map", "gradcache_chunk": 0})
-    c.optim = ml_collections.ConfigDict({
-        "lr": 3e-5, "warmup_steps": -1, "warmup_ratio": 0.1, "weight_decay": 0.01,
-        "b1": 0.9, "b2": 0.999, "eps": 1e-6, "clip_norm": 1.0,
-    })
-    c.data = ml_collections.ConfigDict({"datasets": ("text:bundled/commonvoice_en/jf99.txt",),
-                                        "weights": (), "dedup": True})
-    c.eval = ml_collections.ConfigDict({"sts_file": "", "every_steps": 50, "batch_size": 64,
-                                        "at_start": True})
-    c.checkpoint = ml_collections.ConfigDict({"every_steps": 50, "max_to_keep": 2, "async_save": True})
-    c.export = ml_collections.ConfigDict({"best_model": True})
-    return c
+# Every key and its default: sentjax/configs/default.py. Config files and overrides go through
+# sentjax.train.config_cli (unknown keys are errors; the config is locked).
 
 
 def validate_config(c: ml_collections.ConfigDict) -> None:
@@ -83,11 +41,16 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
             raise config_cli.ConfigError(f"config.{k} must be positive, got {c[k]}.")
 
 
-# ============================================================================ distributed + mesh
+# ============================================================================ mesh
+# maybe_initialize_distributed (sentjax.parallel.distributed): when and how to call
+# jax.distributed.initialize, from the launcher's environment, before anything touches a device.
 
 
-# maybe_initialize_distributed: when and how to call jax.distributed.initialize (the launcher's
-# environment, heartbeat / shutdown / initialization timeouts) lives in sentjax.parallel.distributed.
+def make_mesh(c: ml_collections.ConfigDict):
+    """1-D ``data`` mesh over ``mesh.data`` devices of all processes; the global batch must split evenly."""
+    mesh = step_lib.make_data_mesh(c.mesh.data)
+    step_lib.check_global_batch(c.batch_size, mesh, c.accum_steps)
+    return mesh
 
 
 # ============================================================================ data
@@ -105,9 +68,7 @@ def global_batch(local: dict, mesh) -> dict:
     sharding = step_lib.batch_sharded(mesh)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
 
-
 # ============================================================================ model + state
-
 
 def resolve_bundled(path: str, key: str) -> str:
     """``"minilm"`` / ``"multilingual"`` -> the folder of the optional extra that bundles it (for
@@ -176,15 +137,22 @@ def load_teacher(c, model):
                                      "folder (or 'minilm').")
     return sentjax.load(path, max_length=c.model.max_length)
 
+def init_params(c, model, objective) -> dict:
+    params = {"model": model.params}
+    if objective.init_head is not None:
+        params["head"] = objective.init_head(jax.random.fold_in(jax.random.key(c.seed), 7), model.dim)
+    return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+
+# ============================================================================ step
+
 
 def build_objective_and_grad(c, model, objective, mesh, teacher=None):
     """-> (embed, grad_fn): ``grad_fn(params, batch, rng) -> ((loss, metrics), grads)`` of the
     global mean loss, by ``sentjax.parallel.global_grads.make_grad_fn`` (gradient.method:
     'shard_map' / 'pmap' with explicit collectives, or 'jit' = the loss on the global batch with
-    XLA-chosen collectives), optionally through GradCache."""
+    XLA-chosen collectives), optionally through GradCache, over ``accum_steps`` micro-batches."""
     from sentjax.models.sentence_model import embed_fn
     from sentjax.parallel.global_grads import make_grad_fn
-    from sentjax.train.objectives import select_columns
     embed = embed_fn(model.module)
     method = c.gradient.method
     if method not in ("shard_map", "pmap", "jit"):
@@ -201,78 +169,108 @@ def build_objective_and_grad(c, model, objective, mesh, teacher=None):
     chunk = c.gradient.gradcache_chunk or None
     if chunk is not None and c.accum_steps > 1:
         raise config_cli.ConfigError("Use either GradCache (gradient.gradcache_chunk) or accum_steps, not both.")
-    inner = make_grad_fn(lambda p, tokens, rng: embed(p["model"], tokens, rng), objective.loss_fn,
-                         mesh=mesh, backend={"jit": "none"}.get(method, method), gradcache_chunk=chunk)
-    teacher_fn = None
+    column_grads = make_grad_fn(functools.partial(_embed_params, embed), objective.loss_fn, mesh=mesh,
+                                backend={"jit": "none"}.get(method, method), gradcache_chunk=chunk)
+    teacher_embed = None
     if objective.needs_teacher:
         teacher = teacher or load_teacher(c, model)
-        t_embed, t_params = embed_fn(teacher.module), teacher.params
-        teacher_fn = lambda tokens: jax.lax.stop_gradient(t_embed(t_params, tokens, None))  # noqa: E731
-
-    def grad_fn(params, batch, rng):
-        columns = select_columns(objective, batch)
-        if teacher_fn is not None:
-            # The teacher sees the source text; a student with another vocabulary passes the
-            # teacher's tokens of it as ``teacher_anchor``.
-            columns["teacher"] = teacher_fn(batch.get("teacher_anchor", batch["anchor"]))
-        return inner(params, columns, rng)
-
+        teacher_embed = functools.partial(_frozen_embed, embed_fn(teacher.module), teacher.params)
+    grad_fn = functools.partial(objective_grads, column_grads, objective, teacher_embed)
     return embed, step_lib.accumulate(grad_fn, c.accum_steps, c.batch_size)
 
 
-def init_params(c, model, objective) -> dict:
-    params = {"model": model.params}
-    if objective.init_head is not None:
-        params["head"] = objective.init_head(jax.random.fold_in(jax.random.key(c.seed), 7), model.dim)
-    return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+def _embed_params(embed, params, tokens, rng):
+    return embed(params["model"], tokens, rng)  # params = {"model", "head"?}; the encoder uses "model"
 
 
-# ============================================================================ evaluation + export
+def _frozen_embed(embed, params, tokens):
+    return jax.lax.stop_gradient(embed(params, tokens, None))
 
 
-def read_sts(path: str):
-    """Dev pairs for the in-training STS eval: ``stsb-dev`` (bundled SentEval STS-B dev) or any
-    file / bundled name ``sentjax.data.pipeline.read_sts`` reads (STS-B CSV, SentEval STS-B,
-    SICK, a headed TSV). Scores are scaled linearly, which Spearman ignores."""
-    from sentjax.data.pipeline import read_sts as read_pairs
-    if path == "stsb-dev":
-        path = "stsbenchmark-dev"
-    if path.startswith("bundled/"):
-        from sentjax.data import bundled
-        path = bundled.path(path[len("bundled/"):])
-    src = read_pairs(path)
-    return src.columns["anchor"], src.columns["positive"], np.asarray(src.columns["score"], np.float64)
+def objective_grads(column_grads, objective, teacher_embed, params, batch, rng):
+    """The objective's gradient on a batch: its columns (plus the frozen teacher's embeddings of
+    the source text, for distillation) -> ``column_grads`` (``make_grad_fn``)."""
+    from sentjax.train.objectives import select_columns
+    columns = select_columns(objective, batch)
+    if teacher_embed is not None:
+        # A student with another vocabulary passes the teacher's tokens of the source as ``teacher_anchor``.
+        columns["teacher"] = teacher_embed(batch.get("teacher_anchor", batch["anchor"]))
+    return column_grads(params, columns, rng)
 
 
-def make_encoder(embed, tokenizer, mesh, batch_size: int):
-    """``encode(params, texts) -> np [n, dim]`` with replicated params and bucketed batches."""
-    rep = step_lib.replicated(mesh)
-    fwd = jax.jit(lambda p, b: embed(p, b, None), out_shardings=rep)
-
-    def encode(params, texts):
-        outs = []
-        for i in range(0, len(texts), batch_size):
-            chunk = list(texts[i:i + batch_size])
-            n = len(chunk)
-            chunk += [""] * (batch_size - n)  # one compiled shape per length bucket
-            tok = tokenizer(chunk)
-            tok = {k: jax.make_array_from_callback(v.shape, rep, lambda idx, v=v: v[idx]) for k, v in tok.items()}
-            outs.append(step_lib.to_host(fwd(params, tok))[:n])
-        return np.concatenate(outs).astype(np.float64)
-    return encode
+# ============================================================================ checkpoint
 
 
-def sts_spearman(encode, params, s1, s2, scores) -> float:
-    """Spearman correlation x100 between cos(u, v) and gold scores (SentEval's STS-B dev metric)."""
-    try:
-        from sentjax.eval.sts import evaluate_sts
-        res = evaluate_sts(lambda t: encode(params, t), s1, s2, scores)
-        return float(res["spearman"] if isinstance(res, dict) else res)
-    except ImportError:
-        from scipy.stats import spearmanr
-        u, v = encode(params, s1), encode(params, s2)
-        cos = np.sum(u * v, -1) / np.maximum(np.linalg.norm(u, axis=-1) * np.linalg.norm(v, axis=-1), 1e-12)
-        return float(spearmanr(cos, scores).correlation * 100)
+def restore(ckpt, state: dict, resume: bool, best: dict) -> dict:
+    """With ``--resume``: the state of the newest usable checkpoint (``best`` updated from it);
+    without: ``state``, and a workdir that already holds checkpoints is refused."""
+    if not ckpt.all_steps():
+        return state
+    if not resume:
+        raise config_cli.ConfigError(f"{ckpt.directory} already holds checkpoints (step {ckpt.latest_step()}); "
+                                     "pass --resume to continue that run or choose a new --config.workdir.")
+    state, data = ckpt.restore(state)
+    if (data.get("best") or {}).get("metric") == best["metric"]:
+        best.update(data["best"])
+    if jax.process_index() == 0:
+        print(f"Resumed from step {int(data['step'])} ({ckpt.directory}).", flush=True)
+    return state
+
+
+def save_checkpoint(ckpt, c, state: dict, step: int, best: dict, evaluated: dict) -> None:
+    """Starts an (async) save of ``state`` at ``step`` with the best evaluation so far (JSON)."""
+    metric = best["metric"]
+    ckpt.save(step, state, {"step": step, "seed": c.seed, "best": dict(best)},
+              {"config": c.to_json_best_effort()},
+              metrics={metric: evaluated[metric]} if metric in evaluated else None)
+
+
+# ============================================================================ evals
+
+
+class Evals:
+    """``config.evals`` during training (``sentjax.eval.evaluators``): which evaluators are due at a
+    step and their metrics, ``<name>_<metric>``. ``best`` tracks ``config.best_metric``
+    (``{"metric", "step", "value", "first"}``); it goes into every checkpoint, so a resumed run
+    compares against the true best instead of against nothing."""
+
+    def __init__(self, c: ml_collections.ConfigDict, embed, tokenizer, mesh):
+        from sentjax.eval.evaluators import build_evaluators
+        self.total = c.total_steps
+        self.evaluators = {n: e for n, e in build_evaluators(c.evals).items() if e.every_steps > 0}
+        produced = [f"{n}_{m}" for n, e in self.evaluators.items() for m in e.metric_names()]
+        metric = c.best_metric if self.evaluators else ""
+        if metric and metric not in produced:
+            raise config_cli.ConfigError(f"best_metric={metric!r} is not a metric of the evaluators that run "
+                                         f"(evals.*.every_steps > 0): {produced}; set --config.best_metric to "
+                                         "one of them, or '' for none.")
+        self.best = {"metric": metric or None, "step": None, "value": None, "first": None}
+        self.encoders = {b: step_lib.make_encoder(embed, tokenizer, mesh, b) for b in {e.batch_size for e in
+                                                                             self.evaluators.values()}}
+
+    def due(self, step: int) -> list[str]:
+        return [n for n, e in self.evaluators.items()
+                if (e.at_start if step == 0 else step % e.every_steps == 0 or step == self.total)]
+
+    def run(self, names: list[str], step: int, params: dict) -> tuple[dict, bool]:
+        """-> (``{<name>_<metric>: value}``, whether ``best_metric`` improved)."""
+        if not names:
+            return {}, False
+        head = step_lib.to_host(params["head"]) if "head" in params else None
+        out = {}
+        for name in names:
+            ev, encode = self.evaluators[name], self.encoders[self.evaluators[name].batch_size]
+            values = ev(lambda texts: encode(params["model"], texts), head)
+            out.update({f"{name}_{k}": float(v) for k, v in values.items()})
+        best, value = self.best, out.get(self.best["metric"])
+        if value is None:
+            return out, False
+        if best["first"] is None:
+            best["first"] = value
+        if best["value"] is None or value > best["value"]:
+            best.update(step=step, value=value)
+            return out, True
+        return out, False
 
 
 def export_model(model, params: dict, path: str) -> str:
@@ -283,23 +281,20 @@ def export_model(model, params: dict, path: str) -> str:
 
 # ============================================================================ loop
 
-
 class _Stop:
-    """SIGTERM (preemption) -> save at the next step boundary and exit."""
+    """SIGTERM (preemption) -> save at the next step boundary and exit, all processes together."""
     requested = False
 
     @classmethod
     def install(cls) -> None:
-        def handler(signum, frame):
-            cls.requested = True
-        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGTERM, lambda signum, frame: setattr(cls, "requested", True))
 
-
-def _stop_everywhere(mesh) -> bool:
-    if jax.process_count() == 1:
-        return _Stop.requested
-    from jax.experimental import multihost_utils
-    return bool(np.any(multihost_utils.process_allgather(np.array([_Stop.requested]))))
+    @classmethod
+    def everywhere(cls) -> bool:
+        if jax.process_count() == 1:
+            return cls.requested
+        from jax.experimental import multihost_utils
+        return bool(np.any(multihost_utils.process_allgather(np.array([cls.requested]))))
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -307,7 +302,8 @@ class TrainingDivergedError(FloatingPointError):
 
 
 def train(c: ml_collections.ConfigDict, resume: bool = False, progress: bool = True) -> dict:
-    """Runs (or resumes) training; returns a summary dict (final metrics, best step, paths).
+    """Runs (or resumes) training; returns a summary dict (final metrics, evaluations, best step,
+    paths, the final ``state``).
 
     Process 0 owns the workdir for the whole run (``<workdir>/.lock``), so a second run into the
     same workdir is refused. Pending checkpoint saves are waited for on every exit, errors included:
@@ -325,10 +321,10 @@ def _train(c: ml_collections.ConfigDict, resume: bool, progress: bool, cleanup: 
     from sentjax.train.checkpoint import Checkpointer
     from sentjax.train.objectives import make_objective
     from sentjax.train.optim import make_optimizer
-    from sentjax.train.workdir import MetricsLog, atomic_export
+    from sentjax.train.progress import StepLog
+    from sentjax.train.workdir import atomic_export
     is_main = jax.process_index() == 0
-    mesh = step_lib.make_data_mesh(c.mesh.data)
-    step_lib.check_global_batch(c.batch_size, mesh, c.accum_steps)
+    mesh = make_mesh(c)
     objective = make_objective(c.objective)
     model = build_model(c)
     teacher = load_teacher(c, model) if objective.needs_teacher else None
@@ -343,156 +339,75 @@ def _train(c: ml_collections.ConfigDict, resume: bool, progress: bool, cleanup: 
                               teacher_tokenizer=teacher.tokenizer if teacher is not None else None)
     tx, schedule = make_optimizer(c.optim, c.total_steps)
     train_step = step_lib.jit_train_step(step_lib.make_train_step(grad_fn, tx, schedule), mesh)
-
-    # ------------------------------------------------------------------------ checkpoint + resume
-    rep = step_lib.replicated(mesh)
-    state = jax.device_put(step_lib.init_state(init_params(c, model, objective), tx, c.seed), rep)
-    ckpt_dir = os.path.join(c.workdir, "checkpoints")
-    metric = "sts_dev_spearman" if c.eval.sts_file else None
-    ckpt = Checkpointer(ckpt_dir, c.checkpoint.max_to_keep, best_metric=metric,
-                        async_save=c.checkpoint.async_save)
+    state = jax.device_put(step_lib.init_state(init_params(c, model, objective), tx, c.seed),
+                           step_lib.replicated(mesh))
+    evals = Evals(c, embed, model.tokenizer, mesh)
+    best = evals.best
+    # retention: the last checkpoint.max_to_keep steps plus the best by best_metric
+    ckpt = Checkpointer(os.path.join(c.workdir, "checkpoints"), c.checkpoint.max_to_keep,
+                        best_metric=best["metric"], async_save=c.checkpoint.async_save)
     cleanup.callback(ckpt.close)
-    # best: the evaluation that picked best_model/, persisted in every checkpoint so a resumed run
-    # compares against the true best, not against nothing.
-    best = {"metric": metric, "step": None, "value": None, "first": None}
-    if ckpt.all_steps() and not resume:
-        raise config_cli.ConfigError(f"{ckpt_dir} already holds checkpoints (step {ckpt.latest_step()}); "
-                                     "pass --resume to continue that run or choose a new --config.workdir.")
-    if resume and ckpt.all_steps():
-        state, pos = ckpt.restore(state)
-        best.update(pos.get("best") or {})
-        if is_main:
-            print(f"Resumed from step {int(pos['step'])} ({ckpt_dir}).", flush=True)
+    state = restore(ckpt, state, resume, best)
     start = int(step_lib.to_host(state["step"]))
-
-    encode = sts = None
-    if c.eval.sts_file:
-        sts = read_sts(c.eval.sts_file)
-        encode = make_encoder(embed, model.tokenizer, mesh, c.eval.batch_size)
-    logger = MetricsLog(c.workdir, start_step=start) if is_main else None
-    if logger is not None:
-        cleanup.callback(logger.close)
-
-    def log(step: int, metrics: dict) -> None:
-        if logger is not None:
-            logger.write(step, metrics)
-
+    log = StepLog(c.workdir, start, c.total_steps, c.batch_size, c.log_every, progress)
+    cleanup.callback(log.close)
     summary: dict[str, Any] = {"workdir": c.workdir}
-    if best["first"] is not None:
-        summary["sts_dev_spearman_start"] = best["first"]
 
-    def export(path: str) -> str:
-        return atomic_export(lambda d: export_model(model, state["params"], d), os.path.join(c.workdir, path))
+    def export(name: str) -> str:
+        return atomic_export(lambda d: export_model(model, state["params"], d), os.path.join(c.workdir, name))
 
     def evaluate(step: int) -> dict:
-        if sts is None:
-            return {}
-        score = sts_spearman(encode, state["params"]["model"], *sts)
-        log(step, {"sts_dev_spearman": score})
-        if best["first"] is None:
-            best["first"] = score
-        summary.setdefault("sts_dev_spearman_start", score)
-        summary["sts_dev_spearman"] = score
-        if best["value"] is None or score > best["value"]:
-            best.update(step=step, value=score)
-            if c.export.best_model and is_main:
-                export("best_model")
-        return {"sts_dev_spearman": score}
+        evaluated, improved = evals.run(evals.due(step), step, state["params"])
+        log.write(step, evaluated)
+        summary.update(evaluated)
+        if improved and c.export.best_model and is_main:
+            export("best_model")
+        return evaluated
 
-    meta = {"config": c.to_json_best_effort()}
-
-    def save(step: int, metrics: dict | None = None) -> None:
-        ckpt.save(step, state, {"step": step, "data_pos": step, "seed": c.seed, "best": dict(best)}, meta,
-                  metrics=metrics or None)
-
-    if c.eval.at_start and sts is not None and start == 0:
+    if start == 0:
         evaluate(0)
     _Stop.install()
-    bar = None
-    if is_main and progress:
-        from tqdm import tqdm
-        bar = tqdm(total=c.total_steps, initial=start, desc="train", dynamic_ncols=True, file=sys.stdout)
-    # pairs/s is timed from the end of the first step of this process: that step compiles.
-    t0, n0 = None, start
-    metrics = {}
-    window, window_n = None, 0  # device-side sums of the metrics since the last log line
-    skipped = 0  # steps whose update was skipped for a non-finite loss / gradient
-    diverged = None
-    hang = os.environ.get("SENTJAX_TEST_HANG_AFTER_CHECKPOINT")  # test hook: freeze to be killed
     for s in range(start, c.total_steps):
         batch = global_batch(pipeline.batch(s), mesh)
         state, m = train_step(state, batch, step_lib.step_rng(state["rng"], s))
         step = s + 1
-        if t0 is None:
-            jax.block_until_ready(state)
-            t0, n0 = time.perf_counter(), step
-        window = m if window is None else jax.tree.map(jnp.add, window, m)
-        window_n += 1
-        if step % c.log_every == 0 or step == c.total_steps:
-            # logged metrics are means over the steps since the last log (one batch is noisy)
-            metrics = {k: float(v) / window_n for k, v in step_lib.to_host(window).items()}
-            n_window, window, window_n = window_n, None, 0
-            if "lr" in m:
-                metrics["lr"] = float(step_lib.to_host(m["lr"]))  # the current rate, not a mean
-            if step > n0:
-                metrics["pairs_per_s"] = (step - n0) * c.batch_size / max(time.perf_counter() - t0, 1e-9)
-            bad = int(round(metrics.get("nonfinite", 0.0) * n_window))
-            log(step, metrics)
-            if bad:
-                skipped += bad
-                print(f"warning: {bad} of the last {n_window} steps (up to step {step}) had a non-finite "
-                      f"loss or gradient; their updates were skipped ({skipped} so far).",
-                      file=sys.stderr, flush=True)
-                if skipped >= c.nonfinite_limit:
-                    last = ckpt.latest_step()
-                    diverged = (
-                        f"training diverged: {skipped} steps had a non-finite loss or gradient (limit "
-                        f"nonfinite_limit={c.nonfinite_limit}). Lower optim.lr, keep optim.clip_norm > 0, "
-                        "use float32, or check the data for empty texts; the last good checkpoint is "
-                        f"step {last} in {ckpt_dir}.")
-                    break
-            if bar is not None:
-                shown = {"loss": f"{metrics['loss']:.4f}"}
-                if "pairs_per_s" in metrics:
-                    shown["pairs_s"] = f"{metrics['pairs_per_s']:.1f}"
-                bar.set_postfix(**shown)
-        if bar is not None:
-            bar.update(1)
-        ev = evaluate(step) if sts is not None and (step % c.eval.every_steps == 0 or step == c.total_steps) else {}
-        stop = _stop_everywhere(mesh)
-        if step % c.checkpoint.every_steps == 0 or step == c.total_steps or stop or ev:
-            save(step, ev)
-            if hang:
-                ckpt.wait()
-                print(f"CHECKPOINT_COMMITTED {step}", flush=True)
-                while True:
-                    time.sleep(1)
+        log.step(step, m)
+        if log.skipped >= c.nonfinite_limit:
+            last = ckpt.latest_step()
+            ckpt.wait()
+            raise TrainingDivergedError(
+                f"training diverged: {log.skipped} steps had a non-finite loss or gradient (limit "
+                f"nonfinite_limit={c.nonfinite_limit}). Lower optim.lr, keep optim.clip_norm > 0, use "
+                f"float32, or check the data for empty texts; the last good checkpoint is step {last} "
+                f"in {ckpt.directory}.")
+        evaluated = evaluate(step)
+        stop = _Stop.everywhere()
+        if step % c.checkpoint.every_steps == 0 or step == c.total_steps or stop or evaluated:
+            save_checkpoint(ckpt, c, state, step, best, evaluated)
         if stop:
             ckpt.wait()
             if is_main:
-                print(f"SIGTERM: saved step {step} to {ckpt_dir}; exiting.", flush=True)
+                print(f"SIGTERM: saved step {step} to {ckpt.directory}; exiting.", flush=True)
             summary["preempted_at"] = step
             break
-    if bar is not None:
-        bar.close()
+    log.close()
     ckpt.wait()
-    if diverged:
-        raise TrainingDivergedError(diverged)
-    summary.update(final=metrics, best_step=best["step"],
-                   best_sts_dev_spearman=-np.inf if best["value"] is None else best["value"], state=state)
+    if best["first"] is not None:
+        summary[f"{best['metric']}_start"] = best["first"]
+    summary.update(final=log.latest, best_metric=best["metric"], best_step=best["step"],
+                   best_value=best["value"], state=state)
     if is_main and "preempted_at" not in summary:
         summary["final_model"] = export("final_model")
-        if best["step"] is not None and os.path.isdir(os.path.join(c.workdir, "best_model")):
-            summary["best_model"] = os.path.join(c.workdir, "best_model")
-        else:
-            summary["best_model"] = summary["final_model"]
+        has_best = best["step"] is not None and os.path.isdir(os.path.join(c.workdir, "best_model"))
+        summary["best_model"] = os.path.join(c.workdir, "best_model") if has_best else summary["final_model"]
     return summary
 
 
 # ============================================================================ CLI
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, on_start: Callable | None = None,
+         on_summary: Callable | None = None) -> int:
     """``sentjax train --config FILE [--config.k=v ...] [--resume] [--workdir DIR]
     [--coordinator HOST:PORT --num_processes N --process_id I] [--heartbeat_timeout_seconds S]
     [--shutdown_timeout_seconds S] [--initialization_timeout_seconds S]``."""
@@ -520,6 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id,
                                      **distributed.timeouts_from_args(args))
+        if on_start is not None:
+            on_start(cfg)
         summary = train(cfg, resume=args.resume, progress=not args.no_progress)
     except TrainingDivergedError as e:
         # exit_now_if_multiprocess: skip the shutdown barrier, so the other processes stop now
@@ -532,8 +449,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {describe_os_error(e, cfg.workdir)}", file=sys.stderr)
         return distributed.exit_now_if_multiprocess(2)
     if jax.process_index() == 0:
-        shown = {k: v for k, v in summary.items() if k != "state"}
-        print(json.dumps(shown, default=float, indent=1))
+        if on_summary is not None:
+            on_summary(cfg, summary)
+        else:
+            print(json.dumps({k: v for k, v in summary.items() if k != "state"}, default=float, indent=1))
     return 0
 
 

@@ -1,8 +1,10 @@
-"""A tiny offline workspace for tests and smoke runs: WordPiece tokenizer, sentences, STS pairs.
+"""Test fixture: a tiny offline workspace (WordPiece tokenizer, sentences, STS pairs, NLI pairs)
+and a config that trains a tiny random encoder on it in seconds.
 
 ``make_tiny_workspace(dir)`` writes ``tokenizer/tokenizer.json`` (vocab < 100 so it fits the
-tiny random encoder), ``sentences.txt``, ``sts.tsv``, ``nli.tsv`` and returns a config dict
-for ``sentjax.train.train.default_config`` that trains the tiny encoder on them.
+tiny random encoder), ``sentences.txt``, ``sts.tsv``, ``nli.tsv``; ``tiny_config(dir, **overrides)``
+is the full config. Tests import it as ``tiny`` (pytest puts ``tests/`` on ``sys.path``; the
+subprocess tests add it to ``PYTHONPATH``).
 """
 from __future__ import annotations
 
@@ -72,25 +74,20 @@ def make_tiny_workspace(path: str, n_sentences: int = 256, seed: int = 0) -> ml_
 
 
 def tiny_config(path: str, **overrides) -> ml_collections.ConfigDict:
-    """A complete config training the tiny encoder with unsupervised SimCSE on the workspace."""
-    from sentjax.train.train import default_config
+    """A complete config training the tiny encoder with unsupervised SimCSE on the workspace;
+    ``overrides``: ``{"dotted.key": value}`` (``sentjax.train.config_cli.apply_overrides``)."""
+    from sentjax.configs.default import get_config
+    from sentjax.train import config_cli
     ws = make_tiny_workspace(path)
-    c = default_config()
+    c = get_config()
     c.workdir = os.path.join(path, "run")
     c.model.tokenizer = ws.tokenizer
     c.model.max_length = 16
     c.data.datasets = (f"text:{ws.sentences}",)
-    c.eval.sts_file = ""
     c.batch_size = 16
     c.total_steps = 6
     c.log_every = 1
     c.optim.lr = 1e-3
     c.optim.warmup_steps = 2
     c.checkpoint.every_steps = 3
-    for k, v in overrides.items():
-        node = c
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = v
-    return c
+    return config_cli.apply_overrides(c, overrides)

@@ -1,0 +1,56 @@
+"""Every key a run understands, with its default. Config files start from ``get_config()`` and change
+values; nothing adds a key later (``sentjax.train.config_cli`` locks the config)."""
+from __future__ import annotations
+
+import ml_collections
+
+from sentjax.eval.evaluators import eval_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.workdir = "runs/default"
+    c.total_steps = 100
+    c.batch_size = 64                 # global: examples per step, all processes and devices
+    c.accum_steps = 1                 # micro-batches per step (objectives without in-batch negatives)
+    c.dtype = "float32"               # compute dtype; "bfloat16" keeps float32 master parameters
+    c.log_every = 10
+    c.nonfinite_limit = 10            # stop after this many skipped (non-finite) steps
+    c.mesh = ml_collections.ConfigDict({"data": -1})   # devices on the data axis (-1: all)
+    c.model = ml_collections.ConfigDict({
+        "init_from": "",              # model folder / hub id / "minilm"; "" = random init
+        "tokenizer": "",              # tokenizer folder for a random init ("minilm": the bundled one)
+        "encoder": ml_collections.ConfigDict({"vocab_size": 100, "hidden_size": 32,
+                                               "num_hidden_layers": 2, "num_attention_heads": 4,
+                                               "intermediate_size": 64, "max_position_embeddings": 64,
+                                               "hidden_dropout_prob": 0.1,
+                                               "attention_probs_dropout_prob": 0.1}),
+        "pooling": "mean", "normalize": False, "mlp_at_inference": True, "max_length": 64,
+        # tokenizer folder whose vocabulary replaces init_from's ("multilingual": the XLM-R one of
+        # the multilingual extra); word embeddings are transferred (sentjax.models.vocab_transfer)
+        "vocab_from": "",
+    })
+    c.objective = ml_collections.ConfigDict({
+        "name": "infonce", "temperature": 0.05, "symmetric": False, "hard_negative_weight": 0.0,
+        "use_hard_negatives": True, "num_labels": 3, "scale": 20.0, "teacher": "",
+        "impl": "dense", "tile_size": 1024,   # infonce kernel: dense B x B logits or memory-tiled
+        "concat": ("u", "v", "|u-v|"),         # softmax objective: features fed to the classifier
+    })
+    # method: "shard_map" (explicit all-gather of candidates), "pmap", or "jit" (global-batch loss,
+    # XLA picks the collectives); gradcache_chunk > 0: GradCache with that many rows per chunk/device.
+    c.gradient = ml_collections.ConfigDict({"method": "shard_map", "gradcache_chunk": 0})
+    c.optim = ml_collections.ConfigDict({
+        "lr": 3e-5, "warmup_steps": -1, "warmup_ratio": 0.1, "weight_decay": 0.01,
+        "b1": 0.9, "b2": 0.999, "eps": 1e-6, "clip_norm": 1.0,
+    })
+    c.data = ml_collections.ConfigDict({"datasets": ("text:bundled/commonvoice_en/jf99.txt",),
+                                        "weights": (), "dedup": True})
+    # Evaluations during training, by name (sentjax.eval.evaluators: sts, senteval, nli, tatoeba);
+    # each logs <name>_<metric>. every_steps = 0: not run. A config file adds others.
+    c.evals = ml_collections.ConfigDict()
+    c.evals.sts_dev = eval_config("sts", data="stsb-dev", every_steps=0)
+    c.best_metric = "sts_dev_spearman"  # picks best_model/ (higher is better); "": none
+    c.checkpoint = ml_collections.ConfigDict({"every_steps": 50, "max_to_keep": 2, "async_save": True})
+    c.export = ml_collections.ConfigDict({"best_model": True})
+    return c
