@@ -28,6 +28,7 @@ from sentjax.parallel.distributed import maybe_initialize_distributed  # noqa: F
 from sentjax.train import config_cli
 from sentjax.train import step as step_lib
 
+
 # ============================================================================ config
 # Every key and its default: sentjax/configs/default.py. Config files and overrides go through
 # sentjax.train.config_cli (unknown keys are errors; the config is locked).
@@ -68,7 +69,9 @@ def global_batch(local: dict, mesh) -> dict:
     sharding = step_lib.batch_sharded(mesh)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
 
+
 # ============================================================================ model + state
+
 
 def resolve_bundled(path: str, key: str) -> str:
     """``"minilm"`` / ``"multilingual"`` -> the folder of the optional extra that bundles it (for
@@ -137,11 +140,13 @@ def load_teacher(c, model):
                                      "folder (or 'minilm').")
     return sentjax.load(path, max_length=c.model.max_length)
 
+
 def init_params(c, model, objective) -> dict:
     params = {"model": model.params}
     if objective.init_head is not None:
         params["head"] = objective.init_head(jax.random.fold_in(jax.random.key(c.seed), 7), model.dim)
     return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+
 
 # ============================================================================ step
 
@@ -280,6 +285,7 @@ def export_model(model, params: dict, path: str) -> str:
 
 
 # ============================================================================ loop
+
 
 class _Stop:
     """SIGTERM (preemption) -> save at the next step boundary and exit, all processes together."""
