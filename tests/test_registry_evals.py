@@ -98,6 +98,27 @@ def test_best_metric_must_be_produced_by_a_running_evaluator(tmp_path):
         Evals(c, None, None, None)
 
 
+def test_an_evaluator_with_a_head_picks_the_best_model_during_training(tmp_path):
+    """The trainer runs any evaluator type: here NLI accuracy of the softmax head it trains, which
+    also names best_model/."""
+    import json
+
+    from sentjax.train.train import train
+    from tiny import make_tiny_workspace, tiny_config
+    ws = make_tiny_workspace(str(tmp_path / "ws"))
+    c = tiny_config(str(tmp_path / "ws"), **{
+        "objective.name": "softmax", "data.datasets": (f"nli:{ws.nli}",), "total_steps": 4,
+        "evals.sts_dev.type": "nli", "evals.sts_dev.data": ws.nli, "evals.sts_dev.every_steps": 2,
+        "best_metric": "sts_dev_accuracy"})
+    s = train(c, progress=False)
+    rows = [json.loads(line) for line in open(os.path.join(c.workdir, "metrics.jsonl"))]
+    assert [r["step"] for r in rows if "sts_dev_accuracy" in r] == [0, 2, 4]
+    assert s["best_metric"] == "sts_dev_accuracy" and s["best_step"] in (0, 2, 4)
+    assert s["best_value"] == max(r["sts_dev_accuracy"] for r in rows if "sts_dev_accuracy" in r)
+    assert 0.0 <= s["sts_dev_accuracy"] <= 100.0 and "sts_dev_accuracy_start" in s
+    assert os.path.isfile(os.path.join(s["best_model"], "model.safetensors"))
+
+
 # ----------------------------------------------------------------------------- locked configs
 
 
