@@ -78,3 +78,30 @@ def test_bundled_model_names_resolve_or_say_which_extra(monkeypatch):
         resolve_bundled("minilm", "objective.teacher")
     with pytest.raises(config_cli.ConfigError, match=r"sentjax\[multilingual\]"):
         resolve_bundled("multilingual", "model.vocab_from")
+
+
+def test_objective_impl_tiled_only_where_a_tiled_kernel_exists(tmp_path):
+    """objective.impl x objective.name: every accepted pair is in the gradient matrices
+    (test_parallel_grads.py, test_gradcache.py); a tiled impl for an objective without a tiled
+    kernel used to run its dense loss silently and is refused at config time."""
+    from sentjax.losses import IMPLS, TILED_LOSSES
+    from sentjax.train.objectives import OBJECTIVES, make_objective
+    from sentjax.train.tiny import tiny_config
+    from sentjax.train.train import default_config, train
+    for name in OBJECTIVES:
+        for impl in IMPLS:
+            cfg = default_config().objective
+            cfg.name, cfg.impl = name, impl
+            if impl == "dense" or name in TILED_LOSSES:
+                assert callable(make_objective(cfg).loss_fn)
+            else:
+                with pytest.raises(config_cli.ConfigError, match=rf"objective.impl='{impl}'.*'{name}'"):
+                    make_objective(cfg)
+    cfg = default_config().objective
+    cfg.impl = "blocked"
+    with pytest.raises(config_cli.ConfigError, match="objective.impl='blocked'"):
+        make_objective(cfg)
+    # refused by the trainer before any model is built or step compiled
+    with pytest.raises(config_cli.ConfigError, match="has no tiled kernel"):
+        train(tiny_config(str(tmp_path), **{"objective.name": "cosine", "objective.impl": "tiled"}),
+              progress=False)

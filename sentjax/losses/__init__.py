@@ -28,8 +28,8 @@ from sentjax.losses.distill import distill_loss
 from sentjax.losses.infonce import infonce_loss
 from sentjax.losses.softmax import init_softmax_head, softmax_loss
 
-__all__ = ["LOSSES", "get_loss", "make_column_loss", "infonce_loss", "softmax_loss", "init_softmax_head",
-           "cosine_loss", "distill_loss", "cosent_loss"]
+__all__ = ["LOSSES", "IMPLS", "TILED_LOSSES", "get_loss", "make_column_loss", "infonce_loss", "softmax_loss",
+           "init_softmax_head", "cosine_loss", "distill_loss", "cosent_loss"]
 
 LOSSES: dict[str, Callable[..., Any]] = {
     "infonce": infonce_loss,
@@ -38,6 +38,9 @@ LOSSES: dict[str, Callable[..., Any]] = {
     "distill": distill_loss,
     "cosent": cosent_loss,
 }
+
+IMPLS = ("dense", "tiled")  # make_column_loss(impl=...): the dense loss, or the memory-tiled kernel
+TILED_LOSSES = ("infonce",)  # the losses that have a tiled implementation
 
 
 def get_loss(name: str) -> Callable[..., Any]:
@@ -61,13 +64,13 @@ def make_column_loss(name: str, impl: str = "dense", **hparams: Any) -> Callable
     ``impl="tiled"`` selects the memory-tiled kernel (``tiled_infonce.py``; takes ``tile_size``).
     """
     fn = get_loss(name)
+    if impl not in IMPLS:
+        raise ValueError(f"impl={impl!r}: use one of {IMPLS}.")
     if impl == "tiled":
-        if name != "infonce":
-            raise ValueError(f"impl='tiled' exists only for the infonce loss, not {name!r}.")
+        if name not in TILED_LOSSES:
+            raise ValueError(f"impl='tiled' exists only for the {'/'.join(TILED_LOSSES)} loss, not {name!r}.")
         from sentjax.losses.tiled_infonce import tiled_infonce_loss
         fn = tiled_infonce_loss
-    elif impl != "dense":
-        raise ValueError(f"impl={impl!r}: use 'dense' or 'tiled'.")
 
     def loss_fn(params, embeddings, axis_name=None):
         a = _need(embeddings, "anchor", name)

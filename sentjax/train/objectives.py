@@ -9,6 +9,13 @@ passed through), which ``sentjax.parallel.global_grads.make_grad_fn`` runs on on
 
 ``in_batch_negatives`` marks objectives whose loss couples the examples of a batch: for them
 gradient accumulation would change the loss (fewer negatives), so it is refused.
+
+``GRADIENT_METHODS`` maps the config's ``gradient.method`` to the ``make_grad_fn`` backend that
+runs it ('jit': backend 'none' on the global batch, sharded over the mesh by the jit-compiled
+train step, XLA inserting the collectives). Every objective (and ``objective.impl``) that
+``make_objective`` accepts is exact under every method, with and without GradCache
+(tests/test_parallel_grads.py, tests/test_gradcache.py); ``objective.impl='tiled'`` exists only
+for the objectives in ``sentjax.losses.TILED_LOSSES`` and is refused for the others.
 """
 from __future__ import annotations
 
@@ -17,7 +24,11 @@ from typing import Callable
 
 import ml_collections
 
-from sentjax.losses import init_softmax_head, make_column_loss
+from sentjax.losses import IMPLS, TILED_LOSSES, init_softmax_head, make_column_loss
+from sentjax.train.config_cli import ConfigError
+
+# config gradient.method -> sentjax.parallel.global_grads backend
+GRADIENT_METHODS: dict[str, str] = {"shard_map": "shard_map", "pmap": "pmap", "jit": "none"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +51,6 @@ class Objective:
 
 def _infonce(cfg) -> Objective:
     impl = cfg.get("impl", "dense")
-    if impl not in ("dense", "tiled"):
-        raise ValueError(f"objective.impl={impl!r}: use 'dense' or 'tiled'.")
     hp = dict(temperature=cfg.temperature, symmetric=cfg.symmetric,
               hard_negative_weight=cfg.hard_negative_weight)
     if impl == "tiled":
@@ -83,6 +92,13 @@ def make_objective(cfg: ml_collections.ConfigDict) -> Objective:
     """Builds ``config.objective``: name in OBJECTIVES plus its hyperparameters."""
     if cfg.name not in OBJECTIVES:
         raise ValueError(f"Unknown objective {cfg.name!r}; choose one of {sorted(OBJECTIVES)}.")
+    impl = cfg.get("impl", "dense")
+    if impl not in IMPLS:
+        raise ConfigError(f"objective.impl={impl!r}: use one of {IMPLS}.")
+    if impl != "dense" and cfg.name not in TILED_LOSSES:
+        # the other objectives would silently run their dense loss
+        raise ConfigError(f"objective.impl={impl!r} exists only for objective.name in {TILED_LOSSES}; "
+                          f"objective {cfg.name!r} has no {impl} kernel: set objective.impl='dense'.")
     return OBJECTIVES[cfg.name](cfg)
 
 
@@ -98,4 +114,4 @@ def select_columns(objective: Objective, batch: dict) -> dict:
     return cols
 
 
-__all__ = ["Objective", "OBJECTIVES", "make_objective", "select_columns"]
+__all__ = ["Objective", "OBJECTIVES", "GRADIENT_METHODS", "make_objective", "select_columns"]

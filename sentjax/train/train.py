@@ -184,11 +184,11 @@ def build_objective_and_grad(c, model, objective, mesh, teacher=None):
     XLA-chosen collectives), optionally through GradCache."""
     from sentjax.models.sentence_model import embed_fn
     from sentjax.parallel.global_grads import make_grad_fn
-    from sentjax.train.objectives import select_columns
+    from sentjax.train.objectives import GRADIENT_METHODS, select_columns
     embed = embed_fn(model.module)
     method = c.gradient.method
-    if method not in ("shard_map", "pmap", "jit"):
-        raise config_cli.ConfigError(f"gradient.method={method!r}: use 'shard_map', 'pmap' or 'jit'.")
+    if method not in GRADIENT_METHODS:
+        raise config_cli.ConfigError(f"gradient.method={method!r}: use one of {tuple(GRADIENT_METHODS)}.")
     if method == "pmap" and (jax.process_count() > 1 or mesh.devices.size != jax.local_device_count()):
         raise config_cli.ConfigError("gradient.method='pmap' uses every local device of one process; "
                                      "use 'shard_map' for multi-process runs or a sub-mesh.")
@@ -202,7 +202,7 @@ def build_objective_and_grad(c, model, objective, mesh, teacher=None):
     if chunk is not None and c.accum_steps > 1:
         raise config_cli.ConfigError("Use either GradCache (gradient.gradcache_chunk) or accum_steps, not both.")
     inner = make_grad_fn(lambda p, tokens, rng: embed(p["model"], tokens, rng), objective.loss_fn,
-                         mesh=mesh, backend={"jit": "none"}.get(method, method), gradcache_chunk=chunk)
+                         mesh=mesh, backend=GRADIENT_METHODS[method], gradcache_chunk=chunk)
     teacher_fn = None
     if objective.needs_teacher:
         teacher = teacher or load_teacher(c, model)
