@@ -75,8 +75,12 @@ class _null:
 
 
 def apply(cfg, overrides: dict) -> None:
-    for k, v in overrides.items():
-        set_key(cfg, k, v)
+    from sentjax.train.config_cli import objective_first, set_objective
+    for k, v in objective_first(list(overrides.items())):
+        if k == "objective.name":
+            set_objective(cfg, v)
+        else:
+            set_key(cfg, k, v)
 
 
 def build_config(mod, row: str, seed: int, smoke: bool, workroot: str):

@@ -37,11 +37,15 @@ Numerics: similarities and the log-sum-exp are computed in float32 whatever the 
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["infonce_loss", "check_embedding_pair", "check_temperature"]
+from sentjax.losses.registry import ObjectiveSpec, need
+
+__all__ = ["Config", "OBJECTIVE", "IMPLS", "column_loss", "infonce_loss", "check_embedding_pair", "check_temperature"]
 
 
 def _normalize(x: jax.Array) -> jax.Array:
@@ -139,3 +143,67 @@ def infonce_loss(anchors: jax.Array, positives: jax.Array, negatives: jax.Array 
     if axis_name is not None:
         loss, accuracy = lax.pmean((loss, accuracy), axis_name)
     return loss, {"accuracy": accuracy}
+
+
+# ============================================================================ the objective
+
+IMPLS = ("dense", "tiled")  # the dense [b, B] logits, or the memory-tiled kernel (tiled_infonce.py)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Hyperparameters of the ``infonce`` objective (``config.objective``)."""
+    temperature: float = 0.05          # T: cosine similarities are divided by it (SimCSE: 0.05)
+    symmetric: bool = False            # also rank the anchors for each positive, averaged (MNSRL)
+    hard_negative_weight: float = 0.0  # w added to the logits of an anchor's own hard negatives (log alpha)
+    use_hard_negatives: bool = True    # embed the batch's "negative" column when the data has one
+    impl: str = "dense"                # "dense" [b, B] logits, or "tiled": never builds them (tiled_infonce.py)
+    tile_size: int = 1024              # rows per tile of impl="tiled"
+
+    def __post_init__(self):
+        if self.impl not in IMPLS:
+            raise ValueError(f"objective.impl={self.impl!r}: use one of {IMPLS}.")
+        check_temperature(self.temperature)
+        if self.tile_size <= 0:
+            raise ValueError(f"objective.tile_size must be positive, got {self.tile_size}.")
+
+
+def column_loss(*, temperature: float = 0.05, symmetric: bool = False, hard_negative_weight: float = 0.0,
+                impl: str = "dense", tile_size: int = 1024):
+    """``loss_fn(params, embeddings, axis_name)`` over the columns ``anchor`` / ``positive`` ``[b, d]``
+    and optionally ``negative`` ``[b * k, d]`` (anchor-major: anchor i's k negatives are rows
+    ``i*k .. i*k+k-1``; reshaped to ``[b, k, d]`` here)."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl={impl!r}: use 'dense' or 'tiled'.")
+    if impl == "tiled":
+        from sentjax.losses.tiled_infonce import tiled_infonce_loss
+
+        def kernel(a, p, n, axis_name):
+            return tiled_infonce_loss(a, p, n, temperature=temperature, symmetric=symmetric,
+                                      hard_negative_weight=hard_negative_weight, tile_size=tile_size,
+                                      axis_name=axis_name)
+    else:
+        def kernel(a, p, n, axis_name):
+            return infonce_loss(a, p, n, temperature=temperature, symmetric=symmetric,
+                                hard_negative_weight=hard_negative_weight, axis_name=axis_name)
+
+    def loss_fn(params, embeddings, axis_name=None):
+        a = need(embeddings, "anchor", "infonce")
+        n = embeddings.get("negative")
+        if n is not None:
+            if n.shape[0] % a.shape[0]:
+                raise ValueError(f"the negative column has {n.shape[0]} rows, not a multiple of the "
+                                 f"{a.shape[0]} anchors; give k negatives per anchor, anchor-major.")
+            n = n.reshape(a.shape[0], n.shape[0] // a.shape[0], a.shape[1])
+        return kernel(a, need(embeddings, "positive", "infonce"), n, axis_name)
+    return loss_fn
+
+
+OBJECTIVE = ObjectiveSpec(
+    config=Config,
+    loss=lambda hp: column_loss(temperature=hp.temperature, symmetric=hp.symmetric,
+                                hard_negative_weight=hp.hard_negative_weight, impl=hp.impl,
+                                tile_size=hp.tile_size),
+    columns=lambda hp: ("anchor", "positive") + (("negative",) if hp.use_hard_negatives else ()),
+    in_batch_negatives=True,
+)

@@ -18,8 +18,7 @@ from typing import Any, Sequence
 import ml_collections
 
 
-class ConfigError(ValueError):
-    """A config file or override that cannot be applied."""
+from sentjax.errors import ConfigError  # noqa: F401 (re-exported: the error of every config step)
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
@@ -98,22 +97,50 @@ def set_key(cfg: ml_collections.ConfigDict, key: str, text: str) -> None:
             if isinstance(old, ml_collections.ConfigDict):
                 raise ConfigError(f"{key!r} is a group, not a value; set one of its fields: "
                                   f"{', '.join(valid_keys(old, key + '.'))}.")
+            value = _parse_value(text, old, key)
+            if key == "objective.name":
+                set_objective(cfg, value)
+                return
             with node.ignore_type():
-                node[part] = _parse_value(text, old, key)
+                node[part] = value
         else:
             node = node[part]
+
+
+def set_objective(cfg: ml_collections.ConfigDict, name: str) -> None:
+    """``objective.name = name``; another objective's block is replaced by the defaults of ``name``
+    (each objective has its own fields: ``sentjax.losses.<name>.Config``)."""
+    from sentjax.losses import registry
+    if cfg.objective.get("name") != name:
+        cfg.objective = ml_collections.ConfigDict(registry.defaults(name))
+
+
+def objective_config(name: str, **fields: Any) -> ml_collections.ConfigDict:
+    """An objective block for an experiment config: ``name``'s defaults with ``fields`` changed,
+    checked against ``sentjax.losses.<name>.Config`` (a foreign field is an error)."""
+    from sentjax.losses import registry
+    registry.hparams_from(name, fields)
+    return ml_collections.ConfigDict({**registry.defaults(name), **fields})
+
+
+def objective_first(overrides: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """``objective.name`` before the other keys, so ``--config.objective.temperature=...`` given
+    before ``--config.objective.name=infonce`` lands in the new block."""
+    return sorted(overrides, key=lambda kv: kv[0] != "objective.name")
 
 
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:
     """Applies ``--config.k=v`` / ``config.k=v`` / ``k=v`` strings to a copy of ``cfg``."""
     cfg = ml_collections.ConfigDict(cfg.to_dict())
+    pairs = []
     for item in overrides:
         body = item[2:] if item.startswith("--") else item
         if body.startswith("config."):
             body = body[len("config."):]
         if "=" not in body:
             raise ConfigError(f"Override {item!r} must look like --config.key=value.")
-        key, text = body.split("=", 1)
+        pairs.append(tuple(body.split("=", 1)))
+    for key, text in objective_first(pairs):
         set_key(cfg, key, text)
     return cfg
 

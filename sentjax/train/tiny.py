@@ -87,7 +87,11 @@ def tiny_config(path: str, **overrides) -> ml_collections.ConfigDict:
     c.optim.lr = 1e-3
     c.optim.warmup_steps = 2
     c.checkpoint.every_steps = 3
-    for k, v in overrides.items():
+    from sentjax.train.config_cli import objective_first, set_objective
+    for k, v in objective_first(list(overrides.items())):
+        if k == "objective.name":
+            set_objective(c, v)
+            continue
         node = c
         *parents, leaf = k.split(".")
         for p in parents:

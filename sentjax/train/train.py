@@ -24,6 +24,7 @@ import numpy as np
 
 from sentjax.parallel import distributed
 from sentjax.parallel.distributed import maybe_initialize_distributed  # noqa: F401 (re-exported)
+from sentjax.losses import registry
 from sentjax.train import config_cli
 from sentjax.train import step as step_lib
 
@@ -53,12 +54,8 @@ def default_config() -> ml_collections.ConfigDict:
         # the multilingual extra); word embeddings are transferred (sentjax.models.vocab_transfer)
         "vocab_from": "",
     })
-    c.objective = ml_collections.ConfigDict({
-        "name": "infonce", "temperature": 0.05, "symmetric": False, "hard_negative_weight": 0.0,
-        "use_hard_negatives": True, "num_labels": 3, "scale": 20.0, "teacher": "",
-        "impl": "dense", "tile_size": 1024,   # infonce kernel: dense B x B logits or memory-tiled
-        "concat": ("u", "v", "|u-v|"),         # softmax objective: features fed to the classifier
-    })
+    # the objective's own fields (sentjax.losses.<name>.Config); --config.objective.name=X resets them
+    c.objective = ml_collections.ConfigDict(registry.defaults("infonce"))
     # method: "shard_map" (explicit all-gather of candidates), "pmap", or "jit" (global-batch loss,
     # XLA picks the collectives); gradcache_chunk > 0: GradCache with that many rows per chunk/device.
     c.gradient = ml_collections.ConfigDict({"method": "shard_map", "gradcache_chunk": 0})
