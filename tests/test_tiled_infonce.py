@@ -16,7 +16,8 @@ import torch
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
-from sentjax.losses.tiled_infonce import make_infonce, tiled_infonce_loss
+from sentjax.losses.infonce import column_loss
+from sentjax.losses.tiled_infonce import tiled_infonce_loss
 
 T = 0.05
 TILE = 16
@@ -395,13 +396,13 @@ def test_encoder_parameter_gradients_match_dense_eight_devices():
 # selection and bad input
 
 
-def test_make_infonce_selects_implementation():
+def test_column_loss_selects_implementation():
     a, p, _ = make_batch(2, 20, 8, 0)
-    tiled = make_infonce("tiled", tile_size=8)
-    assert float(tiled(a, p, temperature=T)[0]) == pytest.approx(
+    tiled = column_loss(impl="tiled", tile_size=8, temperature=T)
+    assert float(tiled({}, {"anchor": a, "positive": p})[0]) == pytest.approx(
         numpy_loss(a, p, None, temperature=T, symmetric=False, weight=0.0), rel=1e-5)
     with pytest.raises(ValueError, match="dense' or 'tiled"):
-        make_infonce("blocked")
+        column_loss(impl="blocked")
 
 
 @pytest.mark.parametrize("args,kw,match", [

@@ -42,15 +42,16 @@ as for the dense loss's pmean, so every backend of :mod:`sentjax.parallel.global
 gradient by N.) The backward weights each block's column terms by its owner's cotangent, which
 travels around the ring with the block.
 
-Selecting the implementation (for the training config's ``loss.impl = dense | tiled``)::
+It is the kernel of the ``infonce`` objective's ``impl="tiled"`` (``--config.objective.impl=tiled
+--config.objective.tile_size=2048``; :func:`sentjax.losses.infonce.column_loss`)::
 
-    loss_fn = make_infonce("tiled", tile_size=2048)   # or make_infonce("dense")
-    loss, metrics = loss_fn(anchors, positives, negatives, temperature=0.05, axis_name="data")
+    loss, metrics = tiled_infonce_loss(anchors, positives, negatives, temperature=0.05,
+                                       tile_size=2048, axis_name="data")
 """
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +59,7 @@ from jax import lax
 
 from sentjax.losses.infonce import check_embedding_pair, check_negatives
 
-__all__ = ["tiled_infonce_loss", "make_infonce", "DEFAULT_TILE_SIZE"]
+__all__ = ["tiled_infonce_loss", "DEFAULT_TILE_SIZE"]
 
 DEFAULT_TILE_SIZE = 1024
 _NEG_INF = -jnp.inf
@@ -461,21 +462,3 @@ def tiled_infonce_loss(anchors: jax.Array, positives: jax.Array, negatives: jax.
         loss, correct = lax.psum((loss, correct), axis_name)
         n_dev = lax.axis_size(axis_name)
     return loss, {"accuracy": correct / (b * n_dev)}
-
-
-def make_infonce(impl: str = "dense", tile_size: int = DEFAULT_TILE_SIZE) -> Callable[..., tuple]:
-    """The InfoNCE function selected by the training config's ``loss.impl`` ("dense" or "tiled").
-
-    Both returned callables take ``(anchors, positives, negatives=None, *, temperature, symmetric,
-    hard_negative_weight, axis_name)`` and return ``(loss, {"accuracy": ...})``.
-    """
-    if impl == "tiled":
-        return functools.partial(tiled_infonce_loss, tile_size=tile_size)
-    if impl == "dense":
-        try:
-            from sentjax.losses.infonce import infonce_loss
-        except ImportError as e:
-            raise ImportError("loss.impl='dense' needs sentjax.losses.infonce.infonce_loss, which is not "
-                              "importable here; use loss.impl='tiled'.") from e
-        return infonce_loss
-    raise ValueError(f"unknown InfoNCE implementation {impl!r}: use loss.impl = 'dense' or 'tiled'.")
