@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from sentjax.losses.cosine import pair_cosine, rescale_scores
-from sentjax.losses.infonce import check_embedding_pair
+from sentjax.losses.checks import check_embedding_pair
 from sentjax.losses.registry import ObjectiveSpec, need
 
 __all__ = ["Config", "OBJECTIVE", "column_loss", "cosent_loss"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 import pkgutil
 from typing import Any, Callable, Mapping
 
@@ -75,10 +76,10 @@ class Objective:
 
 def names() -> tuple[str, ...]:
     """Every registered objective (modules of ``sentjax.losses`` that define ``OBJECTIVE``)."""
-    import sentjax.losses as pkg
     found = []
-    for m in pkgutil.iter_modules(pkg.__path__):
-        if not m.name.startswith("_") and m.name != "registry" and hasattr(_module(m.name), "OBJECTIVE"):
+    for m in pkgutil.iter_modules([os.path.dirname(os.path.abspath(__file__))]):
+        if m.name not in ("registry", "checks") and not m.name.startswith("_") \
+                and hasattr(_module(m.name), "OBJECTIVE"):
             found.append(m.name)
     return tuple(sorted(found))
 

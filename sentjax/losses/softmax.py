@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sentjax.losses.infonce import check_embedding_pair
+from sentjax.losses.checks import check_embedding_pair
 from sentjax.losses.registry import ObjectiveSpec, need
 
 __all__ = ["Config", "OBJECTIVE", "column_loss", "init_softmax_head", "softmax_loss", "softmax_features", "CONCATS", "DEFAULT_CONCAT"]

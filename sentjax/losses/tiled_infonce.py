@@ -57,7 +57,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sentjax.losses.infonce import check_embedding_pair, check_negatives
+from sentjax.losses.checks import check_embedding_pair, check_negatives
 
 __all__ = ["tiled_infonce_loss", "DEFAULT_TILE_SIZE"]
 
