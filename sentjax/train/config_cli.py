@@ -17,9 +17,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be applied."""
+from sentjax.errors import ConfigError  # noqa: F401 (one ConfigError for run configs and config.json)
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
