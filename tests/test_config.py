@@ -71,7 +71,7 @@ def test_cli_train_forwards_and_lists_valid_keys(capsys):
 
 
 def test_bundled_model_names_resolve_or_say_which_extra(monkeypatch):
-    from sentjax import testing
+    from sentjax.models import bundled as testing
     from sentjax.train import config_cli
     from sentjax.train.train import resolve_bundled
     assert resolve_bundled("/some/model", "model.init_from") == "/some/model"

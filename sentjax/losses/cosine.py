@@ -18,16 +18,14 @@ from jax import lax
 
 from sentjax.losses.checks import check_embedding_pair
 from sentjax.losses.registry import ObjectiveSpec, need
+from sentjax.ops import cosine_similarity
 
 __all__ = ["Config", "OBJECTIVE", "column_loss", "cosine_loss", "pair_cosine", "rescale_scores"]
 
 
 def pair_cosine(u: jax.Array, v: jax.Array) -> jax.Array:
     """Row-wise cosine similarity ``[b, d], [b, d] -> [b]`` in float32 (norms clamped at 1e-12)."""
-    u, v = u.astype(jnp.float32), v.astype(jnp.float32)
-    nu = jnp.maximum(jnp.linalg.norm(u, axis=-1), 1e-12)
-    nv = jnp.maximum(jnp.linalg.norm(v, axis=-1), 1e-12)
-    return jnp.sum(u * v, axis=-1) / (nu * nv)
+    return cosine_similarity(jnp.asarray(u), jnp.asarray(v))
 
 
 def rescale_scores(scores: jax.Array, n: int, score_range: tuple[float, float] | None) -> jax.Array:

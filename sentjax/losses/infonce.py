@@ -45,14 +45,9 @@ from jax import lax
 
 from sentjax.losses.checks import check_embedding_pair, check_negatives, check_temperature
 from sentjax.losses.registry import ObjectiveSpec, need
+from sentjax.ops import l2_normalize
 
 __all__ = ["Config", "OBJECTIVE", "IMPLS", "column_loss", "infonce_loss", "check_embedding_pair", "check_temperature"]
-
-
-def _normalize(x: jax.Array) -> jax.Array:
-    """Row-wise x / max(||x||, 1e-12) in float32 (torch.nn.functional.normalize)."""
-    x = x.astype(jnp.float32)
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def infonce_loss(anchors: jax.Array, positives: jax.Array, negatives: jax.Array | None = None, *,
@@ -83,14 +78,14 @@ def infonce_loss(anchors: jax.Array, positives: jax.Array, negatives: jax.Array 
         return x if axis_name is None else lax.all_gather(x, axis_name, tiled=True)
 
     offset = 0 if axis_name is None else lax.axis_index(axis_name) * b
-    a, p = _normalize(anchors), _normalize(positives)
+    a, p = l2_normalize(jnp.asarray(anchors)), l2_normalize(jnp.asarray(positives))
     inv_t = 1.0 / jnp.asarray(temperature, jnp.float32)
     rows = jnp.arange(b)
     labels = offset + rows  # global index of each local anchor's positive
     logits = (a @ gather(p).T) * inv_t  # [b, B]
     if negatives is not None and negatives.shape[1] > 0:
         k = negatives.shape[1]
-        n_all = gather(_normalize(negatives).reshape(b * k, d))  # [B*k, d], anchor-major
+        n_all = gather(l2_normalize(jnp.asarray(negatives)).reshape(b * k, d))  # [B*k, d], anchor-major
         neg = (a @ n_all.T) * inv_t  # [b, B*k]
         own = (jnp.arange(n_all.shape[0])[None, :] // k) == labels[:, None]
         logits = jnp.concatenate([logits, neg + hard_negative_weight * own], axis=1)

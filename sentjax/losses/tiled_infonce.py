@@ -58,6 +58,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from sentjax.losses.checks import check_embedding_pair, check_negatives
+from sentjax.ops import l2_normalize
 
 __all__ = ["tiled_infonce_loss", "DEFAULT_TILE_SIZE"]
 
@@ -80,10 +81,8 @@ class _Config(NamedTuple):
 
 
 def _l2_normalize(x: jax.Array) -> jax.Array:
-    """x / max(||x||, 1e-12) row-wise (torch.nn.functional.normalize), in float32, cast back to x's dtype."""
-    x32 = x.astype(jnp.float32)
-    norm = jnp.sqrt(jnp.sum(jnp.square(x32), axis=-1, keepdims=True))
-    return (x32 / jnp.maximum(norm, 1e-12)).astype(x.dtype)
+    """Row-wise unit vectors computed in float32, cast back to ``x``'s dtype (the tiles' matmul dtype)."""
+    return l2_normalize(jnp.asarray(x)).astype(x.dtype)
 
 
 def _explicit_batch_axis(*xs: jax.Array | None):

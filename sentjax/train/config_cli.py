@@ -17,8 +17,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
-
-from sentjax.errors import ConfigError  # noqa: F401 (re-exported: the error of every config step)
+from sentjax.errors import ConfigError  # noqa: F401 (one ConfigError for run configs and config.json)
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:

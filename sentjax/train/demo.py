@@ -54,7 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``sentjax demo [--workdir DIR] [--config.key=value ...] [--no_progress]``."""
-    from sentjax.testing import minilm_dir
+    from sentjax.models.bundled import minilm_dir
     from sentjax.train import config_cli
     from sentjax.train.train import train
     argv = list(sys.argv[1:] if argv is None else argv)

