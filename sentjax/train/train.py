@@ -232,15 +232,10 @@ def init_params(c, model, objective) -> dict:
 
 def read_sts(path: str):
     """Dev pairs for the in-training STS eval: ``stsb-dev`` (bundled SentEval STS-B dev) or any
-    file / bundled name ``sentjax.data.pipeline.read_sts`` reads (STS-B CSV, SentEval STS-B,
+    file / bundled name ``sentjax.data.sources.read_sts`` reads (STS-B CSV, SentEval STS-B,
     SICK, a headed TSV). Scores are scaled linearly, which Spearman ignores."""
-    from sentjax.data.pipeline import read_sts as read_pairs
-    if path == "stsb-dev":
-        path = "stsbenchmark-dev"
-    if path.startswith("bundled/"):
-        from sentjax.data import bundled
-        path = bundled.path(path[len("bundled/"):])
-    src = read_pairs(path)
+    from sentjax.data.sources import read_sts as read_pairs
+    src = read_pairs("stsbenchmark-dev" if path == "stsb-dev" else path)
     return src.columns["anchor"], src.columns["positive"], np.asarray(src.columns["score"], np.float64)
 
 
