@@ -152,15 +152,14 @@ def evaluate_sts_file(encode_fn: EncodeFn, path: str | os.PathLike, fmt: str = "
     ``"stsbenchmark-dev"``, ``"sick-trial"``, ``"STS12"``...).
 
     ``fmt``: ``auto`` | ``stsb`` (STS-B multi-mt CSV) | ``stsbenchmark`` (SentEval TSV) | ``sick`` |
-    ``senteval`` (STS12-16 folder). Returns ``{"spearman", "pearson", "n"}``; for a SentEval folder the
-    per-year dict of :func:`evaluate_senteval` with top-level ``spearman``/``pearson`` = the pooled ``all``.
+    ``tsv`` (headed ``sentence1 sentence2 score``) | ``senteval`` (STS12-16 folder). Returns
+    ``{"spearman", "pearson", "n"}``; for a SentEval folder the per-year dict of :func:`evaluate_senteval`
+    with top-level ``spearman``/``pearson`` = the pooled ``all``.
     """
     p, f = readers.resolve_sts_data(os.fspath(path), fmt)
     if f == "senteval":
         r = _year_result(encode_fn, readers.read_senteval_sts(p))
         return {**r, "spearman": r["spearman"]["all"], "pearson": r["pearson"]["all"],
                 "aggregation": "all (pooled subsets)", "spearman_mean": r["spearman"]["mean"]}
-    read = {"stsb": readers.read_sts_csv, "stsbenchmark": readers.read_stsbenchmark_senteval,
-            "sick": readers.read_sick}[f]
-    d = read(p)
+    d = readers.read_sts(p, f)
     return evaluate_sts(encode_fn, d.sentences1, d.sentences2, d.scores)

@@ -93,15 +93,22 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
 # ============================================================================ data
 
 
-def build_pipeline(c: ml_collections.ConfigDict, tokenizer, dedup: bool, teacher_tokenizer=None):
-    from sentjax.data.pipeline import Pipeline, load_source
+def build_pipeline(c: ml_collections.ConfigDict, tokenizer, dedup: bool, teacher_tokenizer=None, mesh=None):
+    """The data pipeline of config ``c``. With several processes each builds only the rows of the
+    global batch that its devices hold under ``batch_sharded(mesh)`` (default mesh: ``c.mesh.data``)."""
+    from sentjax.data.pipeline import Pipeline, process_rows
+    from sentjax.data.sources import load_source
     sources = [load_source(s) for s in c.data.datasets]
+    rows = None
+    if jax.process_count() > 1:
+        mesh = step_lib.make_data_mesh(c.mesh.data) if mesh is None else mesh
+        rows = process_rows(step_lib.batch_sharded(mesh), c.batch_size)
     return Pipeline(sources, tokenizer, c.batch_size, c.seed, weights=tuple(c.data.weights),
-                    dedup=dedup and c.data.dedup, teacher_tokenizer=teacher_tokenizer)
+                    dedup=dedup and c.data.dedup, teacher_tokenizer=teacher_tokenizer, rows=rows)
 
 
 def global_batch(local: dict, mesh) -> dict:
-    """This process's rows -> global arrays sharded on ``data``."""
+    """This process's rows (``Pipeline.rows``) -> global arrays sharded on ``data``."""
     sharding = step_lib.batch_sharded(mesh)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
 
@@ -175,15 +182,10 @@ def init_params(c, model, objective) -> dict:
 
 def read_sts(path: str):
     """Dev pairs for the in-training STS eval: ``stsb-dev`` (bundled SentEval STS-B dev) or any
-    file / bundled name ``sentjax.data.pipeline.read_sts`` reads (STS-B CSV, SentEval STS-B,
+    file / bundled name ``sentjax.data.sources.read_sts`` reads (STS-B CSV, SentEval STS-B,
     SICK, a headed TSV). Scores are scaled linearly, which Spearman ignores."""
-    from sentjax.data.pipeline import read_sts as read_pairs
-    if path == "stsb-dev":
-        path = "stsbenchmark-dev"
-    if path.startswith("bundled/"):
-        from sentjax.data import bundled
-        path = bundled.path(path[len("bundled/"):])
-    src = read_pairs(path)
+    from sentjax.data.sources import read_sts as read_pairs
+    src = read_pairs("stsbenchmark-dev" if path == "stsb-dev" else path)
     return src.columns["anchor"], src.columns["positive"], np.asarray(src.columns["score"], np.float64)
 
 
@@ -362,8 +364,7 @@ def _train(c: ml_collections.ConfigDict, resume: bool, progress: bool, cleanup: 
     skipped = 0  # steps whose update was skipped for a non-finite loss / gradient
     diverged = None
     hang = os.environ.get("SENTJAX_TEST_HANG_AFTER_CHECKPOINT")  # test hook: freeze to be killed
-    for s in range(start, c.total_steps):
-        batch = global_batch(pipeline.batch(s), mesh)
+    for s, batch in pipeline.iterate(start, c.total_steps, prefetch=2, transform=lambda b: global_batch(b, mesh)):
         state, m = train_step(state, batch, step_lib.step_rng(state["rng"], s))
         step = s + 1
         if t0 is None:
