@@ -21,6 +21,7 @@ import os
 import numpy as np
 
 from sentjax.configs import default
+from sentjax.train.config_cli import objective_config
 
 TITLE = "Multilingual knowledge distillation: all-MiniLM-L6-v2 -> MiniLM with the XLM-R vocabulary"
 PAPER = {"teacher": "paraphrase-distilroberta / SBERT-nli-stsb", "student": "xlm-roberta-base", "batch": 64,
@@ -47,8 +48,7 @@ def get_config():
     c.model.pooling = "mean"
     c.model.normalize = True   # the teacher's outputs are unit vectors (its 2_Normalize module): match them
     c.model.max_length = 32
-    c.objective.name = "distill"
-    c.objective.teacher = "minilm"
+    c.objective = objective_config("distill", teacher="minilm")
     c.batch_size = 64
     c.total_steps = 20000
     c.optim.lr = 2e-5

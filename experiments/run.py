@@ -323,10 +323,8 @@ def run(name: str, seeds: Sequence[int] = (0,), rows: Sequence[str] | None = Non
             base = sentjax.load(kw.get("path") or minilm_dir(), max_length=kw.get("max_length", 32),
                                pooling=kw.get("pooling"))
             if kw.get("vocab_from"):  # e.g. the distillation student before training
-                from sentjax.models.vocab_transfer import transfer_vocabulary
-                from sentjax.train.train import resolve_bundled
-                base = transfer_vocabulary(base, resolve_bundled(kw["vocab_from"], "vocab_from"),
-                                           kw.get("max_length", 32))[0]
+                from sentjax.models.build import transfer_vocab
+                base = transfer_vocab(base, kw["vocab_from"], kw.get("max_length", 32))
             if not mats:
                 mats[bname] = cosine_matrix(base, s1, s2)
             if bname in cache and cache[bname].get("kw") == kw:

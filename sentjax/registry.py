@@ -11,13 +11,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Mapping, TypeVar
 
+from sentjax.errors import ConfigError
+
 __all__ = ["ConfigError", "Registry"]
 
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A config file, override or part config that cannot be applied."""
 
 
 class Registry:

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from sentjax.data import augment
-from sentjax.data.pipeline import DataError, Pipeline, load_source
+from sentjax.data.pipeline import Pipeline
+from sentjax.data.sources import DataError, load_source
 from sentjax.testing import minilm_dir
 
 SENT = " ".join(f"w{i}" for i in range(20))  # 20 distinct words: positions are recoverable

@@ -90,8 +90,10 @@ def test_torn_checkpoint_falls_back_with_warning(tmp_path):
     ck.save(3, state, {"step": 3, "data_pos": 3})
     ck.close()
     # What a process killed during an async save leaves: Orbax's unfinalised temporary folder
-    # with part of the items written (the rename to "6" never happened).
-    torn = os.path.join(d, "6.orbax-checkpoint-tmp-1700000000")
+    # with part of the items written (the rename to "6" never happened). The name is Orbax's own
+    # (tests/test_faults.py kills a real save and sees it on disk).
+    from orbax.checkpoint._src.path.atomicity_types import TMP_DIR_SUFFIX
+    torn = os.path.join(d, "6" + TMP_DIR_SUFFIX)
     shutil.copytree(os.path.join(d, "3"), torn)
     shutil.rmtree(os.path.join(torn, "data"))
     for root, _, files in os.walk(os.path.join(torn, "state")):

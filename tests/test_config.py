@@ -50,8 +50,13 @@ def test_experiment_configs_load(name):
     if not os.path.isfile(path):
         pytest.skip(f"{name} config not written")
     cfg = config_cli.load_config_file(path)
+    from sentjax.losses import registry
     from sentjax.configs.default import get_config as default_config
-    assert set(config_cli.valid_keys(cfg)) == set(config_cli.valid_keys(default_config()))
+
+    def keys(c):  # the objective block holds its own objective's fields
+        return {k for k in config_cli.valid_keys(c) if not k.startswith("objective.")}
+    assert keys(cfg) == keys(default_config())
+    assert set(config_cli.valid_keys(cfg.objective)) == set(registry.defaults(cfg.objective.name))
 
 
 def test_cli_train_forwards_and_lists_valid_keys(capsys):
@@ -66,7 +71,7 @@ def test_cli_train_forwards_and_lists_valid_keys(capsys):
 
 
 def test_bundled_model_names_resolve_or_say_which_extra(monkeypatch):
-    from sentjax import testing
+    from sentjax.models import bundled as testing
     from sentjax.train import config_cli
     from sentjax.train.train import resolve_bundled
     assert resolve_bundled("/some/model", "model.init_from") == "/some/model"
@@ -78,3 +83,31 @@ def test_bundled_model_names_resolve_or_say_which_extra(monkeypatch):
         resolve_bundled("minilm", "objective.teacher")
     with pytest.raises(config_cli.ConfigError, match=r"sentjax\[multilingual\]"):
         resolve_bundled("multilingual", "model.vocab_from")
+
+
+def test_objective_impl_tiled_only_where_a_tiled_kernel_exists(tmp_path):
+    """objective.impl x objective.name: every accepted pair is in the gradient matrices
+    (test_parallel_grads.py, test_gradcache.py); impl is a field only of the objectives with a tiled
+    kernel, so asking another objective for it is refused at config time (it used to run its dense
+    loss silently)."""
+    from sentjax.losses import IMPLS, TILED_LOSSES
+    from sentjax.train.objectives import OBJECTIVES, make_objective
+    from tiny import tiny_config
+    from sentjax.train.train import train
+    for name in OBJECTIVES:
+        for impl in IMPLS:
+            cfg = config_cli.objective_config(name) if name in TILED_LOSSES else None
+            if name in TILED_LOSSES:
+                cfg.impl = impl
+                assert callable(make_objective(cfg).loss_fn)
+            else:
+                with pytest.raises(config_cli.ConfigError, match=rf"objective '{name}' has no field 'impl'"):
+                    make_objective({"name": name, "impl": impl})
+    cfg = config_cli.objective_config("infonce")
+    cfg.impl = "blocked"
+    with pytest.raises(config_cli.ConfigError, match="objective.impl='blocked'"):
+        make_objective(cfg)
+    # refused by the trainer before any model is built or step compiled
+    with pytest.raises(config_cli.ConfigError, match="'cosine' has no field 'impl'"):
+        train(tiny_config(str(tmp_path), **{"objective.name": "cosine", "objective.impl": "tiled"}),
+              progress=False)

@@ -3,7 +3,8 @@ texts in a contrastive batch, mixing, bucketed padding, clear errors for bad dat
 import numpy as np
 import pytest
 
-from sentjax.data.pipeline import DataError, Pipeline, Source, load_source, nli_to_triplets, read_tsv
+from sentjax.data.pipeline import Pipeline
+from sentjax.data.sources import DataError, Source, load_source, nli_to_triplets, read_tsv
 from sentjax.tokenization import Tokenizer
 from tiny import make_tiny_workspace  # tests/tiny.py
 
@@ -128,7 +129,7 @@ def test_reader_errors_are_data_errors(tmp_path):
 
 
 def test_text_spec_joins_several_files(tmp_path):
-    from sentjax.data.pipeline import load_source
+    from sentjax.data.sources import load_source
     (tmp_path / "a.txt").write_text("one\ntwo\n")
     (tmp_path / "b.txt").write_text("three\n\nfour\n")
     src = load_source(f"text:{tmp_path / 'a.txt'},{tmp_path / 'b.txt'}")

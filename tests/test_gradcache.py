@@ -1,8 +1,9 @@
 """GradCache and the gradient engine on objectives with heads and pass-through columns.
 
 A toy bag-of-embeddings encoder with dropout (cheap to compile) stands in for BERT here; the
-BERT-based equivalence matrix is in test_parallel_grads.py. Each case compares 8 devices (with
-and without GradCache, shard_map and pmap) with a single-device gradient written directly.
+BERT-based InfoNCE matrix is in test_parallel_grads.py. Every other objective of the trainer is
+run on every engine (each make_grad_fn backend, plus gradient.method='jit' on the sharded global
+batch), with and without GradCache, and compared with a single-device gradient written directly.
 """
 import functools
 
@@ -14,8 +15,13 @@ import pytest
 
 from sentjax.losses import (cosent_loss, cosine_loss, distill_loss, init_softmax_head, make_column_loss,
                             softmax_loss)
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
 from sentjax.parallel import guarded_update, make_grad_fn, make_mesh
 from sentjax.parallel.dropout_keys import row_keys
+from sentjax.parallel.global_grads import BACKENDS
+from sentjax.train import objectives as train_objectives
 
 B, L, V, D = 16, 6, 50, 8
 
@@ -58,6 +64,11 @@ OBJECTIVES = {  # name -> (column loss, direct single-device loss of (params, u,
 }
 
 
+# every make_grad_fn backend, plus each trainer gradient.method that runs one on the sharded global batch
+ENGINES = tuple(BACKENDS) + tuple(m for m in train_objectives.GRADIENT_METHODS if m not in BACKENDS)
+GC_CHUNK = {"shard_map": 1, "pmap": 2, "none": 4, "jit": 4}  # rows per chunk (per device)
+
+
 def reference(name, params, cols, rng):
     """Single device, written directly: per-row dropout keys as documented in dropout_keys."""
     def emb(p, column):
@@ -73,24 +84,42 @@ def rel_err(got, want):
         lambda g, w: float(jnp.max(jnp.abs(g - w)) / jnp.maximum(jnp.max(jnp.abs(w)), 1e-30)), got, want)))
 
 
+@functools.lru_cache(maxsize=None)
+def reference_of(name):
+    params, cols = data()
+    return jax.jit(functools.partial(reference, name))(params, cols, jax.random.key(3))
+
+
+def test_every_trainer_objective_is_in_a_matrix():
+    # infonce (dense and tiled) is the BERT matrix of test_parallel_grads.py
+    assert set(train_objectives.OBJECTIVES) == set(OBJECTIVES) | {"infonce"}
+    assert set(train_objectives.GRADIENT_METHODS.values()) <= set(BACKENDS)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("gradcache", [False, True], ids=["plain", "gradcache"])
 @pytest.mark.parametrize("name", list(OBJECTIVES))
-def test_objectives_eight_devices_gradcache_equal_single_device(name):
+def test_objectives_every_engine_equal_single_device(name, gradcache, engine):
     if jax.device_count() < 8:
         pytest.skip("needs 8 (fake) devices")
     params, cols = data()
     rng = jax.random.key(3)
-    want_loss, want = jax.jit(functools.partial(reference, name), static_argnums=())(params, cols, rng)
+    want_loss, want = reference_of(name)
     mesh = make_mesh(8)
-    # every backend for the head-carrying softmax; the cached multi-device paths for the others
-    combos = (("shard_map", None), ("shard_map", 1), ("pmap", 2), ("none", 4)) if name == "softmax" else \
-        (("shard_map", 1), ("pmap", 2))
-    for backend, chunk in combos:
-        f = make_grad_fn(toy_embed, OBJECTIVES[name][0], mesh=mesh, backend=backend, gradcache_chunk=chunk)
-        (loss, metrics), grads = (f if backend == "pmap" else jax.jit(f))(params, cols, rng)
-        assert float(loss) == pytest.approx(float(want_loss), rel=1e-5), (backend, chunk)
-        assert rel_err(grads, want) < 1e-5, (backend, chunk)
-        if name == "softmax":  # the head receives its gradient too (the direct term in GradCache)
-            assert float(jnp.max(jnp.abs(grads["head"]["kernel"]))) > 0
+    backend = train_objectives.GRADIENT_METHODS.get(engine, engine)
+    chunk = GC_CHUNK[engine] if gradcache else None
+    f = make_grad_fn(toy_embed, OBJECTIVES[name][0], mesh=mesh, backend=backend, gradcache_chunk=chunk)
+    if engine == "jit":  # the train step's jit: replicated parameters, the batch sharded on "data"
+        rep = NamedSharding(mesh, P())
+        f = jax.jit(f, in_shardings=(rep, NamedSharding(mesh, P("data")), rep), out_shardings=rep)
+    elif engine != "pmap":
+        f = jax.jit(f)
+    (loss, metrics), grads = f(params, cols, rng)
+    assert float(loss) == pytest.approx(float(want_loss), rel=1e-5)
+    assert float(metrics["nonfinite"]) == 0.0
+    assert rel_err(grads, want) < 1e-5
+    if name == "softmax":  # the head receives its gradient too (the direct term in GradCache)
+        assert float(jnp.max(jnp.abs(grads["head"]["kernel"]))) > 0
 
 
 def test_chunked_embeddings_use_the_same_keys_as_the_whole_batch():

@@ -2,8 +2,11 @@
 
 Every case differentiates a full step (tiny BERT encoder + mean pooling + loss) with respect to
 the encoder parameters and compares it, leaf by leaf, with an independent single-device gradient
-written directly with ``jax.grad`` (no engine code). The bug tests re-implement the peers' known
-mistakes and assert that this same check catches each of them.
+written directly with ``jax.grad`` (no engine code). The matrix is every InfoNCE implementation
+(``sentjax.losses.IMPLS``) x every engine (each ``make_grad_fn`` backend in ``BACKENDS``, plus the
+trainer's ``gradient.method='jit'``: backend 'none' on the global batch sharded over 8 devices)
+x GradCache off / on. The bug tests re-implement the peers' known mistakes and assert that this
+same check catches each of them.
 """
 import functools
 
@@ -12,14 +15,26 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sentjax.losses import infonce_loss, make_column_loss
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from sentjax.losses import IMPLS, infonce_loss, make_column_loss
 from sentjax.models.config import EncoderConfig
 from sentjax.models.sentence_model import SentenceEncoderModule, embed_fn
 from sentjax.parallel import make_grad_fn, make_mesh
-from sentjax.parallel.global_grads import embed_columns
+from sentjax.parallel.global_grads import BACKENDS, embed_columns
+from sentjax.train.objectives import GRADIENT_METHODS
 
 N_DEV, B, L, K = 8, 16, 8, 2
 TOL = 1e-5
+# Every way a step's gradient is computed: each make_grad_fn backend, plus each trainer
+# gradient.method that is not one itself ('jit': backend 'none' on the global batch, sharded over
+# the mesh as the jit-compiled train step shards it, XLA inserting the collectives).
+ENGINES = tuple(BACKENDS) + tuple(m for m in GRADIENT_METHODS if m not in BACKENDS)
+# tiled: 1-row tiles, so each device walks 2 query tiles x (2 + 2 * K) candidate tiles per ring
+# step over an 8-step ring (and the one-device engines 16 x 48 tiles)
+TILE = 1
+GC_CHUNK = {"none": 4, "jit": 2}  # GradCache rows per chunk (per device); 1 for the 2-row local shards
 CASES = {  # name -> infonce hyperparameters, hard negatives per anchor
     "infonce": (dict(temperature=0.05), 0),
     # w != 0 makes the order of the gathered negatives matter (each anchor's OWN negatives get +w)
@@ -78,13 +93,46 @@ def reference(case):
 
 
 @functools.lru_cache(maxsize=None)
-def grad_fn(case, backend, chunk):
+def reference_accuracy(case):
+    embed, params, columns = setup()
+    hp, k = CASES[case]
+
+    def accuracy(p):
+        neg = embed(p, columns["negative"]).reshape(B, K, -1) if k else None
+        return infonce_loss(embed(p, columns["anchor"]), embed(p, columns["positive"]), neg, **hp)[1]["accuracy"]
+    return float(jax.jit(accuracy)(params))
+
+
+def engine_backend(engine):
+    return engine if engine in BACKENDS else GRADIENT_METHODS[engine]
+
+
+def chunk_of(engine, gradcache):
+    return GC_CHUNK.get(engine, 1) if gradcache else None
+
+
+@functools.lru_cache(maxsize=None)
+def grad_fn(case, backend, chunk, impl="dense"):
+    """The engine's gradient function; ``backend`` is any of ENGINES."""
     embed, _, _ = setup()
     hp, _ = CASES[case]
-    mesh = make_mesh(N_DEV) if backend == "shard_map" else None
-    f = make_grad_fn(embed, make_column_loss("infonce", **hp), mesh=mesh, backend=backend,
-                     gradcache_chunk=chunk)
-    return f if backend == "pmap" else jax.jit(f)
+    if impl == "tiled":
+        hp = dict(hp, tile_size=TILE)
+    mesh = make_mesh(N_DEV) if backend in ("shard_map", "jit") else None
+    f = make_grad_fn(embed, make_column_loss("infonce", impl=impl, **hp), mesh=mesh,
+                     backend=engine_backend(backend), gradcache_chunk=chunk)
+    if backend == "pmap":
+        return f
+    if backend in BACKENDS:
+        return jax.jit(f)
+    # the train step's jit: replicated parameters, the global batch sharded over the data axis
+    rep, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    jitted = jax.jit(f, in_shardings=(rep, rows, None), out_shardings=rep)
+
+    def run(params, columns, rng):
+        assert rng is None
+        return jitted(params, columns, rng)
+    return run
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -93,24 +141,46 @@ def need_devices():
         pytest.skip("needs 8 (fake) devices; see tests/conftest.py")
 
 
-@pytest.mark.parametrize("backend", ["shard_map", "pmap"])
-@pytest.mark.parametrize("chunk", [None, 1], ids=["plain", "gradcache"])
+def test_every_trainer_method_runs_a_tested_backend():
+    assert set(GRADIENT_METHODS.values()) <= set(BACKENDS)
+    assert set(GRADIENT_METHODS) <= set(ENGINES)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("gradcache", [False, True], ids=["plain", "gradcache"])
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("case", list(CASES))
-def test_eight_devices_equal_single_device(case, chunk, backend):
-    embed, params, columns = setup()
+def test_every_engine_equals_single_device(case, impl, gradcache, engine):
+    """impl x engine x GradCache, each against the independent single-device jax.grad reference."""
+    _, params, columns = setup()
     want_loss, want = reference(case)
-    (loss, metrics), grads = grad_fn(case, backend, chunk)(params, case_columns(columns, CASES[case][1]), None)
+    f = grad_fn(case, engine, chunk_of(engine, gradcache), impl)
+    (loss, metrics), grads = f(params, case_columns(columns, CASES[case][1]), None)
     assert float(loss) == pytest.approx(float(want_loss), rel=1e-6)
+    assert float(metrics["accuracy"]) == pytest.approx(reference_accuracy(case), abs=1e-6)
     assert float(metrics["nonfinite"]) == 0.0
     assert rel_err(grads, want) < TOL
 
 
-def test_single_device_engine_and_gradcache_equal_reference():
+@pytest.mark.parametrize("gradcache", [False, True], ids=["plain", "gradcache"])
+@pytest.mark.parametrize("case", ["hard_negatives", "symmetric"])
+def test_tiled_pmap_gradient_is_not_divided_by_device_count(case, gradcache):
+    """Issue 11 item 1: the tiled loss under pmap gave every gradient 1/8 of the dense loss's.
+
+    Its custom VJP psum-ed the loss inside, so its backward saw cotangent 1 on every device where
+    the dense loss's pmean transposes to N under pmap, and global_grads' pmean of the per-device
+    gradients then divided the (already exact) shares by N.
+    """
     _, params, columns = setup()
-    want_loss, want = reference("hard_negatives")
-    (loss, _), grads = grad_fn("hard_negatives", "none", 4)(params, columns, None)
-    assert float(loss) == pytest.approx(float(want_loss), rel=1e-6)
-    assert rel_err(grads, want) < TOL
+    cols = case_columns(columns, CASES[case][1])
+    want_loss, want = reference(case)
+    chunk = chunk_of("pmap", gradcache)
+    (dense_loss, _), dense = grad_fn(case, "pmap", chunk, "dense")(params, cols, None)
+    (tiled_loss, _), tiled = grad_fn(case, "pmap", chunk, "tiled")(params, cols, None)
+    assert float(tiled_loss) == pytest.approx(float(dense_loss), rel=1e-6)
+    assert rel_err(tiled, dense) < TOL
+    assert rel_err(tiled, want) < TOL
+    assert rel_err(dense, want) < TOL
 
 
 def test_gradcache_with_dropout_equals_uncached_with_same_keys():

@@ -7,7 +7,7 @@ tfds = pytest.importorskip("tensorflow_datasets")
 
 from sentjax.data import readers  # noqa: E402
 from sentjax.data import tfds_builders as tb  # noqa: E402
-from sentjax.data.pipeline import DataError, load_source  # noqa: E402
+from sentjax.data.sources import DataError, load_source  # noqa: E402
 
 
 def _text(x):

@@ -16,7 +16,8 @@ import torch
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
-from sentjax.losses.tiled_infonce import make_infonce, tiled_infonce_loss
+from sentjax.losses.infonce import column_loss
+from sentjax.losses.tiled_infonce import tiled_infonce_loss
 
 T = 0.05
 TILE = 16
@@ -243,6 +244,73 @@ def test_eight_devices_match_single_device(big_b, k, symmetric, weight):
         assert_close(g, o, 1e-5, "8 devices vs 1 device")
 
 
+def torch_weighted_reference(a, p, n, w_rows, *, temperature, weight):
+    """Symmetric loss with row i's forward term and column i's backward term weighted by w_rows[i]."""
+    ta, tp, tn = (torch.tensor(np.asarray(x, np.float64), requires_grad=True) for x in (a, p, n))
+    norm = torch.nn.functional.normalize
+    an, pn = norm(ta, dim=-1), norm(tp, dim=-1)
+    big_b, k = n.shape[0], n.shape[1]
+    cands = torch.cat([pn, norm(tn, dim=-1).reshape(big_b * k, -1)])
+    own = torch.kron(torch.eye(big_b, dtype=torch.float64), torch.ones(1, k, dtype=torch.float64))
+    bias = torch.cat([torch.zeros(big_b, big_b, dtype=torch.float64), weight * own], dim=1)
+    labels = torch.arange(big_b)
+    ce = lambda x: torch.nn.functional.cross_entropy(x, labels, reduction="none")  # noqa: E731
+    w = torch.tensor(np.asarray(w_rows, np.float64))
+    loss = (w * (ce(an @ cands.T / temperature + bias) + ce(pn @ an.T / temperature))).sum() / (2 * big_b)
+    loss.backward()
+    return loss.item(), [ta.grad.numpy(), tp.grad.numpy(), tn.grad.numpy()]
+
+
+def test_custom_vjp_weights_each_device_share_by_its_own_cotangent():
+    """The custom VJP covers each device's unreduced share of the loss (the psum to the global mean
+    is outside it), so its backward gets whatever cotangent the caller's transpose hands each device
+    (1 under shard_map, N under pmap). Check it is the exact VJP for DIFFERENT per-device cotangents:
+    anchor rows are weighted by their device's, symmetric positive columns by their owner's, which
+    travels around the ring with the block."""
+    from sentjax.losses.tiled_infonce import _Config, _l2_normalize, _tiled_core
+    mesh = data_mesh()
+    big_b, k, d, weight = 24, 1, 8, 0.6  # local batch 3, tile 2
+    a, p, n = make_batch(21, big_b, d, k)
+    w = np.arange(1.0, 9.0, dtype=np.float32)  # device r's share enters with weight r + 1
+    cfg = _Config(1.0 / T, weight, True, "data", 2, k)
+
+    def local(a, p, n, w):
+        share, _ = _tiled_core(_l2_normalize(a), _l2_normalize(p), _l2_normalize(n).reshape(-1, d), cfg)
+        return jax.lax.psum(w[0] * share, "data")
+
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P("data"),) * 4, out_specs=P())
+    loss, grads = jax.jit(jax.value_and_grad(sharded, argnums=(0, 1, 2)))(a, p, n, w)
+    want_loss, want_grads = torch_weighted_reference(a, p, n, np.repeat(w, big_b // 8), temperature=T,
+                                                     weight=weight)
+    assert float(loss) == pytest.approx(want_loss, rel=1e-5)
+    for name, g, wg in zip(("anchors", "positives", "negatives"), grads, want_grads):
+        assert_close(g, wg, 1e-5, name)
+
+
+def test_pmap_per_device_gradient_is_n_times_its_share():
+    """Under jax.pmap (gradient taken per device, sentjax.parallel.global_grads' pmap backend) JAX
+    transposes the loss's psum into a psum, so each device's gradient is N times its share of the
+    global gradient -- as for the dense loss -- and the pmean of parameter gradients is exact
+    (issue 11: the psum sat inside the custom VJP, shares came out 1x, and the pmean gave 1/N)."""
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 (fake) devices")
+    big_b, k = 40, 2  # local batch 5, tile 2: three tiles, the last one padded
+    a, p, n = make_batch(17, big_b, 8, k)
+    kw = dict(temperature=T, symmetric=True, hard_negative_weight=0.5, tile_size=2, axis_name="data")
+
+    def device_step(a, p, n):
+        (loss, m), g = jax.value_and_grad(lambda *x: tiled_infonce_loss(*x, **kw), (0, 1, 2), has_aux=True)(a, p, n)
+        return loss, m["accuracy"], jax.tree.map(lambda x: jax.lax.all_gather(x, "data", tiled=True), g)
+
+    split = lambda x: x.reshape((8, -1) + x.shape[1:])  # noqa: E731
+    loss, acc, grads = jax.pmap(device_step, axis_name="data")(split(a), split(p), split(n))
+    want_loss, want_acc, want_grads = torch_reference(a, p, n, temperature=T, symmetric=True, weight=0.5)
+    assert float(loss[0]) == pytest.approx(want_loss, rel=1e-5)
+    assert float(acc[0]) == pytest.approx(want_acc, abs=1e-6)
+    for name, g, wg in zip(("anchors", "positives", "negatives"), grads, want_grads):
+        assert_close(g[0] / 8, wg, 1e-5, name)
+
+
 def test_global_batch_under_jit_on_explicit_mesh():
     # the train step's pattern: global arrays sharded over an Explicit-axes mesh, no axis_name
     if jax.device_count() < 8:
@@ -328,13 +396,13 @@ def test_encoder_parameter_gradients_match_dense_eight_devices():
 # selection and bad input
 
 
-def test_make_infonce_selects_implementation():
+def test_column_loss_selects_implementation():
     a, p, _ = make_batch(2, 20, 8, 0)
-    tiled = make_infonce("tiled", tile_size=8)
-    assert float(tiled(a, p, temperature=T)[0]) == pytest.approx(
+    tiled = column_loss(impl="tiled", tile_size=8, temperature=T)
+    assert float(tiled({}, {"anchor": a, "positive": p})[0]) == pytest.approx(
         numpy_loss(a, p, None, temperature=T, symmetric=False, weight=0.0), rel=1e-5)
     with pytest.raises(ValueError, match="dense' or 'tiled"):
-        make_infonce("blocked")
+        column_loss(impl="blocked")
 
 
 @pytest.mark.parametrize("args,kw,match", [

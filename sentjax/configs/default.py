@@ -5,6 +5,7 @@ from __future__ import annotations
 import ml_collections
 
 from sentjax.eval.evaluators import eval_config
+from sentjax.losses import registry
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -31,12 +32,8 @@ def get_config() -> ml_collections.ConfigDict:
         # the multilingual extra); word embeddings are transferred (sentjax.models.vocab_transfer)
         "vocab_from": "",
     })
-    c.objective = ml_collections.ConfigDict({
-        "name": "infonce", "temperature": 0.05, "symmetric": False, "hard_negative_weight": 0.0,
-        "use_hard_negatives": True, "num_labels": 3, "scale": 20.0, "teacher": "",
-        "impl": "dense", "tile_size": 1024,   # infonce kernel: dense B x B logits or memory-tiled
-        "concat": ("u", "v", "|u-v|"),         # softmax objective: features fed to the classifier
-    })
+    # the objective's own fields (sentjax.losses.<name>.Config); --config.objective.name=X resets them
+    c.objective = ml_collections.ConfigDict(registry.defaults("infonce"))
     # method: "shard_map" (explicit all-gather of candidates), "pmap", or "jit" (global-batch loss,
     # XLA picks the collectives); gradcache_chunk > 0: GradCache with that many rows per chunk/device.
     c.gradient = ml_collections.ConfigDict({"method": "shard_map", "gradcache_chunk": 0})

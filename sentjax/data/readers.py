@@ -11,8 +11,14 @@ Formats (see ``sentjax/data/bundled/README.md`` for sources and licences):
 * SentEval STS12-16 (``read_senteval_sts``): ``STS.input.<subset>.txt`` + ``STS.gs.<subset>.txt``.
 * SentEval STS-Benchmark TSV (``read_stsbenchmark_senteval``): ``genre source year id score s1 s2``.
 * SICK (``read_sick``): TSV with header; relatedness 1-5 and an entailment label.
+* Headed TSV (``read_headed_tsv``; ``read_sts_tsv`` for ``sentence1 sentence2 score``).
+* Any of the STS formats above, dispatched on the file's content: ``read_sts`` (the one STS entry point).
 * e-SNLI line files (``read_snli_esnli``) and NLI TSV with header (``read_nli_tsv``).
 * Plain sentence lists (``read_lines``), line-aligned bitext (``read_parallel``, ``read_tatoeba``).
+
+Every path argument may be spelled ``bundled/<dataset>/<file>`` (``sentjax.data.bundled.resolve``).
+This module knows file formats only: datasets for training (``Source``, dataset specs) live in
+``sentjax.data.sources``.
 """
 from __future__ import annotations
 
@@ -27,16 +33,21 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from sentjax.data import bundled
+
 __all__ = [
     "DataFormatError", "STSPairs", "SentEvalSTS", "NLIPairs", "Parallel", "Triplets", "NLI_LABELS",
     "read_text", "read_sts_csv", "read_senteval_sts", "read_stsbenchmark_senteval", "read_sick",
     "read_snli_esnli", "read_nli_tsv", "read_lines", "read_parallel", "read_tatoeba", "nli_triplets",
-    "tatoeba_languages", "SENTEVAL_YEARS", "resolve_sts_data", "bundled_sts_names",
+    "tatoeba_languages", "SENTEVAL_YEARS", "resolve_sts_data", "bundled_sts_names", "read_sts",
+    "read_sts_tsv", "read_headed_tsv", "STS_FORMATS",
 ]
 
 NLI_LABELS: dict[str, int] = {"entailment": 0, "neutral": 1, "contradiction": 2}
 SENTEVAL_YEARS: tuple[str, ...] = ("STS12", "STS13", "STS14", "STS15", "STS16")
 STSB_LANGS: tuple[str, ...] = ("de", "en", "es", "fr", "it", "ja", "nl", "pl", "pt", "ru", "zh")
+#: ``resolve_sts_data`` formats (``tsv``: a headed ``sentence1 sentence2 score`` TSV).
+STS_FORMATS: tuple[str, ...] = ("stsb", "senteval", "stsbenchmark", "sick", "tsv")
 
 
 class DataFormatError(ValueError):
@@ -48,13 +59,17 @@ class DataFormatError(ValueError):
 
 @dataclasses.dataclass
 class STSPairs:
-    """Scored sentence pairs. ``scores``: float64 ``[n]``; ``labels`` (SICK only): entailment labels."""
+    """Scored sentence pairs. ``scores``: float64 ``[n]`` as in the file, on the scale
+    ``score_range`` (STS-B 0..5, SICK relatedness 1..5); ``labels`` (SICK only): entailment labels;
+    ``format``: the :data:`STS_FORMATS` entry the file was read as."""
 
     sentences1: list[str]
     sentences2: list[str]
     scores: np.ndarray
     name: str = ""
     labels: list[str] | None = None
+    score_range: tuple[float, float] = (0.0, 5.0)
+    format: str = ""
 
     def __len__(self) -> int:
         return len(self.sentences1)
@@ -122,12 +137,11 @@ class Triplets:
 
 
 def _bundled(rel: str) -> str:
-    from sentjax.data import bundled
     return bundled.path(rel)
 
 
 def _existing(path: str | os.PathLike, what: str) -> str:
-    path = os.fspath(path)
+    path = bundled.resolve(path)
     if os.path.isfile(path):
         return path
     if os.path.isfile(path + ".gz"):
@@ -247,7 +261,7 @@ def read_sts_csv(path: str | os.PathLike, score_range: tuple[float, float] = (0.
     except csv.Error as e:
         raise DataFormatError(f"{path}, line {reader.line_num}: malformed CSV ({e}); check the quoting "
                               "of that row.") from None
-    return STSPairs(s1, s2, np.asarray(sc, np.float64), name=os.path.basename(path))
+    return STSPairs(s1, s2, np.asarray(sc, np.float64), name=os.path.basename(path), format="stsb")
 
 
 def _is_number(s: str) -> bool:
@@ -277,7 +291,7 @@ def read_stsbenchmark_senteval(path: str | os.PathLike) -> STSPairs:
         sc.append(_score(cols[4], path, ln, 0.0, 5.0, "score (column 5)"))
         s1.append(_need_text(cols[5], path, ln, "sentence1"))
         s2.append(_need_text(cols[6], path, ln, "sentence2"))
-    return STSPairs(s1, s2, np.asarray(sc, np.float64), name=os.path.basename(path))
+    return STSPairs(s1, s2, np.asarray(sc, np.float64), name=os.path.basename(path), format="stsbenchmark")
 
 
 def read_sick(path: str | os.PathLike) -> STSPairs:
@@ -303,7 +317,8 @@ def read_sick(path: str | os.PathLike) -> STSPairs:
         lab.append(_label(cols[idx[3]], path, ln))
     if not s1:
         raise DataFormatError(f"{path}: header only, no rows.")
-    return STSPairs(s1, s2, np.asarray(sc, np.float64), name=os.path.basename(path), labels=lab)
+    return STSPairs(s1, s2, np.asarray(sc, np.float64), name=os.path.basename(path), labels=lab,
+                    score_range=(1.0, 5.0), format="sick")
 
 
 def read_senteval_sts(dir_or_year: str | os.PathLike) -> SentEvalSTS:
@@ -312,7 +327,7 @@ def read_senteval_sts(dir_or_year: str | os.PathLike) -> SentEvalSTS:
     ``dir_or_year`` is a folder or a bundled year (``"STS12"`` ... ``"STS16"``). Pairs whose gold
     line is blank are unscored and skipped (as SentEval does); ``STS.gs.ALL.txt`` is ignored.
     """
-    arg = os.fspath(dir_or_year)
+    arg = bundled.resolve(dir_or_year)
     if arg.upper() in SENTEVAL_YEARS and not os.path.isdir(arg):
         folder, year = _bundled(f"sts12_16_senteval/{arg.upper()}-en-test"), arg.upper()
     else:
@@ -375,10 +390,10 @@ def resolve_sts_data(name_or_path: str, fmt: str = "auto") -> tuple[str, str]:
     (a SentEval STS12-16 folder / year), ``stsbenchmark``, ``sick``; ``"auto"`` guesses from the
     name and, for files, from the first line.
     """
-    formats = ("auto", "stsb", "senteval", "stsbenchmark", "sick")
+    formats = ("auto",) + STS_FORMATS
     if fmt not in formats:
         raise ValueError(f"Unknown STS format {fmt!r}; use one of {formats}.")
-    key = name_or_path.strip()
+    key = bundled.resolve(os.fspath(name_or_path).strip())
     if not os.path.exists(key) and not os.path.exists(key + ".gz"):
         m = re.fullmatch(r"stsb-([a-z]{2})-(train|dev)", key)
         if m and m.group(1) in STSB_LANGS:
@@ -404,7 +419,63 @@ def resolve_sts_data(name_or_path: str, fmt: str = "auto") -> tuple[str, str]:
         return key, "sick"
     if len(cols) >= 7 and _is_number(cols[4]):
         return key, "stsbenchmark"
+    if len(cols) > 1:  # tab-separated and neither SICK nor SentEval: a headed TSV
+        return key, "tsv"
     return key, "stsb"
+
+
+def read_sts(name_or_path: str | os.PathLike, fmt: str = "auto") -> STSPairs:
+    """Scored pairs from any STS file format, a bundled short name (``"stsb-en-dev"``) or a
+    ``bundled/...`` path: :func:`resolve_sts_data` picks the format, then ``stsb`` ->
+    :func:`read_sts_csv`, ``stsbenchmark`` -> :func:`read_stsbenchmark_senteval`, ``sick`` ->
+    :func:`read_sick`, ``tsv`` -> :func:`read_sts_tsv`. Scores stay on the file's scale
+    (``STSPairs.score_range``). A SentEval STS12-16 year holds several subsets: read it with
+    :func:`read_senteval_sts`."""
+    path, fmt = resolve_sts_data(os.fspath(name_or_path), fmt)
+    if fmt == "senteval":
+        raise DataFormatError(f"{os.fspath(name_or_path)}: STS format 'senteval' is an evaluation set (SentEval "
+                              "years, several subsets), not one list of pairs; read it with read_senteval_sts, "
+                              "or use an STS-B / SICK file.")
+    return {"stsb": read_sts_csv, "stsbenchmark": read_stsbenchmark_senteval, "sick": read_sick,
+            "tsv": read_sts_tsv}[fmt](path)
+
+
+# ----------------------------------------------------------------------------- headed TSV
+
+
+def read_headed_tsv(path: str | os.PathLike, columns: Sequence[str], what: str = "TSV") -> list[list[str]]:
+    """The named ``columns`` (in that order) of a TSV whose first row is a header; blank rows
+    skipped, every row must have the header's number of columns (sentences cannot hold tabs)."""
+    text = read_text(path, what)
+    path = os.fspath(path)
+    lines = [ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")]
+    header = lines[0].split("\t")
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise DataFormatError(f"{path}, line 1: missing column(s) {missing}; its header is {header}, expected a "
+                              f"tab-separated header with {list(columns)} ({what}).")
+    idx = [header.index(c) for c in columns]
+    cols: list[list[str]] = [[] for _ in idx]
+    for ln, line in enumerate(lines[1:], 2):
+        if not line.strip():
+            continue
+        row = line.split("\t")
+        if len(row) != len(header):
+            raise DataFormatError(f"{path}, line {ln}: {len(row)} tab-separated columns, the header has "
+                                  f"{len(header)}; sentences must not contain tabs.")
+        for c, i in zip(cols, idx):
+            c.append(row[i])
+    return cols
+
+
+def read_sts_tsv(path: str | os.PathLike) -> STSPairs:
+    """A headed TSV with columns ``sentence1 sentence2 score`` (scores 0..5, any other columns ignored)."""
+    s1, s2, sc = read_headed_tsv(path, ("sentence1", "sentence2", "score"), "STS TSV")
+    try:
+        scores = np.asarray([float(x) for x in sc], np.float64)
+    except ValueError as e:
+        raise DataFormatError(f"{os.fspath(path)}: a score is not a number ({e}); scores are 0..5.") from None
+    return STSPairs(s1, s2, scores, name=os.path.basename(os.fspath(path)), format="tsv")
 
 
 # ----------------------------------------------------------------------------- NLI
@@ -415,7 +486,7 @@ def read_snli_esnli(dir: str | os.PathLike | None = None, split: str = "dev") ->
 
     ``dir`` defaults to the bundled SNLI dev/test copy.
     """
-    folder = os.fspath(dir) if dir is not None else _bundled("snli_esnli")
+    folder = bundled.resolve(dir) if dir is not None else _bundled("snli_esnli")
     files = [_existing(os.path.join(folder, f"{p}.{split}"), f"SNLI {p}.{split}") for p in ("s1", "s2", "labels")]
     cols = [_lines(read_text(f, "SNLI")) for f in files]
     if not len(cols[0]) == len(cols[1]) == len(cols[2]):
@@ -508,14 +579,14 @@ def read_parallel(src_path: str | os.PathLike, tgt_path: str | os.PathLike) -> P
 
 def tatoeba_languages(root: str | os.PathLike | None = None) -> list[str]:
     """ISO 639-3 codes available in a LASER Tatoeba v1 folder (bundled by default)."""
-    folder = os.fspath(root) if root is not None else _bundled("tatoeba_laser_v1")
+    folder = bundled.resolve(root) if root is not None else _bundled("tatoeba_laser_v1")
     langs = {m.group(1) for f in os.listdir(folder) if (m := re.fullmatch(r"tatoeba\.([a-z]{3})-eng\.\1(\.gz)?", f))}
     return sorted(langs)
 
 
 def read_tatoeba(lang: str, root: str | os.PathLike | None = None) -> Parallel:
     """LASER Tatoeba v1 test pairs for ``lang`` (ISO 639-3, e.g. ``"deu"``): ``src`` = lang, ``tgt`` = English."""
-    folder = os.fspath(root) if root is not None else _bundled("tatoeba_laser_v1")
+    folder = bundled.resolve(root) if root is not None else _bundled("tatoeba_laser_v1")
     lang = lang.strip().lower()
     src = os.path.join(folder, f"tatoeba.{lang}-eng.{lang}")
     if not (os.path.isfile(src) or os.path.isfile(src + ".gz")):

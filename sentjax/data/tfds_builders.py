@@ -20,7 +20,9 @@ files pass ``config=LocalFiles(name=..., splits={"train": path, ...})``::
   b.download_and_prepare(file_format="array_record")
   ds = tfds.data_source("sentjax_sts/mine", split="train", data_dir=DIR)   # ds[i] -> dict
 
-Training reads them with ``--config.data.datasets=tfds:<name>[:split][@data_dir]``. The TFDS
+Training reads them with ``--config.data.datasets=tfds:<name>[:split][@data_dir]`` (the ``tfds``
+spec of ``sentjax.data.sources``, which calls :func:`read_tfds`; this module imports only
+``readers``, so the data package has no import cycle). The TFDS
 catalogue names ``glue/stsb``, ``snli`` and ``multi_nli`` (online users) work the same way:
 their fields are mapped to ours by ``CATALOGUE`` (``label`` -> ``score`` for STS-B; SNLI/MNLI
 labels 0/1/2 are entailment/neutral/contradiction as ours, -1 = no gold label is dropped).
@@ -34,10 +36,10 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-from sentjax.data import bundled, readers
+from sentjax.data import readers
 
 __all__ = ["LocalFiles", "SentjaxSts", "SentjaxNli", "SentjaxTriplets", "SentjaxSentences",
-           "SentjaxParallel", "CATALOGUE", "record_to_example", "load_tfds", "build"]
+           "SentjaxParallel", "CATALOGUE", "record_to_example", "read_tfds", "build"]
 
 NLI_NAMES = ["entailment", "neutral", "contradiction"]  # ids 0, 1, 2 as readers.NLI_LABELS
 
@@ -51,10 +53,6 @@ class LocalFiles(tfds.core.BuilderConfig):
     sentence1 of the same row in two languages)."""
     splits: dict[str, str] = dataclasses.field(default_factory=dict)
     version: Any = "1.0.0"
-
-
-def _path(spec: str) -> str:
-    return bundled.path(spec[len("bundled/"):]) if spec.startswith("bundled/") else spec
 
 
 class _LocalBuilder(tfds.core.GeneratorBasedBuilder):
@@ -94,10 +92,7 @@ class SentjaxSts(_LocalBuilder):
     ]
 
     def _rows(self, spec):
-        path, fmt = readers.resolve_sts_data(_path(spec))
-        read = {"stsb": readers.read_sts_csv, "stsbenchmark": readers.read_stsbenchmark_senteval,
-                "sick": readers.read_sick}[fmt]
-        p = read(path)
+        p = readers.read_sts(spec)
         for a, b, s in zip(p.sentences1, p.sentences2, p.scores):
             yield {"sentence1": a, "sentence2": b, "score": np.float32(s)}
 
@@ -117,7 +112,7 @@ class SentjaxNli(_LocalBuilder):
         if spec.startswith("esnli:"):
             p = readers.read_snli_esnli(None, spec.split(":", 1)[1])
         else:
-            p = readers.read_nli_tsv(_path(spec))
+            p = readers.read_nli_tsv(spec)
         for a, b, y in zip(p.premises, p.hypotheses, p.labels):
             yield {"premise": a, "hypothesis": b, "label": y}
 
@@ -130,7 +125,7 @@ class SentjaxTriplets(_LocalBuilder):
     BUILDER_CONFIGS = [LocalFiles(name="nli_cad", splits={"train": "bundled/nli_cad/all_combined/train.tsv"})]
 
     def _rows(self, spec):
-        t = readers.nli_triplets(readers.read_nli_tsv(_path(spec)))
+        t = readers.nli_triplets(readers.read_nli_tsv(spec))
         for a, p, n in zip(t.anchors, t.positives, t.negatives):
             yield {"anchor": a, "positive": p, "negative": n}
 
@@ -142,7 +137,7 @@ class SentjaxSentences(_LocalBuilder):
     BUILDER_CONFIGS = [LocalFiles(name="commonvoice_jf99", splits={"train": "bundled/commonvoice_en/jf99.txt"})]
 
     def _rows(self, spec):
-        for s in readers.read_lines(_path(spec)):
+        for s in readers.read_lines(spec):
             yield {"text": s}
 
 
@@ -168,7 +163,7 @@ class SentjaxParallel(_LocalBuilder):
             pairs = zip(a.sentences1 + a.sentences2, b.sentences1 + b.sentences2)
         else:
             src, tgt = spec.split("|", 1)
-            p = readers.read_parallel(_path(src), _path(tgt))
+            p = readers.read_parallel(src, tgt)
             pairs = zip(p.src, p.tgt)
         for s, t in pairs:
             yield {"src": s, "tgt": t}
@@ -228,11 +223,11 @@ def record_to_example(name: str, record: dict) -> dict | None:
     return _catalogue_entry(name)[1](record)
 
 
-def load_tfds(spec: str):
-    """A pipeline ``Source`` from ``NAME[:SPLIT][@DATA_DIR]`` (default split ``train``) via
-    ``tfds.data_source`` (array_record, no TensorFlow). Local builders must be prepared in
-    ``DATA_DIR`` (``build``); catalogue names are downloaded and prepared in array_record."""
-    from sentjax.data.pipeline import DataError, Source
+def read_tfds(spec: str) -> tuple[str, str, dict[str, Any]]:
+    """``(name, kind, columns)`` of a training source (``sentjax.data.sources.Source``) from
+    ``NAME[:SPLIT][@DATA_DIR]`` (default split ``train``) via ``tfds.data_source`` (array_record, no
+    TensorFlow). Local builders must be prepared in ``DATA_DIR`` (``build``); catalogue names are
+    downloaded and prepared in array_record. Raises ``readers.DataFormatError``."""
     spec, _, data_dir = spec.partition("@")
     name, _, split = spec.partition(":")
     split = split or "train"
@@ -244,17 +239,17 @@ def load_tfds(spec: str):
     except Exception as e:  # noqa: BLE001 - TFDS raises many types; the message is what matters
         hint = (f"build it first: sentjax.data.tfds_builders.build({name!r}, data_dir)" if local else
                 "this needs network access the first time (and the dataset's own prepare dependencies)")
-        raise DataError(f"Cannot open TFDS dataset {name!r} split {split!r}"
+        raise readers.DataFormatError(f"Cannot open TFDS dataset {name!r} split {split!r}"
                         f"{' in ' + data_dir if data_dir else ''}: {type(e).__name__}: {e}. {hint}.") from e
     rows = [m for m in (mapper(ds[i]) for i in range(len(ds))) if m is not None]
     if not rows:
-        raise DataError(f"TFDS dataset {name}:{split} has no usable rows.")
+        raise readers.DataFormatError(f"TFDS dataset {name}:{split} has no usable rows.")
     cols: dict[str, Any] = {k: [r[k] for r in rows] for k in rows[0]}
     if "score" in cols:
         cols["score"] = np.asarray(cols["score"], np.float32)
     if "label" in cols:
         cols["label"] = np.asarray(cols["label"], np.int32)
-    return Source(f"tfds:{name}:{split}", kind, cols)
+    return f"tfds:{name}:{split}", kind, cols
 
 
 BUILDERS = {b.name: b for b in (SentjaxSts, SentjaxNli, SentjaxTriplets, SentjaxSentences, SentjaxParallel)}

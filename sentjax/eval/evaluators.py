@@ -24,8 +24,6 @@ Adding an evaluator: a frozen dataclass subclass of :class:`Evaluator` with
 from __future__ import annotations
 
 import dataclasses
-import functools
-import os
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -60,18 +58,6 @@ class Evaluator:
         raise NotImplementedError
 
 
-def _first(items, limit: int):
-    return items[:limit] if limit > 0 else items
-
-
-@functools.lru_cache(maxsize=16)
-def _sts_pairs(data: str) -> tuple[list[str], list[str], np.ndarray]:
-    """(sentences1, sentences2, scores) of an STS file or bundled name, read once per process."""
-    from sentjax.data.pipeline import load_source
-    src = load_source(f"sts:{data}")
-    return list(src.columns["anchor"]), list(src.columns["positive"]), np.asarray(src.columns["score"], np.float64)
-
-
 @EVALUATORS.register("sts")
 @dataclasses.dataclass(frozen=True)
 class STS(Evaluator):
@@ -87,12 +73,13 @@ class STS(Evaluator):
 
     def __call__(self, encode_fn, head=None) -> dict[str, float]:
         from sentjax.eval.sts import evaluate_sts, evaluate_sts_file
-        data = "stsbenchmark-dev" if self.data == "stsb-dev" else self.data
-        if data.upper() in readers.SENTEVAL_YEARS or os.path.isdir(data):
-            r = evaluate_sts_file(encode_fn, data)  # a SentEval year: correlation of the pooled subsets
+        path, fmt = readers.resolve_sts_data("stsbenchmark-dev" if self.data == "stsb-dev" else self.data)
+        if fmt == "senteval":
+            r = evaluate_sts_file(encode_fn, path, fmt)  # a SentEval year: correlation of the pooled subsets
         else:
-            s1, s2, scores = _sts_pairs(data)  # scores scaled linearly, which neither correlation sees
-            r = evaluate_sts(encode_fn, _first(s1, self.limit), _first(s2, self.limit), _first(scores, self.limit))
+            d = readers.read_sts(path, fmt)
+            n = self.limit or len(d.sentences1)
+            r = evaluate_sts(encode_fn, d.sentences1[:n], d.sentences2[:n], d.scores[:n])
         return {"spearman": float(r["spearman"]), "pearson": float(r["pearson"])}
 
 

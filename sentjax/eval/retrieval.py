@@ -19,6 +19,7 @@ import numpy as np
 
 from sentjax.data import readers
 from sentjax.eval.sts import encode_unique
+from sentjax.ops import l2_normalize
 
 __all__ = ["nearest_neighbours", "bitext_retrieval", "evaluate_tatoeba"]
 
@@ -27,8 +28,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float64)
     if x.ndim != 2:
         raise ValueError(f"Expected embeddings [n, dim], got shape {x.shape}.")
-    n = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(n > 0, n, 1.0)
+    return l2_normalize(x)
 
 
 def nearest_neighbours(queries: np.ndarray, candidates: np.ndarray, block_size: int = 1024) -> np.ndarray:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy import stats
 
+from sentjax import ops
 from sentjax.data import readers
 
 EncodeFn = Callable[[list[str]], np.ndarray]
@@ -56,10 +57,8 @@ def cosine_similarity(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     u, v = np.asarray(u, np.float64), np.asarray(v, np.float64)
     if u.shape != v.shape or u.ndim != 2:
         raise ValueError(f"cosine_similarity needs two [n, dim] arrays of equal shape, got {u.shape} and {v.shape}.")
-    # sqrt(|u|^2 |v|^2) rather than |u| |v|: for u == v it is exactly u.u, so identical pairs score
-    # exactly 1.0 and tie, instead of scattering by an ulp and getting arbitrary Spearman ranks.
-    den = np.sqrt(np.einsum("nd,nd->n", u, u) * np.einsum("nd,nd->n", v, v))
-    return np.einsum("nd,nd->n", u, v) / np.where(den > 0, den, 1.0)
+    # sqrt(|u|^2 |v|^2): identical pairs score exactly 1.0 and tie (see sentjax.ops).
+    return ops.cosine_similarity(u, v)
 
 
 def _check_scores(scores, n: int) -> np.ndarray:
@@ -153,15 +152,14 @@ def evaluate_sts_file(encode_fn: EncodeFn, path: str | os.PathLike, fmt: str = "
     ``"stsbenchmark-dev"``, ``"sick-trial"``, ``"STS12"``...).
 
     ``fmt``: ``auto`` | ``stsb`` (STS-B multi-mt CSV) | ``stsbenchmark`` (SentEval TSV) | ``sick`` |
-    ``senteval`` (STS12-16 folder). Returns ``{"spearman", "pearson", "n"}``; for a SentEval folder the
-    per-year dict of :func:`evaluate_senteval` with top-level ``spearman``/``pearson`` = the pooled ``all``.
+    ``tsv`` (headed ``sentence1 sentence2 score``) | ``senteval`` (STS12-16 folder). Returns
+    ``{"spearman", "pearson", "n"}``; for a SentEval folder the per-year dict of :func:`evaluate_senteval`
+    with top-level ``spearman``/``pearson`` = the pooled ``all``.
     """
     p, f = readers.resolve_sts_data(os.fspath(path), fmt)
     if f == "senteval":
         r = _year_result(encode_fn, readers.read_senteval_sts(p))
         return {**r, "spearman": r["spearman"]["all"], "pearson": r["pearson"]["all"],
                 "aggregation": "all (pooled subsets)", "spearman_mean": r["spearman"]["mean"]}
-    read = {"stsb": readers.read_sts_csv, "stsbenchmark": readers.read_stsbenchmark_senteval,
-            "sick": readers.read_sick}[f]
-    d = read(p)
+    d = readers.read_sts(p, f)
     return evaluate_sts(encode_fn, d.sentences1, d.sentences2, d.scores)

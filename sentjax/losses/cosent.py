@@ -11,14 +11,17 @@ equal values makes it invariant, and its transpose gives each device the gradien
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from sentjax.losses.cosine import pair_cosine, rescale_scores
-from sentjax.losses.infonce import check_embedding_pair
+from sentjax.losses.checks import check_embedding_pair
+from sentjax.losses.registry import ObjectiveSpec, need
 
-__all__ = ["cosent_loss"]
+__all__ = ["Config", "OBJECTIVE", "column_loss", "cosent_loss"]
 
 
 def cosent_loss(u: jax.Array, v: jax.Array, scores: jax.Array, *, scale: float = 20.0,
@@ -36,3 +39,29 @@ def cosent_loss(u: jax.Array, v: jax.Array, scores: jax.Array, *, scale: float =
     if axis_name is not None:
         loss = lax.pmean(loss, axis_name)
     return loss, {}
+
+
+# ============================================================================ the objective
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Hyperparameters of the ``cosent`` objective (``config.objective``)."""
+    scale: float = 20.0  # multiplies the cosines before the pairwise log-sum-exp (Su 2022: 20)
+
+
+def column_loss(*, scale: float = 20.0):
+    """``loss_fn(params, embeddings, axis_name)``: columns ``anchor`` / ``positive`` ``[b, d]`` and
+    ``score`` ``[b]``."""
+    def loss_fn(params, embeddings, axis_name=None):
+        return cosent_loss(need(embeddings, "anchor", "cosent"), need(embeddings, "positive", "cosent"),
+                           need(embeddings, "score", "cosent"), scale=scale, axis_name=axis_name)
+    return loss_fn
+
+
+OBJECTIVE = ObjectiveSpec(
+    config=Config,
+    loss=lambda hp: column_loss(scale=hp.scale),
+    columns=lambda hp: ("anchor", "positive"),
+    in_batch_negatives=True,  # every pair of examples of the (global) batch is ranked
+)

@@ -10,21 +10,22 @@ No in-batch interaction: with ``axis_name`` the loss is the ``pmean`` of per-dev
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sentjax.losses.infonce import check_embedding_pair
+from sentjax.losses.checks import check_embedding_pair
+from sentjax.losses.registry import ObjectiveSpec, need
+from sentjax.ops import cosine_similarity
 
-__all__ = ["cosine_loss", "pair_cosine", "rescale_scores"]
+__all__ = ["Config", "OBJECTIVE", "column_loss", "cosine_loss", "pair_cosine", "rescale_scores"]
 
 
 def pair_cosine(u: jax.Array, v: jax.Array) -> jax.Array:
     """Row-wise cosine similarity ``[b, d], [b, d] -> [b]`` in float32 (norms clamped at 1e-12)."""
-    u, v = u.astype(jnp.float32), v.astype(jnp.float32)
-    nu = jnp.maximum(jnp.linalg.norm(u, axis=-1), 1e-12)
-    nv = jnp.maximum(jnp.linalg.norm(v, axis=-1), 1e-12)
-    return jnp.sum(u * v, axis=-1) / (nu * nv)
+    return cosine_similarity(jnp.asarray(u), jnp.asarray(v))
 
 
 def rescale_scores(scores: jax.Array, n: int, score_range: tuple[float, float] | None) -> jax.Array:
@@ -51,3 +52,29 @@ def cosine_loss(u: jax.Array, v: jax.Array, scores: jax.Array, *,
     if axis_name is not None:
         loss = lax.pmean(loss, axis_name)
     return loss, {}
+
+
+# ============================================================================ the objective
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Hyperparameters of the ``cosine`` objective (``config.objective``)."""
+    score_range: tuple[float, float] = (0.0, 1.0)  # gold scores' range; the pipeline already scales them to [0, 1]
+
+
+def column_loss(*, score_range: tuple[float, float] | None = (0.0, 5.0)):
+    """``loss_fn(params, embeddings, axis_name)``: columns ``anchor`` / ``positive`` ``[b, d]`` and
+    ``score`` ``[b]``."""
+    def loss_fn(params, embeddings, axis_name=None):
+        return cosine_loss(need(embeddings, "anchor", "cosine"), need(embeddings, "positive", "cosine"),
+                           need(embeddings, "score", "cosine"), score_range=score_range, axis_name=axis_name)
+    return loss_fn
+
+
+OBJECTIVE = ObjectiveSpec(
+    config=Config,
+    loss=lambda hp: column_loss(score_range=tuple(hp.score_range)),
+    columns=lambda hp: ("anchor", "positive"),
+    in_batch_negatives=False,
+)

@@ -11,13 +11,16 @@ the loss is the ``pmean`` of per-device means.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sentjax.losses.infonce import check_embedding_pair
+from sentjax.losses.checks import check_embedding_pair
+from sentjax.losses.registry import ObjectiveSpec, need
 
-__all__ = ["distill_loss"]
+__all__ = ["Config", "OBJECTIVE", "column_loss", "distill_loss"]
 
 
 def distill_loss(student_src: jax.Array, student_tgt: jax.Array | None, teacher_src: jax.Array, *,
@@ -33,3 +36,30 @@ def distill_loss(student_src: jax.Array, student_tgt: jax.Array | None, teacher_
     if axis_name is not None:
         loss = lax.pmean(loss, axis_name)
     return loss, {}
+
+
+# ============================================================================ the objective
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Hyperparameters of the ``distill`` objective (``config.objective``)."""
+    teacher: str = ""  # frozen teacher: a model folder, hub id or "minilm"; "" = model.init_from
+
+
+def column_loss():
+    """``loss_fn(params, embeddings, axis_name)``: columns ``anchor`` (source) ``[b, d]``, optional
+    ``positive`` (its translation) ``[b, d]`` and ``teacher`` ``[b, d]`` (the teacher's source embedding)."""
+    def loss_fn(params, embeddings, axis_name=None):
+        return distill_loss(need(embeddings, "anchor", "distill"), embeddings.get("positive"),
+                            need(embeddings, "teacher", "distill"), axis_name=axis_name)
+    return loss_fn
+
+
+OBJECTIVE = ObjectiveSpec(
+    config=Config,
+    loss=lambda hp: column_loss(),
+    columns=lambda hp: ("anchor", "positive"),
+    in_batch_negatives=False,
+    needs_teacher=True,
+)

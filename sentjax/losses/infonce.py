@@ -37,57 +37,17 @@ Numerics: similarities and the log-sum-exp are computed in float32 whatever the 
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["infonce_loss", "check_embedding_pair", "check_temperature"]
+from sentjax.losses.checks import check_embedding_pair, check_negatives, check_temperature
+from sentjax.losses.registry import ObjectiveSpec, need
+from sentjax.ops import l2_normalize
 
-
-def _normalize(x: jax.Array) -> jax.Array:
-    """Row-wise x / max(||x||, 1e-12) in float32 (torch.nn.functional.normalize)."""
-    x = x.astype(jnp.float32)
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def check_embedding_pair(u: jax.Array, v: jax.Array, names: tuple[str, str] = ("anchors", "positives")
-                         ) -> None:
-    """Raises a clear error unless ``u`` and ``v`` are floating ``[batch, dim]`` arrays of one shape."""
-    for name, x in zip(names, (u, v)):
-        if getattr(x, "ndim", None) != 2:
-            raise ValueError(f"{name} must be a [batch, dim] array, got shape {getattr(x, 'shape', None)}; "
-                             "pass one embedding per row.")
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            raise TypeError(f"{name} must be floating point (float32 or bfloat16), got {x.dtype}.")
-    if u.shape != v.shape:
-        raise ValueError(f"{names[0]} {u.shape} and {names[1]} {v.shape} must have the same [batch, dim] "
-                         f"shape (row i of {names[1]} belongs to row i of {names[0]}); check that both "
-                         "columns come from the same batch.")
-    if u.shape[0] == 0:
-        raise ValueError(f"the batch is empty: {names[0]} has 0 rows.")
-
-
-def check_negatives(negatives: jax.Array | None, b: int, d: int) -> None:
-    """Raises a clear error unless ``negatives`` is None or a floating ``[b, k, d]`` array."""
-    if negatives is None:
-        return
-    if getattr(negatives, "ndim", None) != 3 or negatives.shape[0] != b or negatives.shape[2] != d:
-        raise ValueError(f"negatives must be [batch, k, dim] = [{b}, k, {d}], got "
-                         f"{getattr(negatives, 'shape', None)}; for one hard negative per anchor use "
-                         "negatives[:, None, :], and keep the k negatives of an anchor together.")
-    if not jnp.issubdtype(negatives.dtype, jnp.floating):
-        raise TypeError(f"negatives must be floating point, got {negatives.dtype}.")
-
-
-def check_temperature(temperature) -> None:
-    """Raises unless a concrete temperature is > 0 (a traced, learnable one is not checked)."""
-    try:
-        t = float(temperature)
-    except (TypeError, jax.errors.ConcretizationTypeError):
-        return
-    if not t > 0:
-        raise ValueError(f"temperature must be > 0 (logits are divided by it), got {temperature}; "
-                         "typical values are 0.01-0.1 (default 0.05).")
+__all__ = ["Config", "OBJECTIVE", "IMPLS", "column_loss", "infonce_loss", "check_embedding_pair", "check_temperature"]
 
 
 def infonce_loss(anchors: jax.Array, positives: jax.Array, negatives: jax.Array | None = None, *,
@@ -118,14 +78,14 @@ def infonce_loss(anchors: jax.Array, positives: jax.Array, negatives: jax.Array 
         return x if axis_name is None else lax.all_gather(x, axis_name, tiled=True)
 
     offset = 0 if axis_name is None else lax.axis_index(axis_name) * b
-    a, p = _normalize(anchors), _normalize(positives)
+    a, p = l2_normalize(jnp.asarray(anchors)), l2_normalize(jnp.asarray(positives))
     inv_t = 1.0 / jnp.asarray(temperature, jnp.float32)
     rows = jnp.arange(b)
     labels = offset + rows  # global index of each local anchor's positive
     logits = (a @ gather(p).T) * inv_t  # [b, B]
     if negatives is not None and negatives.shape[1] > 0:
         k = negatives.shape[1]
-        n_all = gather(_normalize(negatives).reshape(b * k, d))  # [B*k, d], anchor-major
+        n_all = gather(l2_normalize(jnp.asarray(negatives)).reshape(b * k, d))  # [B*k, d], anchor-major
         neg = (a @ n_all.T) * inv_t  # [b, B*k]
         own = (jnp.arange(n_all.shape[0])[None, :] // k) == labels[:, None]
         logits = jnp.concatenate([logits, neg + hard_negative_weight * own], axis=1)
@@ -139,3 +99,67 @@ def infonce_loss(anchors: jax.Array, positives: jax.Array, negatives: jax.Array 
     if axis_name is not None:
         loss, accuracy = lax.pmean((loss, accuracy), axis_name)
     return loss, {"accuracy": accuracy}
+
+
+# ============================================================================ the objective
+
+IMPLS = ("dense", "tiled")  # the dense [b, B] logits, or the memory-tiled kernel (tiled_infonce.py)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Hyperparameters of the ``infonce`` objective (``config.objective``)."""
+    temperature: float = 0.05          # T: cosine similarities are divided by it (SimCSE: 0.05)
+    symmetric: bool = False            # also rank the anchors for each positive, averaged (MNSRL)
+    hard_negative_weight: float = 0.0  # w added to the logits of an anchor's own hard negatives (log alpha)
+    use_hard_negatives: bool = True    # embed the batch's "negative" column when the data has one
+    impl: str = "dense"                # "dense" [b, B] logits, or "tiled": never builds them (tiled_infonce.py)
+    tile_size: int = 1024              # rows per tile of impl="tiled"
+
+    def __post_init__(self):
+        if self.impl not in IMPLS:
+            raise ValueError(f"objective.impl={self.impl!r}: use one of {IMPLS}.")
+        check_temperature(self.temperature)
+        if self.tile_size <= 0:
+            raise ValueError(f"objective.tile_size must be positive, got {self.tile_size}.")
+
+
+def column_loss(*, temperature: float = 0.05, symmetric: bool = False, hard_negative_weight: float = 0.0,
+                impl: str = "dense", tile_size: int = 1024):
+    """``loss_fn(params, embeddings, axis_name)`` over the columns ``anchor`` / ``positive`` ``[b, d]``
+    and optionally ``negative`` ``[b * k, d]`` (anchor-major: anchor i's k negatives are rows
+    ``i*k .. i*k+k-1``; reshaped to ``[b, k, d]`` here)."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl={impl!r}: use 'dense' or 'tiled'.")
+    if impl == "tiled":
+        from sentjax.losses.tiled_infonce import tiled_infonce_loss
+
+        def kernel(a, p, n, axis_name):
+            return tiled_infonce_loss(a, p, n, temperature=temperature, symmetric=symmetric,
+                                      hard_negative_weight=hard_negative_weight, tile_size=tile_size,
+                                      axis_name=axis_name)
+    else:
+        def kernel(a, p, n, axis_name):
+            return infonce_loss(a, p, n, temperature=temperature, symmetric=symmetric,
+                                hard_negative_weight=hard_negative_weight, axis_name=axis_name)
+
+    def loss_fn(params, embeddings, axis_name=None):
+        a = need(embeddings, "anchor", "infonce")
+        n = embeddings.get("negative")
+        if n is not None:
+            if n.shape[0] % a.shape[0]:
+                raise ValueError(f"the negative column has {n.shape[0]} rows, not a multiple of the "
+                                 f"{a.shape[0]} anchors; give k negatives per anchor, anchor-major.")
+            n = n.reshape(a.shape[0], n.shape[0] // a.shape[0], a.shape[1])
+        return kernel(a, need(embeddings, "positive", "infonce"), n, axis_name)
+    return loss_fn
+
+
+OBJECTIVE = ObjectiveSpec(
+    config=Config,
+    loss=lambda hp: column_loss(temperature=hp.temperature, symmetric=hp.symmetric,
+                                hard_negative_weight=hp.hard_negative_weight, impl=hp.impl,
+                                tile_size=hp.tile_size),
+    columns=lambda hp: ("anchor", "positive") + (("negative",) if hp.use_hard_negatives else ()),
+    in_batch_negatives=True,
+)

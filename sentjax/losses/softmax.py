@@ -13,15 +13,18 @@ of the per-device means (the global mean; per-device batches are equal).
 """
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sentjax.losses.infonce import check_embedding_pair
+from sentjax.losses.checks import check_embedding_pair
+from sentjax.losses.registry import ObjectiveSpec, need
 
-__all__ = ["init_softmax_head", "softmax_loss", "softmax_features", "CONCATS", "DEFAULT_CONCAT"]
+__all__ = ["Config", "OBJECTIVE", "column_loss", "init_softmax_head", "softmax_loss", "softmax_features", "CONCATS", "DEFAULT_CONCAT"]
 
 DEFAULT_CONCAT = ("u", "v", "|u-v|")
 CONCATS = (("u", "v"), ("|u-v|",), ("u", "v", "|u-v|"), ("u", "v", "|u-v|", "u*v"))
@@ -86,3 +89,39 @@ def softmax_loss(head_params: dict[str, jax.Array], u: jax.Array, v: jax.Array, 
     if axis_name is not None:
         loss, accuracy = lax.pmean((loss, accuracy), axis_name)
     return loss, {"accuracy": accuracy}
+
+
+# ============================================================================ the objective
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Hyperparameters of the ``softmax`` objective (``config.objective``)."""
+    num_labels: int = 3                               # classes of the pair labels (NLI: 3)
+    concat: tuple[str, ...] = DEFAULT_CONCAT          # features fed to the classifier, from CONCAT parts
+
+    def __post_init__(self):
+        _check_concat(self.concat)
+        if self.num_labels < 2:
+            raise ValueError(f"objective.num_labels must be at least 2, got {self.num_labels}.")
+
+
+def column_loss(*, concat: Sequence[str] = DEFAULT_CONCAT):
+    """``loss_fn(params, embeddings, axis_name)``: columns ``anchor`` / ``positive`` ``[b, d]`` and
+    ``label`` ``[b]``; the classifier is ``params["head"]`` (:func:`init_softmax_head`)."""
+    def loss_fn(params, embeddings, axis_name=None):
+        head = params["head"] if isinstance(params, dict) and "head" in params else None
+        if head is None:
+            raise KeyError("the softmax loss needs params['head'] from init_softmax_head(...).")
+        return softmax_loss(head, need(embeddings, "anchor", "softmax"), need(embeddings, "positive", "softmax"),
+                            need(embeddings, "label", "softmax"), concat=concat, axis_name=axis_name)
+    return loss_fn
+
+
+OBJECTIVE = ObjectiveSpec(
+    config=Config,
+    loss=lambda hp: column_loss(concat=hp.concat),
+    columns=lambda hp: ("anchor", "positive"),
+    in_batch_negatives=False,
+    init_head=lambda hp, rng, dim: init_softmax_head(rng, dim, hp.num_labels, hp.concat),
+)

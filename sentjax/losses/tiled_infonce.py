@@ -17,10 +17,11 @@ the symmetric term), as in Milakov & Gimelshein (2018) / FlashAttention; a ``jax
 saves only the normalised embeddings and the per-row / per-column log-sum-exps and recomputes each
 tile in the backward pass (Inf-CL, Cheng et al. 2024):
 
-    dlogits[i, j] = g * (c_f * exp(logits[i, j] - lse_i) + c_b * exp(S[i, j] - lse'_j) - (c_f + c_b) [j = i])
+    dlogits[i, j] = g_i c_f exp(logits[i, j] - lse_i) + g_j c_b exp(S[i, j] - lse'_j) - g_i (c_f + c_b) [j = i]
     da_i = sum_j dlogits[i, j] c_j / T,   dc_j = sum_i dlogits[i, j] a_i / T
 
-with ``c_f = 1/B`` (``1/(2B)`` symmetric) and ``c_b = 0`` (``1/(2B)`` symmetric). Memory per
+with ``c_f = 1/B`` (``1/(2B)`` symmetric) and ``c_b = 0`` (``1/(2B)`` symmetric), and ``g_i`` the
+cotangent received by the device that holds row i (``g_j``: that holds positive j). Memory per
 device is O(B_local * (1 + k) * d + tile^2); FLOPs are 4 x 2 B^2 (1 + k) d (one similarity matmul
 forward, recompute + two gradient matmuls backward).
 
@@ -31,23 +32,35 @@ Each device's candidate block (its positives and hard negatives) travels around 
 log-sum-exp or gradient. No device ever holds more than one remote candidate block, and none holds
 more than a [tile, tile] block of logits. The loss is the global mean, identical on every device.
 
-Selecting the implementation (for the training config's ``loss.impl = dense | tiled``)::
+The custom VJP covers only each device's share of that mean (its anchor rows and, symmetric, its
+positive columns); the global mean is their ordinary ``lax.psum``, applied outside the custom VJP.
+JAX's own transpose of that psum then sets the cotangent each device's backward receives: 1 with
+the gradient taken outside ``jax.shard_map`` (or with GradCache inside it, whose per-device
+gradients are psum-ed), N under ``jax.pmap`` (gradient inside, then pmean-ed) -- the same factors
+as for the dense loss's pmean, so every backend of :mod:`sentjax.parallel.global_grads` is exact.
+(With the psum inside the custom VJP the backward always saw 1, and pmap's pmean divided the
+gradient by N.) The backward weights each block's column terms by its owner's cotangent, which
+travels around the ring with the block.
 
-    loss_fn = make_infonce("tiled", tile_size=2048)   # or make_infonce("dense")
-    loss, metrics = loss_fn(anchors, positives, negatives, temperature=0.05, axis_name="data")
+It is the kernel of the ``infonce`` objective's ``impl="tiled"`` (``--config.objective.impl=tiled
+--config.objective.tile_size=2048``; :func:`sentjax.losses.infonce.column_loss`)::
+
+    loss, metrics = tiled_infonce_loss(anchors, positives, negatives, temperature=0.05,
+                                       tile_size=2048, axis_name="data")
 """
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sentjax.losses.infonce import check_embedding_pair, check_negatives
+from sentjax.losses.checks import check_embedding_pair, check_negatives
+from sentjax.ops import l2_normalize
 
-__all__ = ["tiled_infonce_loss", "make_infonce", "DEFAULT_TILE_SIZE"]
+__all__ = ["tiled_infonce_loss", "DEFAULT_TILE_SIZE"]
 
 DEFAULT_TILE_SIZE = 1024
 _NEG_INF = -jnp.inf
@@ -68,10 +81,8 @@ class _Config(NamedTuple):
 
 
 def _l2_normalize(x: jax.Array) -> jax.Array:
-    """x / max(||x||, 1e-12) row-wise (torch.nn.functional.normalize), in float32, cast back to x's dtype."""
-    x32 = x.astype(jnp.float32)
-    norm = jnp.sqrt(jnp.sum(jnp.square(x32), axis=-1, keepdims=True))
-    return (x32 / jnp.maximum(norm, 1e-12)).astype(x.dtype)
+    """Row-wise unit vectors computed in float32, cast back to ``x``'s dtype (the tiles' matmul dtype)."""
+    return l2_normalize(jnp.asarray(x)).astype(x.dtype)
 
 
 def _explicit_batch_axis(*xs: jax.Array | None):
@@ -189,7 +200,10 @@ def _tile_logits(q, q_id, kblk, k_id, k_neg, k_valid, cfg: _Config):
 
 
 def _forward_stats(a: jax.Array, p: jax.Array, n: jax.Array, cfg: _Config):
-    """Returns (loss, n_correct, lse_row [b], lse_col [b]) of the local shard; loss is global."""
+    """(local loss share, local n_correct, lse_row [b], lse_col [b]) of this device's shard.
+
+    The local share holds this device's anchor rows (and, symmetric, its positive columns) of the
+    global mean, so the psum of the shares over the axis is the global loss."""
     b, t = a.shape[0], cfg.tile
     n_dev, rank = _ring(cfg)
     big_b = b * n_dev
@@ -267,8 +281,8 @@ def _forward_stats(a: jax.Array, p: jax.Array, n: jax.Array, cfg: _Config):
         local = local + c_b * jnp.sum(lse_col)
     else:
         lse_col = jnp.zeros((0,), jnp.float32)
-    if cfg.axis_name is not None:
-        local, correct = lax.psum((local, correct), cfg.axis_name)
+    # This device's share of the global loss and its correct count: the caller psums them
+    # OUTSIDE the custom VJP (see tiled_infonce_loss), so JAX transposes that reduction itself.
     return local, correct, lse_row, lse_col
 
 
@@ -277,6 +291,11 @@ def _forward_stats(a: jax.Array, p: jax.Array, n: jax.Array, cfg: _Config):
 
 
 def _backward(a, p, n, lse_row, lse_col, g, cfg: _Config):
+    """Cotangents of this device's (a, p, n) given ``g``, THIS device's cotangent of its loss share.
+
+    Row terms (anchor i) are weighted by the cotangent of the anchor's device (local ``g``), column
+    terms (positive j, symmetric) by that of the column's device, which travels with its block.
+    """
     b, t = a.shape[0], cfg.tile
     n_dev, rank = _ring(cfg)
     big_b = b * n_dev
@@ -298,7 +317,7 @@ def _backward(a, p, n, lse_row, lse_col, g, cfg: _Config):
     cdt = lay.cands.dtype
 
     def ring_step(step, carry):
-        d_q, cands, c_lse, d_c = carry
+        d_q, cands, c_lse, c_g, d_c = carry
         src = (rank - step) % n_dev
         c_id_all = lay.c_owner + src * b
 
@@ -318,7 +337,7 @@ def _backward(a, p, n, lse_row, lse_col, g, cfg: _Config):
                 dlog = jnp.where(live, jnp.exp(logits - q_lse[:, None]), 0.0) * (g * c_f)
                 if sym:
                     col_live = live & ~k_neg[None, :]
-                    dlog = dlog + jnp.where(col_live, jnp.exp(raw - sl(c_lse)[None, :]), 0.0) * (g * c_b)
+                    dlog = dlog + jnp.where(col_live, jnp.exp(raw - sl(c_lse)[None, :]), 0.0) * (c_g * c_b)
                 ds = (dlog * cfg.inv_temperature).astype(cdt)
                 dq_acc = dq_acc + jnp.dot(ds, kblk, preferred_element_type=jnp.float32)
                 dk = lax.dot_general(ds, q, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
@@ -330,11 +349,12 @@ def _backward(a, p, n, lse_row, lse_col, g, cfg: _Config):
             return lax.dynamic_update_slice_in_dim(d_q, dq_acc, qi * t, 0), d_c
 
         d_q, d_c = lax.fori_loop(0, nq, q_body, (d_q, d_c))
-        cands, c_lse, d_c = _rotate((cands, c_lse, d_c), cfg, n_dev)
-        return d_q, cands, c_lse, d_c
+        cands, c_lse, c_g, d_c = _rotate((cands, c_lse, c_g, d_c), cfg, n_dev)
+        return d_q, cands, c_lse, c_g, d_c
 
-    d_q, _, _, d_c = lax.fori_loop(0, n_dev, ring_step, (d_q, lay.cands, lse_col_all, d_c))
-    # the label logit cos(a_i, p_i)/T enters with weight -(c_f + c_b)
+    # the block owner's cotangent rides with the block (only the symmetric column term uses it)
+    d_q, _, _, _, d_c = lax.fori_loop(0, n_dev, ring_step, (d_q, lay.cands, lse_col_all, g, d_c))
+    # the label logit cos(a_i, p_i)/T enters with weight -(c_f + c_b); row i and column i are local
     lab_coef = g * (c_f + c_b) * cfg.inv_temperature
     a32, p32 = a.astype(jnp.float32), p.astype(jnp.float32)
     d_a = d_q[:b] - lab_coef * p32
@@ -345,7 +365,13 @@ def _backward(a, p, n, lse_row, lse_col, g, cfg: _Config):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _tiled_core(a: jax.Array, p: jax.Array, n: jax.Array, cfg: _Config):
-    """(loss, n_correct) of L2-normalised a [b, d], p [b, d], n [b*k, d] (local shards)."""
+    """(this device's loss share, its n_correct) of L2-normalised a [b, d], p [b, d], n [b*k, d].
+
+    Deliberately NOT reduced over ``cfg.axis_name``: the global psum is applied outside, by
+    ordinary differentiable ``lax.psum``, so the cotangent this VJP receives is whatever JAX's
+    transpose of that psum gives under the caller's backend (1 under shard_map / jit, N under
+    pmap, where the gradient is taken per device and then pmean-ed), exactly as for the dense loss.
+    """
     loss, correct, _, _ = _forward_stats(a, p, n, cfg)
     return loss, correct
 
@@ -430,23 +456,8 @@ def tiled_infonce_loss(anchors: jax.Array, positives: jax.Array, negatives: jax.
     cfg = _Config(1.0 / temperature, float(hard_negative_weight), bool(symmetric), axis_name,
                   int(tile_size), k)
     loss, correct = _tiled_core(a, p, n, cfg)
-    n_dev = 1 if axis_name is None else lax.axis_size(axis_name)
+    n_dev = 1
+    if axis_name is not None:  # outside the custom VJP: JAX transposes it per backend (see _tiled_core)
+        loss, correct = lax.psum((loss, correct), axis_name)
+        n_dev = lax.axis_size(axis_name)
     return loss, {"accuracy": correct / (b * n_dev)}
-
-
-def make_infonce(impl: str = "dense", tile_size: int = DEFAULT_TILE_SIZE) -> Callable[..., tuple]:
-    """The InfoNCE function selected by the training config's ``loss.impl`` ("dense" or "tiled").
-
-    Both returned callables take ``(anchors, positives, negatives=None, *, temperature, symmetric,
-    hard_negative_weight, axis_name)`` and return ``(loss, {"accuracy": ...})``.
-    """
-    if impl == "tiled":
-        return functools.partial(tiled_infonce_loss, tile_size=tile_size)
-    if impl == "dense":
-        try:
-            from sentjax.losses.infonce import infonce_loss
-        except ImportError as e:
-            raise ImportError("loss.impl='dense' needs sentjax.losses.infonce.infonce_loss, which is not "
-                              "importable here; use loss.impl='tiled'.") from e
-        return infonce_loss
-    raise ValueError(f"unknown InfoNCE implementation {impl!r}: use loss.impl = 'dense' or 'tiled'.")

@@ -1,8 +1,15 @@
-"""Pure-functional Flax (linen) BERT-family encoder: BERT, MiniLM, RoBERTa, XLM-R.
+"""The BERT family: BERT, MiniLM, RoBERTa, XLM-R, CamemBERT (HF model_type bert / roberta /
+xlm-roberta / camembert). Config from config.json, the pure-functional Flax (linen) encoder, and
+the Hugging Face tensor-name map; registered in ``sentjax.models.registry``.
 
-Parameters live in an explicit pytree (``params = BertEncoder(cfg).init(...)["params"]``)
-whose names mirror Hugging Face's ``BertModel`` so that the checkpoint name map in
-``sentjax.models.hf_weights`` is mechanical.
+The architectures differ only in a handful of config fields (position-id offset, vocabulary,
+token-type vocabulary), so one config dataclass and one Flax module serve all of them.
+Parameters live in an explicit pytree (``params = BertEncoder(cfg).init(...)["params"]``) whose
+names mirror Hugging Face's ``BertModel``, so the name map is mechanical:
+  embeddings.word_embeddings.weight           <-> embeddings/word_embeddings/embedding
+  embeddings.LayerNorm.{weight,bias}          <-> embeddings/LayerNorm/{scale,bias}
+  encoder.layer.N.attention.self.query.weight <-> layer_N/attention/self/query/kernel  (transposed)
+  pooler.dense.{weight,bias}                  <-> pooler/dense/{kernel,bias}
 
 Inputs (all ``[batch, length]`` int32):
   input_ids       token ids
@@ -17,14 +24,129 @@ BERT's tanh pooler output ``[batch, hidden]``.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any
+import os
+import re
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sentjax.models.config import EncoderConfig
+from sentjax.errors import ConfigError
+from sentjax.models.hf_weights import NameMap, strip_base_prefix
+from sentjax.models.registry import EncoderFamily, read_config_json, register_encoder
+
+MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
+_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
+_ARCHITECTURES = {"bert": "BertModel", "roberta": "RobertaModel", "xlm-roberta": "XLMRobertaModel",
+                  "camembert": "CamembertModel"}
+
+# ============================================================================ config
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+    """Hyper-parameters of a BERT-family encoder.
+
+    Field names follow Hugging Face's ``BertConfig`` so that a config.json maps 1:1.
+    """
+
+    vocab_size: int = 30522  # rows of the word-embedding matrix
+    hidden_size: int = 384  # model width H
+    num_hidden_layers: int = 6  # transformer blocks
+    num_attention_heads: int = 12  # heads per block; must divide hidden_size
+    intermediate_size: int = 1536  # feed-forward width
+    hidden_act: str = "gelu"  # "gelu" is the exact erf GELU, "gelu_new" the tanh one
+    hidden_dropout_prob: float = 0.1  # dropout on embeddings and residual branches
+    attention_probs_dropout_prob: float = 0.1  # dropout on attention probabilities
+    max_position_embeddings: int = 512  # rows of the position-embedding matrix
+    type_vocab_size: int = 2  # token-type (segment) vocabulary; 1 for RoBERTa
+    layer_norm_eps: float = 1e-12  # LayerNorm epsilon (1e-5 for RoBERTa/XLM-R)
+    pad_token_id: int = 0  # id of [PAD] / <pad>
+    model_type: str = "bert"  # one of MODEL_TYPES
+    initializer_range: float = 0.02  # std of the truncated-normal init for training from scratch
+    add_pooling_layer: bool = True  # whether the checkpoint has BERT's tanh pooler
+
+    def __post_init__(self) -> None:
+        if self.model_type not in MODEL_TYPES:
+            raise ConfigError(
+                f"model_type {self.model_type!r} is not supported; sentjax encodes "
+                f"{', '.join(MODEL_TYPES)}.")
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
+                f"{self.num_attention_heads}; fix config.json.")
+        if self.hidden_act not in _ACTIVATIONS:
+            raise ConfigError(
+                f"hidden_act {self.hidden_act!r} is not supported; use one of {_ACTIVATIONS}.")
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "max_position_embeddings", "type_vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+
+    @property
+    def uses_padding_offset_positions(self) -> bool:
+        """RoBERTa-style models number positions from pad_token_id + 1."""
+        return self.model_type != "bert"
+
+    @property
+    def position_offset(self) -> int:
+        """Position id of a sentence's first token."""
+        return self.pad_token_id + 1 if self.uses_padding_offset_positions else 0
+
+    @property
+    def max_tokens(self) -> int:
+        """Longest sequence the position table allows (RoBERTa loses pad_token_id + 1 rows)."""
+        return self.max_position_embeddings - self.position_offset
+
+    @classmethod
+    def from_hf_dict(cls, raw: dict[str, Any], source: str = "config") -> "EncoderConfig":
+        """Builds a config from a Hugging Face config dict, ignoring keys we do not use."""
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: expected a JSON object, got {type(raw).__name__}.")
+        model_type = raw.get("model_type", "bert")
+        if model_type not in MODEL_TYPES:
+            raise ConfigError(
+                f"{source}: model_type {model_type!r} is not supported; sentjax encodes "
+                f"{', '.join(MODEL_TYPES)}.")
+        required = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                    "intermediate_size")
+        missing = [k for k in required if k not in raw]
+        if missing:
+            raise ConfigError(
+                f"{source}: missing required key(s) {missing}; a BERT-family config.json needs "
+                f"{list(required)}.")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in raw.items() if k in fields}
+        kwargs["model_type"] = model_type
+        if "layer_norm_eps" not in raw and model_type != "bert":
+            kwargs["layer_norm_eps"] = 1e-5
+        if "pad_token_id" not in raw and model_type != "bert":
+            kwargs["pad_token_id"] = 1
+        try:
+            return cls(**kwargs)
+        except (ConfigError, TypeError) as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> "EncoderConfig":
+        """Reads ``config.json``; a missing or malformed file raises an error naming it."""
+        return cls.from_hf_dict(read_config_json(path), source=os.fspath(path))
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """The config.json written by ``save``: loadable by transformers."""
+        d = dataclasses.asdict(self)
+        d["architectures"] = [_ARCHITECTURES[self.model_type]]
+        d.pop("add_pooling_layer")
+        d["position_embedding_type"] = "absolute"
+        return d
+
+
+# ============================================================================ Flax module
+
 
 Dtype = Any
 
@@ -199,3 +321,59 @@ class BertEncoder(nn.Module):
         if cfg.add_pooling_layer:
             out["pooler_output"] = BertPooler(cfg, self.dtype, name="pooler")(x)
         return out
+
+
+# ============================================================================ HF name map
+
+# Prefixes that task-specific HF classes put in front of the base model's names.
+_BASE_PREFIXES = ("bert.", "roberta.", "model.", "xlm_roberta.", "camembert.", "encoder_model.")
+# Task heads and buffers that belong to the checkpoint but not to an encoder.
+_HEAD_PREFIXES = ("cls.", "lm_head.", "classifier.", "qa_outputs.", "pre_classifier.")
+_BUFFERS = r"embeddings\.position_ids|embeddings\.token_type_ids"
+
+
+def param_to_hf(path: tuple[str, ...]) -> tuple[str, bool]:
+    """Flax encoder param path -> (HF tensor name, whether the tensor is transposed)."""
+    parts: list[str] = []
+    for p in path[:-1]:
+        m = re.fullmatch(r"layer_(\d+)", p)
+        parts += ["encoder", "layer", m.group(1)] if m else [p]
+    leaf = path[-1]
+    if leaf == "kernel":
+        return ".".join(parts + ["weight"]), True
+    if leaf in ("embedding", "scale"):
+        return ".".join(parts + ["weight"]), False
+    return ".".join(parts + [leaf]), False
+
+
+def hf_to_param(name: str) -> tuple[tuple[str, ...], bool]:
+    """HF tensor name (base-model prefix stripped) -> (Flax param path, whether transposed).
+
+    Also reads the TF-era LayerNorm names ``gamma`` / ``beta``."""
+    *mods, leaf = name.split(".")
+    if len(mods) >= 3 and mods[:2] == ["encoder", "layer"] and mods[2].isdigit():
+        mods = [f"layer_{mods[2]}"] + mods[3:]
+    leaf = {"gamma": "weight", "beta": "bias"}.get(leaf, leaf) if mods[-1:] == ["LayerNorm"] else leaf
+    if leaf != "weight":
+        return (*mods, leaf), False
+    if mods[-1:] == ["LayerNorm"]:
+        return (*mods, "scale"), False
+    if mods and mods[-1].endswith("_embeddings"):
+        return (*mods, "embedding"), False
+    return (*mods, "kernel"), True
+
+
+NAME_MAP = NameMap(to_hf=param_to_hf, from_hf=hf_to_param, base_prefixes=_BASE_PREFIXES,
+                   head_prefixes=_HEAD_PREFIXES, ignored=_BUFFERS)
+
+
+def config_for_weights(config: EncoderConfig, tensors: Mapping[str, Any]) -> EncoderConfig:
+    """The config with ``add_pooling_layer`` set by whether the checkpoint has BERT's pooler."""
+    has_pooler = any(n.startswith("pooler.") for n in strip_base_prefix(tensors, NAME_MAP))
+    return dataclasses.replace(config, add_pooling_layer=has_pooler)
+
+
+FAMILY = register_encoder(EncoderFamily(
+    name="bert", model_types=MODEL_TYPES, config_cls=EncoderConfig, module=BertEncoder,
+    name_map=NAME_MAP, word_embeddings=("embeddings", "word_embeddings", "embedding"),
+    config_for_weights=config_for_weights))

@@ -1,53 +1,58 @@
-"""Hugging Face checkpoint <-> sentjax parameter pytree, through an explicit name map.
+"""Hugging Face checkpoint <-> sentjax parameter pytree, through a family's explicit name map.
 
-HF names (``BertModel`` without a ``bert.``/``roberta.`` prefix) map to Flax paths:
-  embeddings.word_embeddings.weight          -> embeddings/word_embeddings/embedding
-  embeddings.LayerNorm.{weight,bias}         -> embeddings/LayerNorm/{scale,bias}
-  encoder.layer.N.attention.self.query.weight-> layer_N/attention/self/query/kernel  (transposed)
-  pooler.dense.{weight,bias}                 -> pooler/dense/{kernel,bias}
-Linear weights are stored ``[out, in]`` in PyTorch and ``[in, out]`` in Flax.
+Each encoder family (``sentjax.models.registry``) gives a ``NameMap``: its Flax parameter path
+<-> HF tensor name in both directions, the prefixes that task-specific HF classes put in front of
+the base model's names (``bert.``), the task heads and buffers a checkpoint holds that are not
+encoder parameters. Linear weights are stored ``[out, in]`` in PyTorch and ``[in, out]`` in Flax,
+so the map also says which tensors are transposed. This module is the family-independent part:
+reading the weights file, matching tensors to the parameters the model expects, and naming every
+missing, unexpected or mis-shaped tensor when they do not match.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
 
 log = logging.getLogger(__name__)
 
-# Prefixes that task-specific HF classes put in front of the base model's names.
-_BASE_PREFIXES = ("bert.", "roberta.", "model.", "xlm_roberta.", "camembert.", "encoder_model.")
-# Buffers and heads that belong to the checkpoint but not to an encoder.
-_IGNORED = re.compile(r"^(embeddings\.position_ids|embeddings\.token_type_ids)$")
-_HEAD_PREFIXES = ("cls.", "lm_head.", "classifier.", "qa_outputs.", "pre_classifier.")
+Path = tuple[str, ...]
 
 
 class CheckpointError(ValueError):
     """A checkpoint that does not match the model built from config.json."""
 
 
-def flax_path_to_hf(path: tuple[str, ...]) -> tuple[str, bool]:
-    """Flax encoder param path -> (HF tensor name, whether the tensor is transposed)."""
-    parts: list[str] = []
-    for p in path[:-1]:
-        m = re.fullmatch(r"layer_(\d+)", p)
-        if m:
-            parts += ["encoder", "layer", m.group(1)]
-        else:
-            parts.append(p)
-    leaf = path[-1]
-    if leaf == "kernel":
-        return ".".join(parts + ["weight"]), True
-    if leaf in ("embedding", "scale"):
-        return ".".join(parts + ["weight"]), False
-    return ".".join(parts + [leaf]), False
+@dataclasses.dataclass(frozen=True)
+class NameMap:
+    """Flax parameter path <-> HF tensor name of one encoder family.
+
+    ``to_hf(path) -> (name, transposed)`` and ``from_hf(name) -> (path, transposed)`` are inverses
+    on the family's parameters; ``from_hf`` maps any name mechanically (a name that is no
+    parameter of the model comes back as a path the model does not have: "unexpected").
+    """
+    to_hf: Callable[[Path], tuple[str, bool]]
+    from_hf: Callable[[str], tuple[Path, bool]]
+    base_prefixes: tuple[str, ...] = ()  # stripped when every encoder tensor has one ("bert.")
+    head_prefixes: tuple[str, ...] = ()  # task heads, skipped on load ("cls.", "classifier.")
+    ignored: str = ""                    # regex of buffers that are not parameters
+
+    def skipped(self, name: str) -> bool:
+        """A head or a buffer: in the checkpoint, not an encoder parameter."""
+        return name.startswith(self.head_prefixes) or bool(self.ignored and re.fullmatch(self.ignored, name))
 
 
-def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+def _default_name_map() -> NameMap:
+    from sentjax.models.registry import get_encoder
+    return get_encoder("bert").name_map
+
+
+def _flatten(tree: Mapping[str, Any], prefix: Path = ()) -> dict[Path, Any]:
     out = {}
     for k, v in tree.items():
         if isinstance(v, Mapping):
@@ -57,7 +62,7 @@ def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tupl
     return out
 
 
-def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
+def _unflatten(flat: Mapping[Path, Any]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     for path, v in flat.items():
         node = tree
@@ -67,10 +72,12 @@ def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
     return tree
 
 
-def strip_base_prefix(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def strip_base_prefix(tensors: Mapping[str, np.ndarray], name_map: NameMap | None = None
+                      ) -> dict[str, np.ndarray]:
     """Removes a ``bert.``-style prefix when every encoder tensor carries it."""
-    names = [n for n in tensors if not n.startswith(_HEAD_PREFIXES)]
-    for prefix in _BASE_PREFIXES:
+    name_map = name_map or _default_name_map()
+    names = [n for n in tensors if not n.startswith(name_map.head_prefixes)]
+    for prefix in name_map.base_prefixes:
         if names and all(n.startswith(prefix) for n in names):
             return {(n[len(prefix):] if n.startswith(prefix) else n): v for n, v in tensors.items()}
     return dict(tensors)
@@ -102,27 +109,30 @@ def read_tensors(folder: str) -> tuple[dict[str, np.ndarray], str]:
         f"No weights in {folder}: expected model.safetensors (or pytorch_model.bin).")
 
 
-def has_pooler(tensors: Mapping[str, np.ndarray]) -> bool:
-    return any(n.startswith("pooler.") for n in strip_base_prefix(tensors))
+def _listed(title: str, names: list[str]) -> str:
+    return (f"{title}:\n  " + "\n  ".join(names[:20])
+            + (f"\n  ... and {len(names) - 20} more" if len(names) > 20 else ""))
 
 
 def hf_to_params(tensors: Mapping[str, np.ndarray], abstract_params: Mapping[str, Any],
-                 source: str = "checkpoint") -> dict[str, Any]:
+                 source: str = "checkpoint", name_map: NameMap | None = None) -> dict[str, Any]:
     """Maps HF tensors onto the encoder pytree whose shapes ``abstract_params`` gives.
 
+    ``name_map``: the family's (``get_encoder(model_type).name_map``); default BERT's.
     Raises CheckpointError naming every missing, unexpected or mis-shaped tensor.
     """
-    tensors = strip_base_prefix(tensors)
-    flat = _flatten(abstract_params)
+    name_map = name_map or _default_name_map()
+    tensors = strip_base_prefix(tensors, name_map)
+    by_path: dict[Path, list[str]] = {}
+    for n in tensors:
+        if not name_map.skipped(n):
+            by_path.setdefault(tuple(name_map.from_hf(n)[0]), []).append(n)
     out, missing, misshaped, used = {}, [], [], set()
-    for path, ref in flat.items():
-        name, transpose = flax_path_to_hf(path)
-        candidates = [name]
-        if name.endswith("LayerNorm.weight"):
-            candidates.append(name[:-len("weight")] + "gamma")
-        if name.endswith("LayerNorm.bias"):
-            candidates.append(name[:-len("bias")] + "beta")
-        found = next((c for c in candidates if c in tensors), None)
+    for path, ref in _flatten(abstract_params).items():
+        name, transpose = name_map.to_hf(path)
+        candidates = by_path.get(path, [])
+        # the canonical name first; then an alias (e.g. TF-era LayerNorm.gamma / .beta)
+        found = name if name in candidates else (candidates[0] if candidates else None)
         if found is None:
             missing.append(name)
             continue
@@ -136,9 +146,8 @@ def hf_to_params(tensors: Mapping[str, np.ndarray], abstract_params: Mapping[str
             misshaped.append(f"{found}: checkpoint {tuple(shown)}, model expects {want}")
             continue
         out[path] = np.asarray(arr, dtype=np.float32)
-    unexpected = sorted(n for n in tensors if n not in used and not _IGNORED.match(n)
-                        and not n.startswith(_HEAD_PREFIXES))
-    heads = sorted(n for n in tensors if n.startswith(_HEAD_PREFIXES))
+    unexpected = sorted(n for n in tensors if n not in used and not name_map.skipped(n))
+    heads = sorted(n for n in tensors if n.startswith(name_map.head_prefixes))
     if heads:
         log.info("%s: ignoring %d task-head tensors (%s, ...)", source, len(heads), heads[0])
     problems = []
@@ -146,11 +155,9 @@ def hf_to_params(tensors: Mapping[str, np.ndarray], abstract_params: Mapping[str
         problems.append("mis-shaped tensors (config.json does not match the weights):\n  "
                         + "\n  ".join(misshaped))
     if missing:
-        problems.append("missing tensors:\n  " + "\n  ".join(missing[:20])
-                        + (f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""))
+        problems.append(_listed("missing tensors", missing))
     if unexpected:
-        problems.append("unexpected tensors:\n  " + "\n  ".join(unexpected[:20])
-                        + (f"\n  ... and {len(unexpected) - 20} more" if len(unexpected) > 20 else ""))
+        problems.append(_listed("unexpected tensors", unexpected))
     if problems:
         raise CheckpointError(
             f"{source} does not match the model described by config.json: "
@@ -159,11 +166,13 @@ def hf_to_params(tensors: Mapping[str, np.ndarray], abstract_params: Mapping[str
     return _unflatten(out)
 
 
-def params_to_hf(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Encoder pytree -> HF ``BertModel`` tensor dict (contiguous float32, ``[out, in]`` linears)."""
+def params_to_hf(params: Mapping[str, Any], name_map: NameMap | None = None) -> dict[str, np.ndarray]:
+    """Encoder pytree -> HF base-model tensor dict (contiguous float32, ``[out, in]`` linears).
+    ``name_map``: the family's; default BERT's."""
+    name_map = name_map or _default_name_map()
     out = {}
     for path, v in _flatten(params).items():
-        name, transpose = flax_path_to_hf(path)
+        name, transpose = name_map.to_hf(path)
         arr = np.asarray(jax.device_get(v), dtype=np.float32)
         out[name] = np.ascontiguousarray(arr.T if transpose else arr)
     return out

@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sentjax.ops import l2_normalize
+
 POOLING_MODES = ("mean", "cls", "cls_mlp", "max")
 
 
@@ -27,12 +29,6 @@ def max_pool(hidden: jax.Array, mask: jax.Array) -> jax.Array:
     """[b, l, h], [b, l] -> [b, h]; padding is excluded (sentence-transformers sets it to -1e9)."""
     h = jnp.where(mask[..., None] > 0, hidden.astype(jnp.float32), -1e9)
     return jnp.max(h, axis=1)
-
-
-def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-    """Row-wise x / max(||x||, eps), as torch.nn.functional.normalize."""
-    norm = jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=-1, keepdims=True))
-    return x / jnp.maximum(norm, eps)
 
 
 def segment_pool(hidden: jax.Array, segment_ids: jax.Array, starts: jax.Array, mode: str) -> jax.Array:

@@ -21,8 +21,10 @@ import dataclasses
 import os
 
 import numpy as np
+from flax import traverse_util
 
-from sentjax.api import SentenceModel
+from sentjax.models.api import SentenceModel
+from sentjax.models.registry import get_encoder
 from sentjax.tokenization import Tokenizer
 
 __all__ = ["transfer_vocabulary", "transferred_embeddings", "SPECIAL_MAP"]
@@ -79,15 +81,12 @@ def transfer_vocabulary(model: SentenceModel, tokenizer_dir: str, max_length: in
     transferred word embeddings; returns ``(student, counts)`` (see ``transferred_embeddings``)."""
     if not os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.json")):
         raise FileNotFoundError(f"{tokenizer_dir} has no tokenizer.json; pass the folder of the new "
-                                "vocabulary's tokenizer (e.g. sentjax.testing.multilingual_tokenizer_dir()).")
+                                "vocabulary's tokenizer (e.g. sentjax.models.bundled.multilingual_tokenizer_dir()).")
     tok = Tokenizer.from_dir(tokenizer_dir, max_length=max_length or model.tokenizer.max_length)
-    emb = np.asarray(model.params["encoder"]["embeddings"]["word_embeddings"]["embedding"], np.float32)
-    new_emb, counts = transferred_embeddings(emb, model.tokenizer, tok)
+    path = get_encoder(model.config.model_type).word_embeddings
+    flat = traverse_util.flatten_dict(model.params["encoder"])
+    new_emb, counts = transferred_embeddings(np.asarray(flat[path], np.float32), model.tokenizer, tok)
     cfg = dataclasses.replace(model.config, vocab_size=int(new_emb.shape[0]), pad_token_id=tok.pad_token_id)
-    enc = dict(model.params["encoder"])
-    emb_tree = dict(enc["embeddings"])
-    emb_tree["word_embeddings"] = {"embedding": new_emb}
-    enc["embeddings"] = emb_tree
-    params = dict(model.params, encoder=enc)
+    params = dict(model.params, encoder=traverse_util.unflatten_dict({**flat, path: new_emb}))
     student = SentenceModel(model.module.clone(config=cfg), params, tok, tokenizer_dir)
     return student, counts

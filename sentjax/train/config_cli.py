@@ -21,10 +21,10 @@ from typing import Any, Mapping, Sequence
 import ml_collections
 
 
-from sentjax.registry import ConfigError
+from sentjax.errors import ConfigError
 
 __all__ = ["ConfigError", "UnknownKeyError", "load_config_file", "valid_keys", "set_key", "apply_overrides",
-           "parse_config_args"]
+           "parse_config_args", "objective_config", "set_objective"]
 
 
 class UnknownKeyError(ConfigError, KeyError):
@@ -102,11 +102,17 @@ def _parse(text: str) -> Any:
 
 def set_key(cfg: ml_collections.ConfigDict, key: str, value: Any, text: str | None = None) -> None:
     """Sets the existing dotted ``key`` to ``value`` (coerced to its type); unknown keys raise
-    ConfigError listing the valid ones. ``text``: the command-line text of ``value``, if any."""
+    ConfigError listing the valid ones. ``text``: the command-line text of ``value``, if any.
+    ``objective.name`` replaces the objective block by that objective's defaults (``set_objective``)."""
     node = cfg
     parts = key.split(".")
     for i, part in enumerate(parts):
         if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            if parts[0] == "objective" and i == 1 and len(parts) == 2 and "name" in node:
+                raise UnknownKeyError(
+                    f"Unknown config key {key!r}: objective {node.name!r} has no field {part!r}; its fields are "
+                    f"{[k for k in node if k != 'name']} (--config.objective.name=<other> switches the objective "
+                    "and resets this block to its defaults).")
             keys = valid_keys(cfg)
             close = difflib.get_close_matches(key, keys, n=1)
             where = f" (the config has no section {'.'.join(parts[:i + 1])!r})" if i < len(parts) - 1 else ""
@@ -117,10 +123,36 @@ def set_key(cfg: ml_collections.ConfigDict, key: str, value: Any, text: str | No
             if isinstance(old, ml_collections.ConfigDict):
                 raise ConfigError(f"{key!r} is a group, not a value; set one of its fields: "
                                   f"{', '.join(valid_keys(old, key + '.'))}.")
+            value = _coerce(value, old, key, text)
+            if key == "objective.name":
+                set_objective(cfg, value)
+                return
             with node.ignore_type():
-                node[part] = _coerce(value, old, key, text)
+                node[part] = value
         else:
             node = node[part]
+
+
+def set_objective(cfg: ml_collections.ConfigDict, name: str) -> None:
+    """``objective.name = name``; another objective's block is replaced by the defaults of ``name``
+    (each objective has its own fields: ``sentjax.losses.<name>.Config``)."""
+    from sentjax.losses import registry
+    if cfg.objective.get("name") != name:
+        cfg.objective = ml_collections.ConfigDict(registry.defaults(name))
+
+
+def objective_config(name: str, **fields: Any) -> ml_collections.ConfigDict:
+    """An objective block for an experiment config: ``name``'s defaults with ``fields`` changed,
+    checked against ``sentjax.losses.<name>.Config`` (a foreign field is an error)."""
+    from sentjax.losses import registry
+    registry.hparams_from(name, fields)
+    return ml_collections.ConfigDict({**registry.defaults(name), **fields})
+
+
+def objective_first(overrides: Sequence[tuple]) -> list[tuple]:
+    """``objective.name`` before the other keys, so ``--config.objective.temperature=...`` given
+    before ``--config.objective.name=infonce`` lands in the new block."""
+    return sorted(overrides, key=lambda kv: kv[0] != "objective.name")
 
 
 def apply_overrides(cfg: ml_collections.ConfigDict,
@@ -129,9 +161,9 @@ def apply_overrides(cfg: ml_collections.ConfigDict,
     (also ``config.k=v``, ``k=v``) or a mapping ``{"k": python value}``."""
     cfg = ml_collections.ConfigDict(cfg.to_dict())
     if isinstance(overrides, Mapping):
-        for key, value in overrides.items():
-            set_key(cfg, key, value)
+        items = [(key, value, None) for key, value in overrides.items()]
     else:
+        items = []
         for item in overrides:
             body = item[2:] if item.startswith("--") else item
             if body.startswith("config."):
@@ -139,7 +171,9 @@ def apply_overrides(cfg: ml_collections.ConfigDict,
             if "=" not in body:
                 raise ConfigError(f"Override {item!r} must look like --config.key=value.")
             key, text = body.split("=", 1)
-            set_key(cfg, key, _parse(text), text)
+            items.append((key, _parse(text), text))
+    for key, value, text in objective_first(items):
+        set_key(cfg, key, value, text)
     cfg.lock()
     return cfg
 

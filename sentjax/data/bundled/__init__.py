@@ -2,6 +2,9 @@
 
 This folder is a data folder; this module only maps ``"<dataset>/<file>"`` to an absolute path
 so that code never depends on the working directory or on where the package is installed.
+:func:`resolve` is THE resolver of the ``bundled/<dataset>/<file>`` spelling that configs and dataset
+specs use: every reader of ``sentjax.data.readers`` calls it on the paths it is given, so nothing
+else in sentjax handles the prefix.
 """
 from __future__ import annotations
 
@@ -9,7 +12,9 @@ import os
 
 ROOT: str = os.path.dirname(os.path.abspath(__file__))
 
-__all__ = ["ROOT", "path", "datasets"]
+__all__ = ["ROOT", "PREFIX", "path", "resolve", "datasets"]
+
+PREFIX = "bundled/"
 
 
 def datasets() -> list[str]:
@@ -42,3 +47,13 @@ def path(rel: str) -> str:
     where = "The bundled root" if where == "." else f"Bundled folder {where!r}"
     raise FileNotFoundError(f"No bundled data file {rel!r}. {where} contains: {shown}. "
                             "See sentjax/data/bundled/README.md for the list of datasets.")
+
+
+def resolve(path_or_spec: str | os.PathLike) -> str:
+    """``"bundled/<dataset>/<file>"`` -> :func:`path` of ``"<dataset>/<file>"``; any other path unchanged.
+
+    Raises:
+        FileNotFoundError: for a ``bundled/`` path that names no bundled file (see :func:`path`).
+    """
+    s = os.fspath(path_or_spec)
+    return path(s[len(PREFIX):]) if s.startswith(PREFIX) else s

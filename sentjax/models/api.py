@@ -17,9 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sentjax.models.config import EncoderConfig
-from sentjax.models.hf_weights import has_pooler, hf_to_params, params_to_hf, read_tensors
-from sentjax.models.sentence_model import SentenceEncoderModule
+from sentjax._version import __version__
+from sentjax.models import registry
+from sentjax.models.hf_weights import hf_to_params, params_to_hf, read_tensors
+from sentjax.models.sentence_model import SentenceEncoderModule, abstract_params, init_params
+from sentjax.ops import l2_normalize
 from sentjax.tokenization import TOKENIZER_FILES, Tokenizer, _check_texts
 
 _ST_TRANSFORMER = "sentence_transformers.models.Transformer"
@@ -52,7 +54,8 @@ class SentenceModel:
         self._forward = jax.jit(lambda p, b: self.module.apply({"params": p}, b, deterministic=True))
 
     @property
-    def config(self) -> EncoderConfig:
+    def config(self) -> Any:
+        """The encoder config (its family's dataclass, e.g. ``EncoderConfig`` for BERT)."""
         return self.module.config
 
     @property
@@ -78,7 +81,7 @@ class SentenceModel:
         run = self._encode_packed if packing else self._encode_padded
         out = run(ids, batch_size, show_progress)
         if normalize and not self.module.normalize:
-            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+            out = l2_normalize(out)
         return out
 
     def _progress(self, it, n_batches: int, show_progress: bool | None):
@@ -111,7 +114,7 @@ class SentenceModel:
         # About batch_size sentences' worth of tokens per call, rounded to a power of two rows.
         per_call = max(1, int(batch_size * lengths.mean()) // row_length)
         per_call = min(1 << (per_call - 1).bit_length(), 1 << (len(rows) - 1).bit_length())
-        offset = self.config.pad_token_id + 1 if self.config.uses_padding_offset_positions else 0
+        offset = self.config.position_offset
         out = np.zeros((len(ids), self.dim), np.float32)
         starts = range(0, len(rows), per_call)
         for s in self._progress(starts, len(starts), show_progress):
@@ -146,7 +149,7 @@ def _resolve(path_or_hub_id: str) -> str:
             f"hub ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Offline? "
             "Download the model elsewhere and pass its local folder instead, e.g. "
             "sentjax.load('/path/to/all-MiniLM-L6-v2'). The all-MiniLM-L6-v2 weights ship in "
-            "the `models` extra: sentjax.testing.minilm_dir().") from None
+            "the `models` extra: sentjax.models.bundled.minilm_dir().") from None
 
 
 def _read_modules(folder: str) -> list[dict]:
@@ -202,9 +205,10 @@ def load(path_or_hub_id: str, *, max_length: int | None = None, pooling: str | N
             dense_dir = mpath
         else:
             raise ModelLoadError(f"{folder}/modules.json: module type {mtype!r} is not supported.")
-    config = EncoderConfig.from_json_file(os.path.join(base, "config.json"))
+    config = registry.read_config(os.path.join(base, "config.json"))
+    family = registry.get_encoder(config.model_type)
     tensors, weights_path = read_tensors(base)
-    config = dataclasses.replace(config, add_pooling_layer=has_pooler(tensors))
+    config = family.config_for_weights(config, tensors)
     mlp = None
     if dense_dir is not None:
         if pool_mode != "cls":
@@ -217,26 +221,21 @@ def load(path_or_hub_id: str, *, max_length: int | None = None, pooling: str | N
     if normalize is not None:
         do_norm = normalize
     module = SentenceEncoderModule(config, pooling=pool_mode, normalize=do_norm, dtype=dtype)
-    abstract = _abstract_params(module, config)
-    params = {"encoder": hf_to_params(tensors, abstract["encoder"], source=weights_path)}
+    abstract = abstract_params(module)
+    params = {"encoder": hf_to_params(tensors, abstract["encoder"], source=weights_path,
+                                      name_map=family.name_map)}
     if "pooler" in abstract:
-        params["pooler"] = mlp if mlp is not None else jax.tree.map(
-            lambda a: np.zeros(a.shape, a.dtype), abstract["pooler"])
         if mlp is None:
             raise ModelLoadError(
                 f"pooling {pool_mode!r} needs MLP weights that {folder} does not have; "
                 "initialise them with sentjax.init_model or choose pooling='cls'.")
+        params["pooler"] = mlp
     tokenizer = Tokenizer.from_dir(base, max_length=max_length)
     # Padding must use the model's pad id: RoBERTa-style position ids are derived from it.
     tokenizer = Tokenizer(tokenizer.backend, min(tokenizer.max_length, config.max_tokens),
                           tokenizer.bucket_multiple, config.pad_token_id)
     params = jax.tree.map(jnp.asarray, params)
     return SentenceModel(module, params, tokenizer, source_dir=base)
-
-
-def _abstract_params(module: SentenceEncoderModule, config: EncoderConfig):
-    dummy = {"input_ids": jnp.zeros((1, 8), jnp.int32), "attention_mask": jnp.ones((1, 8), jnp.int32)}
-    return jax.eval_shape(lambda: module.init(jax.random.key(0), dummy))["params"]
 
 
 def _read_dense(folder: str, dim: int) -> dict:
@@ -250,15 +249,13 @@ def _read_dense(folder: str, dim: int) -> dict:
     return {"mlp": {"kernel": np.ascontiguousarray(t["linear.weight"].T), "bias": t["linear.bias"]}}
 
 
-def init_model(config: EncoderConfig, tokenizer: Tokenizer, rng: jax.Array, *, pooling: str = "mean",
+def init_model(config: Any, tokenizer: Tokenizer, rng: jax.Array, *, pooling: str = "mean",
                normalize: bool = False, mlp_at_inference: bool = True,
                dtype: Any = jnp.float32) -> SentenceModel:
-    """A randomly initialised model (training from scratch)."""
+    """A randomly initialised model (training from scratch); ``config``: any registered family's."""
     module = SentenceEncoderModule(config, pooling=pooling, normalize=normalize,
                                    mlp_at_inference=mlp_at_inference, dtype=dtype)
-    dummy = {"input_ids": jnp.zeros((1, 8), jnp.int32), "attention_mask": jnp.ones((1, 8), jnp.int32)}
-    params = module.init(rng, dummy)["params"]
-    return SentenceModel(module, params, tokenizer)
+    return SentenceModel(module, init_params(module, rng), tokenizer)
 
 
 # ----------------------------------------------------------------------------- save
@@ -276,14 +273,14 @@ def save(model: SentenceModel, path: str | os.PathLike, params: Any = None) -> s
     cfg, module = model.config, model.module
     with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
         json.dump(cfg.to_hf_dict(), f, indent=2)
-    save_file(params_to_hf(params["encoder"]), os.path.join(path, "model.safetensors"),
+    name_map = registry.get_encoder(cfg.model_type).name_map
+    save_file(params_to_hf(params["encoder"], name_map), os.path.join(path, "model.safetensors"),
               metadata={"format": "pt"})
     _save_tokenizer(model, path)
     with open(os.path.join(path, "sentence_bert_config.json"), "w", encoding="utf-8") as f:
         json.dump({"max_seq_length": model.tokenizer.max_length, "do_lower_case": False}, f, indent=2)
     with open(os.path.join(path, "config_sentence_transformers.json"), "w", encoding="utf-8") as f:
-        import sentjax
-        json.dump({"__version__": {"sentjax": sentjax.__version__}, "prompts": {},
+        json.dump({"__version__": {"sentjax": __version__}, "prompts": {},
                    "default_prompt_name": None, "similarity_fn_name": "cosine"}, f, indent=2)
     mods = [{"idx": 0, "name": "0", "path": "", "type": _ST_TRANSFORMER}]
     pool_dir = os.path.join(path, "1_Pooling")
