@@ -191,6 +191,7 @@ class Checkpointer:
                         out = self._restore_verified(s, abstract)
                 except _Damaged as e:
                     ok, why = False, str(e)
+                    _probe_noise.damaged_seen = True
                 if not _agree(ok):
                     why = why or "unusable on another process"
                     raise _Damaged(why)
@@ -329,18 +330,44 @@ def _quiet_orbax():
         logger.setLevel(level)
 
 
+class _probe_noise:
+    """Probing a damaged checkpoint leaves Orbax / TensorStore reads in flight after restore() has
+    given up on it: when they finish they print "Event loop is closed" tracebacks (through
+    sys.excepthook or sys.unraisablehook, from TensorStore's threads) and Orbax's read coroutines
+    raise while being garbage collected (sys.unraisablehook). restore() has already reported the
+    damage in one line; these carry no information and are dropped."""
+    damaged_seen = False
+
+    @staticmethod
+    def closed_loop(value) -> bool:
+        return isinstance(value, RuntimeError) and "Event loop is closed" in str(value)
+
+    @classmethod
+    def unraisable(cls, u) -> bool:
+        if cls.closed_loop(u.exc_value):
+            return True
+        tb = u.exc_value.__traceback__ if u.exc_value is not None else None
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        return cls.damaged_seen and tb is not None and f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename
+
+
 def _drop_closed_loop_errors(hook):
-    # When Orbax gives up on a damaged checkpoint it closes its asyncio loop while TensorStore still
-    # has reads in flight; their completion callbacks then print "Event loop is closed" tracebacks
-    # (through sys.excepthook, later, from TensorStore's threads). They carry no information.
     def filtered(kind, value, tb):
-        if isinstance(value, RuntimeError) and "Event loop is closed" in str(value):
-            return
-        hook(kind, value, tb)
+        if not _probe_noise.closed_loop(value):
+            hook(kind, value, tb)
+    return filtered
+
+
+def _drop_probe_unraisable(hook):
+    def filtered(unraisable):
+        if not _probe_noise.unraisable(unraisable):
+            hook(unraisable)
     return filtered
 
 
 sys.excepthook = _drop_closed_loop_errors(sys.excepthook)
+sys.unraisablehook = _drop_probe_unraisable(sys.unraisablehook)
 
 
 def _agree(ok: bool) -> bool:
