@@ -332,10 +332,11 @@ def _quiet_orbax():
 
 class _probe_noise:
     """Probing a damaged checkpoint leaves Orbax / TensorStore reads in flight after restore() has
-    given up on it: when they finish they print "Event loop is closed" tracebacks (through
-    sys.excepthook or sys.unraisablehook, from TensorStore's threads) and Orbax's read coroutines
-    raise while being garbage collected (sys.unraisablehook). restore() has already reported the
-    damage in one line; these carry no information and are dropped."""
+    given up on it. When they finish they print "Event loop is closed" tracebacks (through
+    sys.excepthook or sys.unraisablehook, from TensorStore's threads), and Orbax's failed reads are
+    reported again when their coroutines are collected (sys.unraisablehook) or as futures whose
+    exception "was never retrieved" (the asyncio logger). restore() has already reported the damage
+    in one line; these carry no information and are dropped."""
     damaged_seen = False
 
     @staticmethod
@@ -343,13 +344,26 @@ class _probe_noise:
         return isinstance(value, RuntimeError) and "Event loop is closed" in str(value)
 
     @classmethod
-    def unraisable(cls, u) -> bool:
-        if cls.closed_loop(u.exc_value):
-            return True
-        tb = u.exc_value.__traceback__ if u.exc_value is not None else None
+    def from_orbax(cls, value) -> bool:
+        """An error raised in Orbax code after a damaged checkpoint was seen."""
+        tb = getattr(value, "__traceback__", None)
         while tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
         return cls.damaged_seen and tb is not None and f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename
+
+    @classmethod
+    def unraisable(cls, u) -> bool:
+        return cls.closed_loop(u.exc_value) or cls.from_orbax(u.exc_value)
+
+
+class _QuietProbeFutures(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not ("never retrieved" in record.getMessage()
+                    and (_probe_noise.closed_loop(exc) or _probe_noise.from_orbax(exc)))
+
+
+logging.getLogger("asyncio").addFilter(_QuietProbeFutures())
 
 
 def _drop_closed_loop_errors(hook):
