@@ -219,7 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "batch_size", 1) < 1:
         print(f"error: --batch-size must be >= 1, got {args.batch_size}.", file=sys.stderr)
         return 2
+    from sentjax import compile_cache
     from sentjax.data.readers import DataFormatError
+    compile_cache.enable()  # eval / encode; training follows config.compile_cache
     try:
         return int(args.func(args) or 0)
     except (DataFormatError, FileNotFoundError) as e:

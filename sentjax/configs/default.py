@@ -17,6 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.accum_steps = 1                 # micro-batches per step (objectives without in-batch negatives)
     c.dtype = "float32"               # compute dtype; "bfloat16" keeps float32 master parameters
     c.log_every = 10
+    c.compile_cache = "auto"          # persistent XLA cache: "auto" (SENTJAX_COMPILE_CACHE, else ~/.cache/sentjax/jax), a folder, or "off"
     c.nonfinite_limit = 10            # stop after this many skipped (non-finite) steps
     c.mesh = ml_collections.ConfigDict({"data": -1})   # devices on the data axis (-1: all)
     c.model = ml_collections.ConfigDict({

@@ -267,8 +267,10 @@ def train(c: ml_collections.ConfigDict, resume: bool = False, progress: bool = T
     Process 0 owns the workdir for the whole run (``<workdir>/.lock``), so a second run into the
     same workdir is refused. Pending checkpoint saves are waited for on every exit, errors included:
     an exit with a save in flight would leave a torn checkpoint."""
+    from sentjax import compile_cache
     from sentjax.train.workdir import WorkdirLock, check_writable
     validate_config(c)
+    compile_cache.enable(c.compile_cache)
     with contextlib.ExitStack() as cleanup:
         if jax.process_index() == 0:
             check_writable(c.workdir)
