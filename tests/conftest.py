@@ -18,3 +18,20 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    """The tiny offline workspace (tests/tiny.py): tokenizer, sentences, STS and NLI files."""
+    from tiny import make_tiny_workspace
+    return make_tiny_workspace(str(tmp_path_factory.mktemp("ws")))
+
+
+@pytest.fixture(scope="module")
+def tok(ws):
+    """The workspace's WordPiece tokenizer, max length 16."""
+    from sentjax.tokenization import Tokenizer
+    return Tokenizer.from_dir(ws.tokenizer, max_length=16)

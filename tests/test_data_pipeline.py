@@ -6,17 +6,6 @@ import pytest
 from sentjax.data.pipeline import Pipeline
 from sentjax.data.sources import DataError, Source, load_source, nli_to_triplets, read_tsv
 from sentjax.tokenization import Tokenizer
-from tiny import make_tiny_workspace  # tests/tiny.py
-
-
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory):
-    return make_tiny_workspace(str(tmp_path_factory.mktemp("ws")))
-
-
-@pytest.fixture(scope="module")
-def tok(ws):
-    return Tokenizer.from_dir(ws.tokenizer, max_length=16)
 
 
 def test_order_is_pure_function_of_seed_and_step(ws, tok):

@@ -13,19 +13,8 @@ import pytest
 from sentjax.data.pipeline import KVLengthSync, Pipeline, process_rows
 from sentjax.data.sources import DataError, load_source
 from sentjax.tokenization import Tokenizer
-from tiny import make_tiny_workspace  # tests/tiny.py
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory):
-    return make_tiny_workspace(str(tmp_path_factory.mktemp("ws")))
-
-
-@pytest.fixture(scope="module")
-def tok(ws):
-    return Tokenizer.from_dir(ws.tokenizer, max_length=16)
 
 
 class MemoryStore:
