@@ -312,7 +312,14 @@ def _os_errors():
         os_error = as_os_error(e)
         if os_error is None:
             raise
+        quiet_leftover_orbax_errors()
         raise os_error from None
+
+
+def quiet_leftover_orbax_errors() -> None:
+    """After a failed save has been reported, the other array writes of that save fail the same way
+    and surface later (at exit) as futures whose exception "was never retrieved"; drop them."""
+    _probe_noise.damaged_seen = True
 
 
 @contextlib.contextmanager
@@ -345,7 +352,7 @@ class _probe_noise:
 
     @classmethod
     def from_orbax(cls, value) -> bool:
-        """An error raised in Orbax code after a damaged checkpoint was seen."""
+        """An error raised in Orbax code after a damaged checkpoint (or a failed save) was seen."""
         tb = getattr(value, "__traceback__", None)
         while tb is not None and tb.tb_next is not None:
             tb = tb.tb_next

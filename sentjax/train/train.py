@@ -408,6 +408,8 @@ def main(argv: Sequence[str] | None = None, *, on_start: Callable | None = None,
         print(f"error: {e}", file=sys.stderr)
         return distributed.exit_now_if_multiprocess(2)
     except OSError as e:  # read-only or full workdir, also when raised by a checkpoint save
+        if "sentjax.train.checkpoint" in sys.modules:
+            sys.modules["sentjax.train.checkpoint"].quiet_leftover_orbax_errors()
         print(f"error: {describe_os_error(e, cfg.workdir)}", file=sys.stderr)
         return distributed.exit_now_if_multiprocess(2)
     if jax.process_index() == 0:
