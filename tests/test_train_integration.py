@@ -21,6 +21,14 @@ def _final_params(tmp_path, name, **overrides):
     return jax.tree.map(np.asarray, step_lib.to_host(train(c, progress=False)["state"]["params"]))
 
 
+def _assert_trained(params, tmp_path):
+    """Equal parameters prove nothing if neither run moved them."""
+    from sentjax.train.train import build_model
+    init = build_model(tiny_config(str(tmp_path / "init"))).params
+    moved = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(params["model"]), jax.tree.leaves(init)))
+    assert moved > 1e-4
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     return _final_params(tmp_path_factory.mktemp("ref"), "ref", **{"mesh.data": 1, "gradient.method": "jit"})
@@ -36,6 +44,7 @@ def reference(tmp_path_factory):
 ], ids=lambda o: ",".join(f"{k.split('.')[-1]}={v}" for k, v in o.items()))
 def test_engines_match_single_device_jit(tmp_path, reference, overrides):
     got = _final_params(tmp_path, "run", **{"mesh.data": 8, **overrides})
+    _assert_trained(got, tmp_path)
     want = reference
     if overrides.get("objective.symmetric"):
         want = _final_params(tmp_path, "sym1", **{"mesh.data": 1, **overrides})
