@@ -135,7 +135,7 @@ def test_resolve_prompt_order():
     assert mteb_adapter.resolve_prompt({}, None, meta, PromptType.query) == ""
 
 
-def test_meta_and_refusals(model, folder):
+def test_meta_and_refusals(model, folder, prompted):
     enc = mteb_adapter.MTEBEncoder(model)
     meta = enc.mteb_model_meta
     n = sum(np.size(x) for x in jax.tree.leaves(model.params))
@@ -147,6 +147,17 @@ def test_meta_and_refusals(model, folder):
         mteb_adapter.MTEBEncoder(model, similarity_fn_name="manhattan")
     with pytest.raises(ConfigError, match="default_prompt_name 'x'"):
         mteb_adapter.MTEBEncoder(model, prompts={"query": "q: "}, default_prompt_name="x")
+    pool = os.path.join(prompted, "1_Pooling", "config.json")
+    with open(pool, encoding="utf-8") as f:
+        pool_cfg = json.load(f)
+    with open(pool, "w", encoding="utf-8") as f:
+        json.dump({**pool_cfg, "include_prompt": False}, f)
+    try:
+        with pytest.raises(ConfigError, match="include_prompt=false"):
+            mteb_adapter.MTEBEncoder(sentjax.load(prompted))
+    finally:
+        with open(pool, "w", encoding="utf-8") as f:
+            json.dump(pool_cfg, f)
     meta_t = mteb_tasks.sts_task("stsb-en-dev", 4).metadata
     with pytest.raises(TypeError, match="embed text only"):
         enc.encode([{"image": [0]}], task_metadata=meta_t, hf_split="test", hf_subset="default")
@@ -182,3 +193,18 @@ def test_cli_mteb(folder, tmp_path, capsys):
     # conftest sets HF_HUB_OFFLINE=1: the public task's download fails at once
     assert cli.main(["eval", "mteb", "--model", folder, "--tasks", "STSBenchmark"]) == 2
     assert "local-sts:<data>" in capsys.readouterr().err
+
+
+def test_prompts_of_a_0_transformer_folder(tmp_path):
+    """An older sentence-transformers layout (weights in 0_Transformer/): the prompts come from the folder above."""
+    root = tmp_path / "m"
+    (root / "0_Transformer").mkdir(parents=True)
+    (root / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "0_Transformer",
+                                                    "type": "sentence_transformers.models.Transformer"}]))
+    (root / "config_sentence_transformers.json").write_text(json.dumps({"prompts": PROMPTS}))
+    assert mteb_adapter._st_root(str(root / "0_Transformer")) == str(root)
+    assert mteb_adapter._st_config(mteb_adapter._st_root(str(root / "0_Transformer")))["prompts"] == PROMPTS
+    assert mteb_adapter._st_root(str(root)) == str(root)
+    other = root / "unlisted"  # under a modules.json that does not name it: its own root
+    other.mkdir()
+    assert mteb_adapter._st_root(str(other)) == str(other)

@@ -49,27 +49,42 @@ def _require_mteb() -> None:
                           "(mteb 2.x with torch and sentence-transformers).") from None
 
 
-def _st_config(folder: str | None) -> dict:
-    """``config_sentence_transformers.json`` of a model folder (or of the folder above a
-    ``0_Transformer``-style module folder); ``{}`` if there is none."""
+def _st_root(folder: str | None) -> str | None:
+    """The sentence-transformers folder of a model's weights folder: itself, or the folder above a
+    ``0_Transformer``-style module folder (the one holding ``modules.json``)."""
     if not folder:
-        return {}
-    for d in (folder, os.path.dirname(os.path.abspath(folder))):
-        path = os.path.join(d, "config_sentence_transformers.json")
-        if os.path.isfile(path) and (d == folder or os.path.isfile(os.path.join(d, "modules.json"))):
-            try:
-                with open(path, encoding="utf-8") as f:
-                    return json.load(f)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{path} is not valid JSON ({e}); fix or delete it.") from None
-    return {}
+        return None
+    folder = os.path.abspath(folder)
+    parent, modules = os.path.dirname(folder), os.path.join(os.path.dirname(folder), "modules.json")
+    if not os.path.isfile(os.path.join(folder, "modules.json")) and os.path.isfile(modules) and any(
+            m.get("path") == os.path.basename(folder) for m in _read_json(modules)):
+        return parent
+    return folder
 
 
-def _pooling_includes_prompt(folder: str | None) -> bool:
-    if not folder or not os.path.isfile(os.path.join(folder, "1_Pooling", "config.json")):
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON ({e}); fix or delete it.") from None
+
+
+def _st_config(root: str | None) -> dict:
+    """``config_sentence_transformers.json`` of a model folder; ``{}`` if there is none."""
+    path = os.path.join(root or "", "config_sentence_transformers.json")
+    return _read_json(path) if root and os.path.isfile(path) else {}
+
+
+def _pooling_includes_prompt(root: str | None) -> bool:
+    modules = os.path.join(root or "", "modules.json")
+    if not root or not os.path.isfile(modules):
         return True
-    with open(os.path.join(folder, "1_Pooling", "config.json"), encoding="utf-8") as f:
-        return bool(json.load(f).get("include_prompt", True))
+    for m in _read_json(modules):
+        cfg = os.path.join(root, m.get("path", ""), "config.json")
+        if m.get("type", "").endswith("Pooling") and os.path.isfile(cfg):
+            return bool(_read_json(cfg).get("include_prompt", True))
+    return True
 
 
 def resolve_prompt(prompts: Mapping[str, str], default_prompt_name: str | None, task_metadata: Any,
@@ -121,7 +136,7 @@ class MTEBEncoder:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
         self.model = model
-        folder = getattr(model, "source_dir", None)
+        folder = _st_root(getattr(model, "source_dir", None))
         cfg = _st_config(folder)
         self.prompts: dict[str, str] = dict((cfg.get("prompts") or {}) if prompts is None else prompts)
         self.default_prompt_name = default_prompt_name if default_prompt_name is not None \
@@ -134,7 +149,7 @@ class MTEBEncoder:
             raise ConfigError(f"similarity_fn_name {self.similarity_fn_name!r} is not supported by the mteb adapter; "
                               f"use one of {_SIMILARITIES}.")
         if any(self.prompts.values()) and not _pooling_includes_prompt(folder):
-            raise ConfigError(f"{folder}/1_Pooling/config.json has include_prompt=false (prompt tokens left out of "
+            raise ConfigError(f"{folder}: the Pooling module has include_prompt=false (prompt tokens left out of "
                               "the pooling, Instructor-style), which sentjax does not implement; set it to true or "
                               "evaluate the folder with sentence-transformers directly.")
         self.batch_size = batch_size
@@ -157,8 +172,8 @@ class MTEBEncoder:
             self._meta = ModelMeta.create_empty(overwrites=dict(
                 name=self.name, revision=revision, embed_dim=int(self.model.dim), n_parameters=n_params,
                 max_tokens=getattr(tok, "max_length", None), framework=["JAX"], modalities=["text"],
-                similarity_fn_name=ScoringFunction(self.similarity_fn_name), use_instructions=bool(any(self.prompts.values())),
-                open_weights=True))
+                similarity_fn_name=ScoringFunction(self.similarity_fn_name),
+                use_instructions=bool(any(self.prompts.values())), open_weights=True))
         return self._meta
 
     def encode(self, inputs: Iterable[Mapping[str, Sequence[str]]], *, task_metadata: Any, hf_split: str,

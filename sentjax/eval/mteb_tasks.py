@@ -19,7 +19,7 @@ from typing import Any
 
 from sentjax.data import readers
 
-__all__ = ["sts_task", "retrieval_task", "local_task", "LOCAL_PREFIXES"]
+__all__ = ["sts_task", "retrieval_task", "retrieval_split", "local_task", "LOCAL_PREFIXES"]
 
 LOCAL_PREFIXES = ("local-sts", "local-retrieval")
 
