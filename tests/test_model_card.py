@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import struct
 
 import numpy as np
@@ -95,6 +96,18 @@ def test_best_model_card_names_its_step(run):
     assert f"the parameters after step {s['best_step']} of 6, the highest sts_dev_spearman ({s['best_value']:.4g})" in card
     # its evaluation table stops at the exported step
     assert _table_row(card, "**sts_dev_spearman**")[4] == str(s["best_step"])
+
+
+def test_resumed_run_writes_the_same_card(run, tmp_path):
+    """The evaluation table comes from metrics.jsonl, so a run interrupted after step 4 and resumed
+    writes the card of the uninterrupted run, byte for byte (the resume itself is exact)."""
+    c, s, _ = run
+    c2 = c.copy_and_resolve_references()
+    c2.workdir = str(tmp_path / "resumed")
+    shutil.copytree(c.workdir, c2.workdir, ignore=shutil.ignore_patterns("final_model", "plots"))
+    shutil.rmtree(os.path.join(c2.workdir, "checkpoints", "6"))
+    s2 = train(c2, resume=True, progress=False)
+    assert _card(s2["final_model"]) == _card(s["final_model"])
 
 
 def test_sentence_transformers_loads_the_export_with_identical_embeddings(run):
