@@ -127,6 +127,26 @@ def test_save_without_training_writes_a_minimal_card(run, tmp_path):
     assert "(from `final_model`)" in card and "## Training" not in card and "## Evaluation" not in card
 
 
+@pytest.mark.parametrize("mlp_at_inference", [True, False])
+def test_card_counts_and_describes_what_the_folder_holds(tok, tmp_path, mlp_at_inference):
+    """SimCSE's MLP: described and counted only when it is exported (2_Dense)."""
+    import jax
+    from safetensors.numpy import load_file
+    from sentjax.models.bert import EncoderConfig
+    cfg = EncoderConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64)
+    model = sentjax.init_model(cfg, tok, jax.random.key(0), pooling="cls_mlp", normalize=True,
+                               mlp_at_inference=mlp_at_inference)
+    out = sentjax.save(model, tmp_path / "m")
+    card = _card(out)
+    saved = sum(v.size for f in glob.glob(os.path.join(out, "**", "*.safetensors"), recursive=True)
+                for v in load_file(f).values())
+    assert f"parameters {saved:,}" in card
+    assert os.path.isdir(os.path.join(out, "2_Dense")) == mlp_at_inference
+    assert ("SimCSE's tanh MLP" in card) == mlp_at_inference and ("not in this folder" in card) != mlp_at_inference
+    assert "32-dimensional embeddings, L2-normalised" in card
+
+
 def test_every_objective_brings_its_citation():
     for name in registry.names():
         bib = registry.citation(name)

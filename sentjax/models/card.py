@@ -112,6 +112,19 @@ def _count_params(params: Any) -> int:
     return int(sum(np.size(x) for x in jax.tree.leaves(params)))
 
 
+def _exported_params(module: Any, params: Any) -> Any:
+    # SimCSE's MLP is saved (as 2_Dense) only when it is kept at inference.
+    keep_mlp = module.pooling == "cls_mlp" and module.mlp_at_inference
+    return {k: v for k, v in params.items() if k != "pooler" or keep_mlp}
+
+
+def _pooling(module: Any) -> str:
+    if module.pooling == "cls_mlp" and not module.mlp_at_inference:
+        return ("`cls`: the [CLS] token's embedding (SimCSE's MLP was trained on top of it and dropped at "
+                "inference, so it is not in this folder)")
+    return f"`{module.pooling}`: {_POOLING_TEXT.get(module.pooling, module.pooling)}"
+
+
 def _details(model: Any, params: Any) -> list[str]:
     cfg, module = model.config, model.module
     arch = [("model type", cfg.model_type)]
@@ -120,12 +133,12 @@ def _details(model: Any, params: Any) -> list[str]:
                        ("vocab_size", "vocabulary")):
         if hasattr(cfg, key):
             arch.append((label, getattr(cfg, key)))
-    arch.append(("parameters", f"{_count_params(params):,}"))
+    arch.append(("parameters", f"{_count_params(_exported_params(module, params)):,}"))
     return [
         "## Model details", "",
         f"- **Architecture:** {', '.join(f'{k} {v}' for k, v in arch)}",
         f"- **Maximum sequence length:** {model.tokenizer.max_length} tokens",
-        f"- **Pooling:** `{module.pooling}`: {_POOLING_TEXT.get(module.pooling, module.pooling)}",
+        f"- **Pooling:** {_pooling(module)}",
         f"- **Output:** {model.dim}-dimensional embeddings"
         + (", L2-normalised" if module.normalize else " (not normalised)"),
         "- **Similarity function:** cosine", "",
