@@ -147,6 +147,29 @@ def test_card_counts_and_describes_what_the_folder_holds(tok, tmp_path, mlp_at_i
     assert "32-dimensional embeddings, L2-normalised" in card
 
 
+def test_base_model_and_its_hub_id(run, tmp_path):
+    from ml_collections import ConfigDict
+    from sentjax.models.card import TrainingCard, render
+    from sentjax.train.model_card import base_model
+
+    def m(**kw):
+        return ConfigDict({"init_from": "", "tokenizer": "tok", "vocab_from": "", **kw})
+    minilm = "sentence-transformers/all-MiniLM-L6-v2"
+    assert base_model(m(init_from="minilm")) == (f"{minilm} (the bundled copy of the `models` extra)", minilm)
+    assert base_model(m(init_from="org/model")) == ("org/model", "org/model")
+    os.makedirs(tmp_path / "org" / "local")
+    local = str(tmp_path / "org" / "local")
+    assert base_model(m(init_from=local)) == (f"`{local}`", "")
+    assert base_model(m(init_from="minilm", vocab_from="multilingual"))[0].endswith(
+        "moved to the vocabulary of `multilingual` (sentjax.models.vocab_transfer)")
+    model = sentjax.load(run[1]["final_model"])
+    t = TrainingCard(base_model="org/model", base_model_id="org/model", checkpoint="x", datasets=(),
+                     objective="cosine", objective_hparams={}, hyperparameters=())
+    front = render(model, training=t).split("\n---\n")[0]
+    assert "\nbase_model: org/model" in front and "library_name: sentence-transformers" in front
+    assert "base_model:" not in render(model)
+
+
 def test_every_objective_brings_its_citation():
     for name in registry.names():
         bib = registry.citation(name)

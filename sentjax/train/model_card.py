@@ -63,7 +63,7 @@ def _devices(mesh) -> str:
 def _hyperparameters(c: ml_collections.ConfigDict, mesh, step: int) -> list[tuple[str, Any]]:
     from sentjax.train.optim import warmup_steps_of
     n, o = mesh.devices.size, c.optim
-    rows = [
+    return [
         ("batch size (global)", c.batch_size),
         ("batch size per device", c.batch_size // n),
         ("gradient accumulation steps", c.accum_steps),
@@ -82,9 +82,6 @@ def _hyperparameters(c: ml_collections.ConfigDict, mesh, step: int) -> list[tupl
         ("gradient clipping (global norm)", o.clip_norm if o.clip_norm > 0 else "off"),
         ("seed", c.seed),
     ]
-    if c.objective.name == "distill":
-        rows.append(("distillation teacher", c.objective.teacher or c.model.init_from))
-    return rows
 
 
 def training_card(c: ml_collections.ConfigDict, objective, sources: Sequence, mesh, step: int,
@@ -105,20 +102,22 @@ def training_card(c: ml_collections.ConfigDict, objective, sources: Sequence, me
     from sentjax.parallel import gradcache
     text, hub_id = base_model(c.model)
     weights = list(c.data.weights)
-    data = [DataRow(spec + (f" (augment: {s.augment})" if s.augment else ""), s.kind, len(s),
-                    weights[i] / sum(weights) if weights else None)
+    data = [DataRow(spec, s.kind, len(s), weights[i] / sum(weights) if weights else None)
             for i, (spec, s) in enumerate(zip(c.data.datasets, sources))]
     if which == "best_model":
         checkpoint = (f"`best_model/`: the parameters after step {step} of {c.total_steps}, the highest "
                       f"{best['metric']} ({best['value']:.4g})")
     else:
         checkpoint = f"`{which}/`: the parameters after step {step} of {c.total_steps}"
+    teacher = []
+    if objective.needs_teacher:  # the frozen teacher: objective.teacher, else model.init_from
+        teacher = [("teacher (frozen)", getattr(objective.hparams, "teacher", "") or c.model.init_from)]
     citations = [registry.citation(objective.name)]
     if c.gradient.gradcache_chunk:
         citations.append(gradcache.CITATION)
     return TrainingCard(
         base_model=text, base_model_id=hub_id, checkpoint=checkpoint, datasets=data,
         objective=objective.name, objective_hparams=dataclasses.asdict(objective.hparams),
-        hyperparameters=_hyperparameters(c, mesh, step),
+        hyperparameters=_hyperparameters(c, mesh, step) + teacher,
         evaluation=eval_rows(read_metrics(c.workdir), metrics, until=step),
         best_metric=best["metric"] or "", citations=[x for x in citations if x])
