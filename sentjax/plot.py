@@ -21,9 +21,9 @@ __all__ = ["series", "plot_run", "main_args"]
 
 # Drawn first and named plainly; the rest follow in the order they first appear.
 _TRAIN_FIRST = ("loss", "lr", "grad_norm")
-_LABELS = {"loss": "training loss (mean over each log window)", "lr": "learning rate",
-           "grad_norm": "gradient global norm (mean over each log window)", "pairs_per_s": "examples / s",
-           "nonfinite": "fraction of skipped (non-finite) steps"}
+_LABELS = {"loss": "loss (log-window mean)", "lr": "learning rate",
+           "grad_norm": "gradient norm (log-window mean)", "pairs_per_s": "examples / s",
+           "nonfinite": "skipped steps (fraction)"}
 
 
 def series(rows: list[dict]) -> tuple[dict[str, tuple[list[int], list[float]]], set[str]]:
@@ -68,6 +68,7 @@ def plot_run(run_dir: str, out: str | None = None) -> list[str]:
                          "(config.log_every) or evaluation.")
     try:
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise ImportError("sentjax plot needs matplotlib: pip install 'sentjax[plot]' "
                           "(or pip install matplotlib).") from None
@@ -87,9 +88,9 @@ def plot_run(run_dir: str, out: str | None = None) -> list[str]:
         style = dict(marker="o") if key in evals or len(steps) < 20 else {}
         ax.plot(steps, values, **style)
         ax.set_xlabel("step")
-        ax.set_ylabel(key)
-        ax.set_title(f"{key}: {'evaluation' if key in evals else _LABELS.get(key, 'training metric')}"
-                     + (f" (last {finite[-1]:.4g})" if finite else ""))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(f"{key} (evaluation)" if key in evals else _LABELS.get(key, key))
+        ax.set_title(key + (f" (last {finite[-1]:.4g})" if finite else ""))
         ax.grid(True, alpha=0.3)
         if key == "lr":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))

@@ -93,7 +93,8 @@ def test_card_evaluation_table_matches_metrics_log(run):
 def test_best_model_card_names_its_step(run):
     c, s, rows = run
     card = _card(os.path.join(c.workdir, "best_model"))
-    assert f"the parameters after step {s['best_step']} of 6, the highest sts_dev_spearman ({s['best_value']:.4g})" in card
+    when = f"after step {s['best_step']} of 6" if s["best_step"] else "at step 0 of 6 (before training)"
+    assert f"`best_model/`: the parameters {when}, the highest sts_dev_spearman ({s['best_value']:.4g})" in card
     # its evaluation table stops at the exported step
     assert _table_row(card, "**sts_dev_spearman**")[4] == str(s["best_step"])
 

@@ -104,11 +104,11 @@ def training_card(c: ml_collections.ConfigDict, objective, sources: Sequence, me
     weights = list(c.data.weights)
     data = [DataRow(spec, s.kind, len(s), weights[i] / sum(weights) if weights else None)
             for i, (spec, s) in enumerate(zip(c.data.datasets, sources))]
+    when = (f"after step {step} of {c.total_steps}" if step else
+            f"at step 0 of {c.total_steps} (before training)")
+    checkpoint = f"`{which}/`: the parameters {when}"
     if which == "best_model":
-        checkpoint = (f"`best_model/`: the parameters after step {step} of {c.total_steps}, the highest "
-                      f"{best['metric']} ({best['value']:.4g})")
-    else:
-        checkpoint = f"`{which}/`: the parameters after step {step} of {c.total_steps}"
+        checkpoint += f", the highest {best['metric']} ({best['value']:.4g})"
     teacher = []
     if objective.needs_teacher:  # the frozen teacher: objective.teacher, else model.init_from
         teacher = [("teacher (frozen)", getattr(objective.hparams, "teacher", "") or c.model.init_from)]
