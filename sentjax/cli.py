@@ -6,6 +6,7 @@
     sentjax eval mteb --model DIR --tasks STSBenchmark,SciFact | --benchmark 'MTEB(eng, v2)' [--output DIR]
     sentjax train --config experiments/simcse_unsup.py [--config.key=value ...] [--resume]
     sentjax demo [--workdir DIR] [--config.key=value ...]     (= sentjax train --config sentjax/configs/demo.py)
+    sentjax plot RUN_DIR [--out DIR]                          (PNG curves of RUN_DIR/metrics.jsonl)
 
 Adding a command: write ``def add_<name>(sub) -> None`` that creates its parser with
 ``sub.add_parser(...)`` and sets ``func=<callable(args) -> int>``, then list it in ``COMMANDS``.
@@ -256,12 +257,33 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
                         "(STS-B dev before/after, exported model)")
 
 
+# ----------------------------------------------------------------------------- plot
+
+
+def _run_plot(args: argparse.Namespace) -> int:
+    from sentjax.plot import main_args
+    try:
+        return main_args(args.run_dir, args.out)
+    except (ValueError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def add_plot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plot", help="PNG curves (loss, lr, gradient norm, every eval metric) of a run's "
+                                    "metrics.jsonl; needs the 'plot' extra (matplotlib)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run's workdir (holds metrics.jsonl)")
+    p.add_argument("--out", default=None, help="folder for the PNGs (default RUN_DIR/plots)")
+    p.set_defaults(func=_run_plot)
+
+
 PASSTHROUGH: dict[str, Callable[[list[str]], int]] = {"train": _train_main, "demo": _demo_main}
 
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "eval": add_eval,
     "train": add_train,
     "demo": add_demo,
+    "plot": add_plot,
 }
 
 

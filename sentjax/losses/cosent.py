@@ -21,7 +21,7 @@ from sentjax.losses.cosine import pair_cosine, rescale_scores
 from sentjax.losses.checks import check_embedding_pair
 from sentjax.losses.registry import ObjectiveSpec, need
 
-__all__ = ["Config", "OBJECTIVE", "column_loss", "cosent_loss"]
+__all__ = ["Config", "OBJECTIVE", "CITATION", "column_loss", "cosent_loss"]
 
 
 def cosent_loss(u: jax.Array, v: jax.Array, scores: jax.Array, *, scale: float = 20.0,
@@ -58,6 +58,17 @@ def column_loss(*, scale: float = 20.0):
                            need(embeddings, "score", "cosent"), scale=scale, axis_name=axis_name)
     return loss_fn
 
+
+# BibTeX of the paper(s) behind this objective; model cards of runs that train with it cite it.
+CITATION = """\
+@online{su2022cosent,
+  title = "CoSENT: A more efficient sentence vector scheme than Sentence-BERT",
+  author = "Su, Jianlin",
+  year = "2022",
+  month = "Jan",
+  url = "https://kexue.fm/archives/8847",
+}
+"""
 
 OBJECTIVE = ObjectiveSpec(
     config=Config,

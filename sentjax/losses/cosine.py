@@ -20,7 +20,7 @@ from sentjax.losses.checks import check_embedding_pair
 from sentjax.losses.registry import ObjectiveSpec, need
 from sentjax.ops import cosine_similarity
 
-__all__ = ["Config", "OBJECTIVE", "column_loss", "cosine_loss", "pair_cosine", "rescale_scores"]
+__all__ = ["Config", "OBJECTIVE", "CITATION", "column_loss", "cosine_loss", "pair_cosine", "rescale_scores"]
 
 
 def pair_cosine(u: jax.Array, v: jax.Array) -> jax.Array:
@@ -71,6 +71,18 @@ def column_loss(*, score_range: tuple[float, float] | None = (0.0, 5.0)):
                            need(embeddings, "score", "cosine"), score_range=score_range, axis_name=axis_name)
     return loss_fn
 
+
+# BibTeX of the paper(s) behind this objective; model cards of runs that train with it cite it.
+CITATION = """\
+@inproceedings{reimers-2019-sentence-bert,
+  title = "Sentence-BERT: Sentence Embeddings using Siamese BERT-Networks",
+  author = "Reimers, Nils and Gurevych, Iryna",
+  booktitle = "Proceedings of the 2019 Conference on Empirical Methods in Natural Language Processing",
+  year = "2019",
+  publisher = "Association for Computational Linguistics",
+  url = "https://arxiv.org/abs/1908.10084",
+}
+"""
 
 OBJECTIVE = ObjectiveSpec(
     config=Config,

@@ -20,7 +20,7 @@ from jax import lax
 from sentjax.losses.checks import check_embedding_pair
 from sentjax.losses.registry import ObjectiveSpec, need
 
-__all__ = ["Config", "OBJECTIVE", "column_loss", "distill_loss"]
+__all__ = ["Config", "OBJECTIVE", "CITATION", "column_loss", "distill_loss"]
 
 
 def distill_loss(student_src: jax.Array, student_tgt: jax.Array | None, teacher_src: jax.Array, *,
@@ -55,6 +55,18 @@ def column_loss():
                             need(embeddings, "teacher", "distill"), axis_name=axis_name)
     return loss_fn
 
+
+# BibTeX of the paper(s) behind this objective; model cards of runs that train with it cite it.
+CITATION = """\
+@inproceedings{reimers-2020-multilingual-sentence-bert,
+  title = "Making Monolingual Sentence Embeddings Multilingual using Knowledge Distillation",
+  author = "Reimers, Nils and Gurevych, Iryna",
+  booktitle = "Proceedings of the 2020 Conference on Empirical Methods in Natural Language Processing",
+  year = "2020",
+  publisher = "Association for Computational Linguistics",
+  url = "https://arxiv.org/abs/2004.09813",
+}
+"""
 
 OBJECTIVE = ObjectiveSpec(
     config=Config,

@@ -47,7 +47,7 @@ from sentjax.losses.checks import check_embedding_pair, check_negatives, check_t
 from sentjax.losses.registry import ObjectiveSpec, need
 from sentjax.ops import l2_normalize
 
-__all__ = ["Config", "OBJECTIVE", "IMPLS", "column_loss", "infonce_loss", "check_embedding_pair", "check_temperature"]
+__all__ = ["Config", "OBJECTIVE", "CITATION", "IMPLS", "column_loss", "infonce_loss", "check_embedding_pair", "check_temperature"]
 
 
 def infonce_loss(anchors: jax.Array, positives: jax.Array, negatives: jax.Array | None = None, *,
@@ -154,6 +154,29 @@ def column_loss(*, temperature: float = 0.05, symmetric: bool = False, hard_nega
         return kernel(a, need(embeddings, "positive", "infonce"), n, axis_name)
     return loss_fn
 
+
+# BibTeX of the paper(s) behind this objective; model cards of runs that train with it cite it.
+CITATION = """\
+@article{oord2018cpc,
+  title = "Representation Learning with Contrastive Predictive Coding",
+  author = "van den Oord, Aaron and Li, Yazhe and Vinyals, Oriol",
+  journal = "arXiv preprint arXiv:1807.03748",
+  year = "2018",
+}
+@article{henderson2017efficient,
+  title = "Efficient Natural Language Response Suggestion for Smart Reply",
+  author = "Henderson, Matthew and Al-Rfou, Rami and Strope, Brian and Sung, Yun-Hsuan and Lukacs, Laszlo and Guo, Ruiqi and Kumar, Sanjiv and Miklos, Balint and Kurzweil, Ray",
+  journal = "arXiv preprint arXiv:1705.00652",
+  year = "2017",
+}
+@inproceedings{gao2021simcse,
+  title = "{SimCSE}: Simple Contrastive Learning of Sentence Embeddings",
+  author = "Gao, Tianyu and Yao, Xingcheng and Chen, Danqi",
+  booktitle = "Proceedings of the 2021 Conference on Empirical Methods in Natural Language Processing",
+  year = "2021",
+  url = "https://arxiv.org/abs/2104.08821",
+}
+"""
 
 OBJECTIVE = ObjectiveSpec(
     config=Config,

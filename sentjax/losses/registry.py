@@ -3,6 +3,7 @@
 An objective module defines, next to its loss function:
 
 ``Config``     a frozen dataclass of its hyperparameters (defaults, one comment per field);
+``CITATION``   the BibTeX of its paper(s), quoted by the model cards of runs that train with it;
 ``OBJECTIVE``  an :class:`ObjectiveSpec`: how a ``Config`` becomes the column loss
                ``loss_fn(params, embeddings, axis_name) -> (loss, metrics)`` that
                :func:`sentjax.parallel.global_grads.make_grad_fn` runs on one device, under
@@ -27,7 +28,7 @@ from typing import Any, Callable, Mapping
 
 from sentjax.errors import ConfigError
 
-__all__ = ["ObjectiveSpec", "Objective", "get", "names", "build", "defaults", "hparams_from", "need"]
+__all__ = ["ObjectiveSpec", "Objective", "get", "names", "build", "defaults", "hparams_from", "need", "citation"]
 
 LossFn = Callable[[Any, Mapping[str, Any], Any], tuple[Any, dict]]
 
@@ -97,6 +98,12 @@ def get(name: str) -> ObjectiveSpec:
     if spec is None:
         raise ConfigError(f"Unknown objective {name!r}; choose one of {list(names())}.")
     return spec
+
+
+def citation(name: str) -> str:
+    """The BibTeX of objective ``name`` (its module's ``CITATION``; model cards quote it), or ""."""
+    get(name)  # an unknown name is the usual error
+    return getattr(_module(name), "CITATION", "").strip()
 
 
 def defaults(name: str) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from jax import lax
 from sentjax.losses.checks import check_embedding_pair
 from sentjax.losses.registry import ObjectiveSpec, need
 
-__all__ = ["Config", "OBJECTIVE", "column_loss", "init_softmax_head", "softmax_loss", "softmax_features", "CONCATS", "DEFAULT_CONCAT"]
+__all__ = ["Config", "OBJECTIVE", "CITATION", "column_loss", "init_softmax_head", "softmax_loss", "softmax_features", "CONCATS", "DEFAULT_CONCAT"]
 
 DEFAULT_CONCAT = ("u", "v", "|u-v|")
 CONCATS = (("u", "v"), ("|u-v|",), ("u", "v", "|u-v|"), ("u", "v", "|u-v|", "u*v"))
@@ -117,6 +117,18 @@ def column_loss(*, concat: Sequence[str] = DEFAULT_CONCAT):
                             need(embeddings, "label", "softmax"), concat=concat, axis_name=axis_name)
     return loss_fn
 
+
+# BibTeX of the paper(s) behind this objective; model cards of runs that train with it cite it.
+CITATION = """\
+@inproceedings{reimers-2019-sentence-bert,
+  title = "Sentence-BERT: Sentence Embeddings using Siamese BERT-Networks",
+  author = "Reimers, Nils and Gurevych, Iryna",
+  booktitle = "Proceedings of the 2019 Conference on Empirical Methods in Natural Language Processing",
+  year = "2019",
+  publisher = "Association for Computational Linguistics",
+  url = "https://arxiv.org/abs/1908.10084",
+}
+"""
 
 OBJECTIVE = ObjectiveSpec(
     config=Config,

@@ -2,7 +2,8 @@
 
 A saved model is a sentence-transformers folder: config.json + model.safetensors with
 Hugging Face tensor names, tokenizer files, modules.json, 1_Pooling/config.json,
-optionally 2_Dense (SimCSE's MLP) and a Normalize module. Those folders load here and
+optionally 2_Dense (SimCSE's MLP) and a Normalize module, and a model card README.md
+(``sentjax.models.card``). Those folders load here and
 in ``sentence_transformers.SentenceTransformer`` alike.
 """
 from __future__ import annotations
@@ -18,7 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from sentjax._version import __version__
+from sentjax.models import card as card_lib
 from sentjax.models import registry
+from sentjax.models.card import TrainingCard
 from sentjax.models.hf_weights import hf_to_params, params_to_hf, read_tensors
 from sentjax.models.sentence_model import SentenceEncoderModule, abstract_params, init_params
 from sentjax.ops import l2_normalize
@@ -261,10 +264,12 @@ def init_model(config: Any, tokenizer: Tokenizer, rng: jax.Array, *, pooling: st
 # ----------------------------------------------------------------------------- save
 
 
-def save(model: SentenceModel, path: str | os.PathLike, params: Any = None) -> str:
-    """Writes a sentence-transformers folder; returns its path.
+def save(model: SentenceModel, path: str | os.PathLike, params: Any = None,
+         card: TrainingCard | None = None) -> str:
+    """Writes a sentence-transformers folder with its model card (``README.md``); returns its path.
 
-    ``params`` overrides ``model.params`` (e.g. the trained parameters of a run).
+    ``params`` overrides ``model.params`` (e.g. the trained parameters of a run); ``card`` is the
+    run's ``sentjax.models.card.TrainingCard`` (None: a minimal card without a training section).
     """
     from safetensors.numpy import save_file
     path = os.fspath(path)
@@ -309,6 +314,9 @@ def save(model: SentenceModel, path: str | os.PathLike, params: Any = None) -> s
                      "type": _ST_NORMALIZE})
     with open(os.path.join(path, "modules.json"), "w", encoding="utf-8") as f:
         json.dump(mods, f, indent=2)
+    source = os.path.basename(os.path.normpath(model.source_dir)) if model.source_dir else ""
+    with open(os.path.join(path, "README.md"), "w", encoding="utf-8") as f:
+        f.write(card_lib.render(model, params, card, source=source))
     return path
 
 

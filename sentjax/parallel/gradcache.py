@@ -34,7 +34,18 @@ from jax import lax
 from sentjax.parallel.dropout_keys import EmbedFn, embed_column
 from sentjax.parallel.mesh import column_rows
 
-__all__ = ["gradcache_local", "split_columns"]
+__all__ = ["gradcache_local", "split_columns", "CITATION"]
+
+# Model cards of runs trained with GradCache (gradient.gradcache_chunk > 0) cite it.
+CITATION = """\
+@inproceedings{gao2021gradcache,
+  title = "Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup",
+  author = "Gao, Luyu and Zhang, Yunyi and Han, Jiawei and Callan, Jamie",
+  booktitle = "Proceedings of the 6th Workshop on Representation Learning for NLP (RepL4NLP-2021)",
+  year = "2021",
+  url = "https://arxiv.org/abs/2101.06983",
+}
+"""
 
 LossFn = Callable[[Any, dict[str, jax.Array], str | None], tuple[jax.Array, dict]]
 

@@ -202,6 +202,7 @@ class Evals:
             raise config_cli.ConfigError(f"best_metric={metric!r} is not a metric of the evaluators that run "
                                          f"(evals.*.every_steps > 0): {produced}; set --config.best_metric to "
                                          "one of them, or '' for none.")
+        self.metrics = produced  # every <name>_<metric> logged (the model card's evaluation table)
         self.best = {"metric": metric or None, "step": None, "value": None, "first": None}
         self.encoders = {b: step_lib.make_encoder(embed, tokenizer, mesh, b) for b in {e.batch_size for e in
                                                                              self.evaluators.values()}}
@@ -231,10 +232,11 @@ class Evals:
         return out, False
 
 
-def export_model(model, params: dict, path: str) -> str:
+def export_model(model, params: dict, path: str, card=None) -> str:
+    """``sentjax.save`` of the trained parameters, with the run's model card (``TrainingCard``)."""
     import sentjax
     host = step_lib.to_host(params["model"])
-    return sentjax.save(model, path, params=host)
+    return sentjax.save(model, path, params=host, card=card)
 
 
 # ============================================================================ loop
@@ -314,15 +316,18 @@ def _train(c: ml_collections.ConfigDict, resume: bool, progress: bool, cleanup: 
     cleanup.callback(log.close)
     summary: dict[str, Any] = {"workdir": c.workdir}
 
-    def export(name: str) -> str:
-        return atomic_export(lambda d: export_model(model, state["params"], d), os.path.join(c.workdir, name))
+    def export(name: str, step: int) -> str:
+        from sentjax.train.model_card import training_card
+        card = training_card(c, objective, pipeline.sources, mesh, step, evals.metrics, best, name)
+        return atomic_export(lambda d: export_model(model, state["params"], d, card),
+                             os.path.join(c.workdir, name))
 
     def evaluate(step: int) -> dict:
         evaluated, improved = evals.run(evals.due(step), step, state["params"])
         log.write(step, evaluated)
         summary.update(evaluated)
         if improved and c.export.best_model and is_main:
-            export("best_model")
+            export("best_model", step)
         return evaluated
 
     if start == 0:
@@ -359,7 +364,7 @@ def _train(c: ml_collections.ConfigDict, resume: bool, progress: bool, cleanup: 
     summary.update(final=log.latest, best_metric=best["metric"], best_step=best["step"],
                    best_value=best["value"], state=state)
     if is_main and "preempted_at" not in summary:
-        summary["final_model"] = export("final_model")
+        summary["final_model"] = export("final_model", int(step_lib.to_host(state["step"])))
         has_best = best["step"] is not None and os.path.isdir(os.path.join(c.workdir, "best_model"))
         summary["best_model"] = os.path.join(c.workdir, "best_model") if has_best else summary["final_model"]
     return summary

@@ -23,7 +23,7 @@ import time
 from typing import Callable
 
 __all__ = ["WorkdirLock", "WorkdirLockedError", "WorkdirError", "check_writable", "MetricsLog",
-           "atomic_export", "as_os_error", "describe_os_error"]
+           "atomic_export", "as_os_error", "describe_os_error", "read_metrics"]
 
 
 class WorkdirError(OSError):
@@ -215,6 +215,24 @@ class MetricsLog:
     def close(self) -> None:
         self.writer.close()
         self.file.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """The rows ``{"step", <metric>: value, ...}`` of ``<workdir>/metrics.jsonl`` in order (a line torn
+    by a kill is skipped); [] when the file does not exist."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return []
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and "step" in row:
+                rows.append(row)
+    return rows
 
 
 def atomic_export(save: Callable[[str], object], path: str) -> str:
