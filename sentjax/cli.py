@@ -3,6 +3,7 @@
     sentjax eval sts --model DIR [--data stsb-en-dev|FILE|DIR] [--format auto|stsb|stsbenchmark|sick|senteval]
     sentjax eval senteval --model DIR [--root DIR] [--years STS12,STS13]
     sentjax eval tatoeba --model DIR --langs deu,fra
+    sentjax eval retrieval --model DIR (--data bundled:stsb-retrieval|beir:NAME|DIR | --queries Q --corpus C --qrels R)
     sentjax train --config experiments/simcse_unsup.py [--config.key=value ...] [--resume]
     sentjax demo [--workdir DIR] [--config.key=value ...]     (= sentjax train --config sentjax/configs/demo.py)
 
@@ -112,10 +113,68 @@ def add_eval_tatoeba(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_tatoeba)
 
 
+# ----------------------------------------------------------------------------- eval retrieval
+
+
+def _run_retrieval(args: argparse.Namespace) -> int:
+    from sentjax.data import ir
+    from sentjax.eval.retrieval_ir import evaluate_retrieval
+    files = (args.queries, args.corpus, args.qrels)
+    if any(files) and (args.data or not all(files)):
+        print("error: pass either --data, or all three of --queries, --corpus and --qrels.", file=sys.stderr)
+        return 2
+    try:
+        k_values = tuple(int(k) for k in args.k.split(",") if k.strip())
+    except ValueError:
+        k_values = ()
+    if not k_values or min(k_values) < 1:
+        print(f"error: --k must be comma-separated positive integers, got {args.k!r}.", file=sys.stderr)
+        return 2
+    if all(files):
+        task = ir.RetrievalTask(ir.read_queries(args.queries), ir.read_corpus(args.corpus), ir.read_qrels(args.qrels),
+                                name=args.qrels)
+    else:
+        task = ir.load_task(args.data or "bundled:stsb-retrieval", args.split)
+    encode = load_encoder(args.model, args.batch_size)
+    r = evaluate_retrieval(encode, task, k_values, "dot" if args.dot else "cosine", args.query_prefix,
+                           args.doc_prefix, args.limit, progress=True)
+    run = r.pop("run")
+    if args.run_out:
+        with open(args.run_out, "w", encoding="utf-8") as f:
+            for q, docs in run.items():
+                f.writelines(f"{q} Q0 {d} {i + 1} {s:.6f} sentjax\n" for i, (d, s) in enumerate(docs))
+    lines = [f"task: {task.name}  queries: {r['n_queries']}  documents: {r['n_docs']}  "
+             f"({'dot product' if args.dot else 'cosine'}, x100)"]
+    lines += [f"{k:<14}{v:8.2f}" for k, v in r.items() if k not in ("n_queries", "n_docs")]
+    if args.run_out:
+        lines.append(f"run (TREC format): {args.run_out}")
+    _print(r, args.json, lines)
+    return 0
+
+
+def add_eval_retrieval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("retrieval", help="nDCG@10, MRR@10, Recall@k, MAP on BEIR/TREC files or bundled tasks")
+    p.add_argument("--data", default=None,
+                   help="bundled:stsb-retrieval (default), bundled:nli-retrieval, bundled:tatoeba-deu-eng, "
+                        "bundled:tatoeba-eng-deu, beir:<name> (downloads), or a BEIR folder")
+    p.add_argument("--queries", help="queries.jsonl (BEIR) or a TSV with _id, text")
+    p.add_argument("--corpus", help="corpus.jsonl (BEIR: _id, title, text) or a TSV with _id, text[, title]")
+    p.add_argument("--qrels", help="qrels: BEIR TSV (query-id corpus-id score) or TREC (qid 0 docid rel)")
+    p.add_argument("--split", default="test", help="BEIR qrels split for --data (default test)")
+    p.add_argument("--k", default="1,10,100", help="recall cut-offs; the largest is the ranking depth (default 1,10,100)")
+    p.add_argument("--dot", action="store_true", help="rank by dot product instead of cosine")
+    p.add_argument("--limit", type=int, default=0, help="the first N judged queries only (default all)")
+    p.add_argument("--query-prefix", default="", help="prepended to each query (e.g. 'query: ' for e5)")
+    p.add_argument("--doc-prefix", default="", help="prepended to each document (e.g. 'passage: ' for e5)")
+    p.add_argument("--run-out", default=None, help="write the ranking as a TREC run file")
+    p.set_defaults(func=_run_retrieval)
+
+
 EVAL_COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "sts": add_eval_sts,
     "senteval": add_eval_senteval,
     "tatoeba": add_eval_tatoeba,
+    "retrieval": add_eval_retrieval,
 }
 
 
