@@ -4,6 +4,8 @@
     sentjax eval senteval --model DIR [--root DIR] [--years STS12,STS13]
     sentjax eval tatoeba --model DIR --langs deu,fra
     sentjax eval retrieval --model DIR (--data bundled:stsb-retrieval|beir:NAME|DIR | --queries Q --corpus C --qrels R)
+    sentjax mine --model DIR (--data SPEC | --queries Q --corpus C --qrels R | --pairs TSV [--corpus C])
+                 --range 10:50 --margin 0.05 [--relative] --num-negatives 4 --out FILE
     sentjax train --config experiments/simcse_unsup.py [--config.key=value ...] [--resume]
     sentjax demo [--workdir DIR] [--config.key=value ...]     (= sentjax train --config sentjax/configs/demo.py)
 
@@ -190,6 +192,86 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         task.add_argument("--json", action="store_true", help="print the full result as JSON")
 
 
+# ----------------------------------------------------------------------------- mine
+
+
+class _UsageError(ValueError):
+    pass
+
+
+def _mining_task(args: argparse.Namespace):
+    from sentjax.data import ir, readers
+    if args.pairs:
+        if args.data or args.queries or args.qrels:
+            raise _UsageError("--pairs takes no --data/--queries/--qrels (only an optional --corpus).")
+        a, b = readers.read_headed_tsv(args.pairs, ("sentence1", "sentence2"), "pairs TSV")
+        extra = []
+        if args.corpus:
+            first = readers.read_text(args.corpus, "corpus").lstrip()[:1]
+            extra = list(ir.read_corpus(args.corpus).values()) if first == "{" else readers.read_lines(args.corpus)
+        return ir.from_pairs(args.pairs, a, b, [True] * len(a), extra)
+    files = (args.queries, args.corpus, args.qrels)
+    if (any(files) and (args.data or not all(files))) or not (args.data or any(files)):
+        raise _UsageError("pass one of --data, all three of --queries/--corpus/--qrels, or --pairs.")
+    if all(files):
+        return ir.RetrievalTask(ir.read_queries(args.queries), ir.read_corpus(args.corpus),
+                                ir.read_qrels(args.qrels), name=args.qrels)
+    return ir.load_task(args.data, args.split)
+
+
+def _run_mine(args: argparse.Namespace) -> int:
+    from sentjax.data.mining import MiningConfig, mine_hard_negatives, write_triplets
+    from sentjax.data.readers import DataFormatError
+    from sentjax.eval.sts import encode_unique
+    try:
+        try:
+            start, end = (int(x) for x in args.range.split(":"))
+        except ValueError:
+            raise _UsageError(f"--range must be START:END (integers), got {args.range!r}.") from None
+        cfg = MiningConfig((start, end), args.margin, args.relative, args.num_negatives,
+                           "dot" if args.dot else "cosine")
+        task = _mining_task(args)
+    except ValueError as e:  # _UsageError, MiningConfig's checks (a DataFormatError is main's)
+        if isinstance(e, DataFormatError):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    encode = load_encoder(args.model, args.batch_size)
+    qids, dids = list(task.qrels), list(task.corpus)
+    q_emb = encode_unique(encode, [args.query_prefix + task.queries[q] for q in qids])
+    d_emb = encode_unique(encode, [args.doc_prefix + task.corpus[d] for d in dids])
+    rows, stats = mine_hard_negatives(task, q_emb, d_emb, cfg, progress=True)
+    write_triplets(rows, args.out)
+    print(f"{stats['rows']} triplets for {stats['pairs']} (query, positive) pairs from {len(dids)} documents; "
+          f"{stats['short']} pairs got fewer than {cfg.num_negatives} negatives. Wrote {args.out} "
+          f"(train on it: config.data.datasets = ('triplets:{args.out}',)).")
+    return 0
+
+
+def add_mine(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("mine", help="mine hard negatives with a model (exact top-k): writes training triplets")
+    p.add_argument("--model", required=True, help=_MODEL_HELP)
+    p.add_argument("--batch-size", type=int, default=64, help="encode batch size (default 64)")
+    p.add_argument("--data", default=None, help="a retrieval task: bundled:<name>, beir:<name> or a BEIR folder")
+    p.add_argument("--queries", help="queries.jsonl (BEIR) or a TSV with _id, text")
+    p.add_argument("--corpus", help="corpus.jsonl / TSV (with --queries and --qrels); with --pairs: extra "
+                                    "documents (corpus.jsonl or one sentence per line)")
+    p.add_argument("--qrels", help="the positives: BEIR TSV or TREC qrels")
+    p.add_argument("--pairs", help="a headed TSV sentence1 sentence2 (query, positive); the corpus is every "
+                                   "sentence2 plus --corpus")
+    p.add_argument("--split", default="test", help="BEIR qrels split for --data (default test)")
+    p.add_argument("--range", default="10:50", help="candidate ranks START:END, 0-based, END exclusive (default 10:50)")
+    p.add_argument("--margin", type=float, default=0.05,
+                   help="a negative scores at most positive - margin (default 0.05)")
+    p.add_argument("--relative", action="store_true", help="the margin is relative: at most positive * (1 - margin)")
+    p.add_argument("--num-negatives", type=int, default=4, help="negatives per (query, positive) (default 4)")
+    p.add_argument("--dot", action="store_true", help="rank by dot product instead of cosine")
+    p.add_argument("--query-prefix", default="", help="prepended to each query when encoding")
+    p.add_argument("--doc-prefix", default="", help="prepended to each document when encoding")
+    p.add_argument("--out", required=True, help="output TSV: sent0 sent1 hard_neg (+ ids, scores, rank)")
+    p.set_defaults(func=_run_mine)
+
+
 # ----------------------------------------------------------------------------- train / demo
 # These forward their raw arguments to their own parser (``--config.a.b=v`` overrides are open-ended
 # and validated against the config), so they are listed here for ``--help`` and run from
@@ -256,6 +338,7 @@ PASSTHROUGH: dict[str, Callable[[list[str]], int]] = {"train": _train_main, "dem
 
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "eval": add_eval,
+    "mine": add_mine,
     "train": add_train,
     "demo": add_demo,
 }

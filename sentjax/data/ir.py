@@ -35,7 +35,7 @@ import zipfile
 from sentjax.data import readers
 from sentjax.data.readers import DataFormatError
 
-__all__ = ["RetrievalTask", "read_corpus", "read_queries", "read_qrels", "read_beir", "load_task",
+__all__ = ["RetrievalTask", "from_pairs", "read_corpus", "read_queries", "read_qrels", "read_beir", "load_task",
            "bundled_task_names", "download_beir", "BEIR_URL"]
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets"
@@ -173,7 +173,7 @@ def read_beir(folder: str | os.PathLike, split: str = "test") -> RetrievalTask:
 # ----------------------------------------------------------------------------- bundled tasks
 
 
-def _from_pairs(name: str, queries: list[str], docs: list[str], relevant: list[bool],
+def from_pairs(name: str, queries: list[str], docs: list[str], relevant: list[bool],
                 extra_docs: list[str] = ()) -> RetrievalTask:
     """Pairs ``(queries[i], docs[i])``; relevant where ``relevant[i]``; the corpus is every distinct
     text of ``docs`` and ``extra_docs``. Identical texts share one id."""
@@ -196,16 +196,16 @@ def bundled_task_names() -> list[str]:
 def _bundled_task(name: str) -> RetrievalTask:
     if name == "stsb-retrieval":
         d = readers.read_sts("stsb-en-dev")
-        return _from_pairs("stsb-retrieval", d.sentences1, d.sentences2, list(d.scores >= 4.0))
+        return from_pairs("stsb-retrieval", d.sentences1, d.sentences2, list(d.scores >= 4.0))
     if name == "nli-retrieval":
         d = readers.read_snli_esnli(split="dev")
-        return _from_pairs("nli-retrieval", d.premises, d.hypotheses, [y == "entailment" for y in d.labels])
+        return from_pairs("nli-retrieval", d.premises, d.hypotheses, [y == "entailment" for y in d.labels])
     m = re.fullmatch(r"tatoeba-([a-z]{3})-([a-z]{3})", name)
     if m and "eng" in m.groups() and m.group(1) != m.group(2):
         lang = m.group(2) if m.group(1) == "eng" else m.group(1)
         p = readers.read_tatoeba(lang)
         src, tgt = (p.src, p.tgt) if m.group(2) == "eng" else (p.tgt, p.src)
-        return _from_pairs(name, src, tgt, [True] * len(src))
+        return from_pairs(name, src, tgt, [True] * len(src))
     raise FileNotFoundError(f"unknown bundled retrieval task 'bundled:{name}'; use bundled:stsb-retrieval, "
                             "bundled:nli-retrieval or bundled:tatoeba-<xxx>-eng / bundled:tatoeba-eng-<xxx> "
                             "(ISO 639-3, e.g. deu).")
