@@ -197,3 +197,21 @@ def test_cli(tmp_path, capsys, monkeypatch):
     assert "all three" in capsys.readouterr().err
     assert cli.main(["eval", "retrieval", "--model", "x", "--data", str(tmp_path / "none")]) == 2
     assert "not a BEIR folder" in capsys.readouterr().err
+
+
+def test_recall_at_1_equals_the_tatoeba_evaluator_on_the_bundled_task():
+    """Recall@1 of bundled:tatoeba-deu-eng / -eng-deu = the existing float64 NumPy bitext accuracy
+    (sentjax.eval.retrieval) for the same embeddings: a translation shares a random vector with its source."""
+    from sentjax.data.readers import read_tatoeba
+    from sentjax.eval.retrieval import bitext_retrieval
+    p = read_tatoeba("deu")
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(len(p), 16))
+    table = {t: base[i] + 0.6 * rng.normal(size=16) for i, t in enumerate(p.src)}
+    table |= {t: base[i] + 0.6 * rng.normal(size=16) for i, t in enumerate(p.tgt)}
+    enc = lambda texts: np.stack([table[t] for t in texts])  # noqa: E731
+    ref = bitext_retrieval(enc(p.src), enc(p.tgt))
+    assert 20 < ref["src2tgt"] < 90  # neither trivial nor hopeless
+    got = [evaluate_retrieval(enc, ir.load_task(f"bundled:tatoeba-{d}"), (1,))["recall_at_1"]
+           for d in ("deu-eng", "eng-deu")]
+    assert got == pytest.approx([ref["src2tgt"], ref["tgt2src"]], abs=1e-9)
