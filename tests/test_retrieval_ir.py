@@ -178,6 +178,16 @@ def test_the_evaluator_logs_its_metrics_during_training(tmp_path):
     assert s["best_metric"] == "ir_ndcg_at_10"
 
 
+def test_evaluator_config_is_checked():
+    from sentjax.eval.evaluators import EVALUATORS
+    from sentjax.registry import ConfigError
+    for bad in ({"k_values": (10, 10)}, {"k_values": (0,)}, {"k_values": ()}, {"limit": -1}):
+        with pytest.raises(ConfigError, match="k_values must be distinct positive integers"):
+            EVALUATORS.build({"type": "retrieval", **bad})
+    ev = EVALUATORS.build({"type": "retrieval", "k_values": [5, 1]})
+    assert ev.metric_names() == ("ndcg_at_10", "mrr_at_10", "recall_at_5", "recall_at_1", "map")
+
+
 def test_cli(tmp_path, capsys, monkeypatch):
     from sentjax import cli
     folder = _write_beir(tmp_path / "toy", ["query-id\tcorpus-id\tscore", "1\td1\t1", "2\td2\t1"])

@@ -155,9 +155,9 @@ class Retrieval(Evaluator):
 
     def __post_init__(self):
         super().__post_init__()
-        if not self.k_values or any(int(k) < 1 for k in self.k_values) or self.limit < 0:
-            raise ValueError(f"k_values must be positive integers and limit >= 0, got {self.k_values} and "
-                             f"{self.limit}.")
+        k = tuple(self.k_values)
+        if not k or any(int(x) < 1 for x in k) or len(set(k)) < len(k) or self.limit < 0:
+            raise ValueError(f"k_values must be distinct positive integers and limit >= 0, got {k} and {self.limit}.")
 
     def metric_names(self) -> tuple[str, ...]:
         from sentjax.eval.retrieval_ir import metric_names
