@@ -79,7 +79,7 @@ def main() -> None:
         print(f"| {name} | {o['n_queries']} | {o['n_docs']} | " + " | ".join(f"{o[c]:.2f}" for c in cols) + " |")
         if "peer" in row:
             diff = max(abs(o[c] - row["peer"][c]) for c in cols)
-            print(f"| (sentence-transformers + float64 NumPy) | | | " +
+            print("| (sentence-transformers + float64 NumPy) | | | " +
                   " | ".join(f"{row['peer'][c]:.2f}" for c in cols) + f" |  max diff {diff:.4f}")
 
 

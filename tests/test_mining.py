@@ -2,7 +2,6 @@
 absolute and relative margin vs the positive, the positive's duplicates and the query itself
 removed, judged non-relevant documents kept, 8 devices = 1; the CLI writes triplets the trainer reads."""
 import hashlib
-import json
 
 import jax
 import numpy as np

@@ -113,6 +113,8 @@ def test_beir_and_trec_readers(tmp_path):
         ir.read_qrels(bad)
     with pytest.raises(DataFormatError, match="not in the queries file"):
         ir.RetrievalTask({"1": "x"}, {"d1": "y"}, {"9": {"d1": 1}})
+    with pytest.warns(UserWarning, match="1 relevant document id.*'zz'.*never retrieved"):
+        ir.RetrievalTask({"1": "x"}, {"d1": "y"}, {"1": {"d1": 1, "zz": 1}})
     with pytest.raises(DataFormatError, match="none of the relevant document ids"):
         ir.RetrievalTask({"1": "x"}, {"d1": "y"}, {"1": {"zz": 1}})
     (tmp_path / "c.jsonl").write_text('{"_id": "d1", "text": "x"}\n{"_id": "d1", "text": "y"}\n')
