@@ -4,6 +4,9 @@
     sentjax eval senteval --model DIR [--root DIR] [--years STS12,STS13]
     sentjax eval tatoeba --model DIR --langs deu,fra
     sentjax eval mteb --model DIR --tasks STSBenchmark,SciFact | --benchmark 'MTEB(eng, v2)' [--output DIR]
+    sentjax eval retrieval --model DIR (--data bundled:stsb-retrieval|beir:NAME|DIR | --queries Q --corpus C --qrels R)
+    sentjax mine --model DIR (--data SPEC | --queries Q --corpus C --qrels R | --pairs TSV [--corpus C])
+                 --range 10:50 --margin 0.05 [--relative] --num-negatives 4 --out FILE
     sentjax train --config experiments/simcse_unsup.py [--config.key=value ...] [--resume]
     sentjax demo [--workdir DIR] [--config.key=value ...]     (= sentjax train --config sentjax/configs/demo.py)
     sentjax plot RUN_DIR [--out DIR]                          (PNG curves of RUN_DIR/metrics.jsonl)
@@ -173,6 +176,61 @@ def add_eval_mteb(sub: argparse._SubParsersAction) -> None:
                    help="folder for mteb's result files (ResultCache layout); default: results are not saved")
     p.add_argument("--name", default=None, help="model name in mteb's results (default: sentjax/<folder name>)")
     p.set_defaults(func=_run_mteb)
+# ----------------------------------------------------------------------------- eval retrieval
+
+
+def _run_retrieval(args: argparse.Namespace) -> int:
+    from sentjax.data import ir
+    from sentjax.eval.retrieval_ir import evaluate_retrieval
+    files = (args.queries, args.corpus, args.qrels)
+    if any(files) and (args.data or not all(files)):
+        print("error: pass either --data, or all three of --queries, --corpus and --qrels.", file=sys.stderr)
+        return 2
+    try:
+        k_values = tuple(int(k) for k in args.k.split(",") if k.strip())
+    except ValueError:
+        k_values = ()
+    if not k_values or min(k_values) < 1:
+        print(f"error: --k must be comma-separated positive integers, got {args.k!r}.", file=sys.stderr)
+        return 2
+    if all(files):
+        task = ir.RetrievalTask(ir.read_queries(args.queries), ir.read_corpus(args.corpus), ir.read_qrels(args.qrels),
+                                name=args.qrels)
+    else:
+        task = ir.load_task(args.data or "bundled:stsb-retrieval", args.split)
+    encode = load_encoder(args.model, args.batch_size)
+    r = evaluate_retrieval(encode, task, k_values, "dot" if args.dot else "cosine", args.query_prefix,
+                           args.doc_prefix, args.limit, progress=True)
+    run = r.pop("run")
+    if args.run_out:
+        with open(args.run_out, "w", encoding="utf-8") as f:
+            for q, docs in run.items():
+                f.writelines(f"{q} Q0 {d} {i + 1} {s:.6f} sentjax\n" for i, (d, s) in enumerate(docs))
+    lines = [f"task: {task.name}  queries: {r['n_queries']}  documents: {r['n_docs']}  "
+             f"({'dot product' if args.dot else 'cosine'}, x100)"]
+    lines += [f"{k:<14}{v:8.2f}" for k, v in r.items() if k not in ("n_queries", "n_docs")]
+    if args.run_out:
+        lines.append(f"run (TREC format): {args.run_out}")
+    _print(r, args.json, lines)
+    return 0
+
+
+def add_eval_retrieval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("retrieval", help="nDCG@10, MRR@10, Recall@k, MAP on BEIR/TREC files or bundled tasks")
+    p.add_argument("--data", default=None,
+                   help="bundled:stsb-retrieval (default), bundled:nli-retrieval, bundled:tatoeba-deu-eng, "
+                        "bundled:tatoeba-eng-deu, beir:<name> (downloads), or a BEIR folder")
+    p.add_argument("--queries", help="queries.jsonl (BEIR) or a TSV with _id, text")
+    p.add_argument("--corpus", help="corpus.jsonl (BEIR: _id, title, text) or a TSV with _id, text[, title]")
+    p.add_argument("--qrels", help="qrels: BEIR TSV (query-id corpus-id score) or TREC (qid 0 docid rel)")
+    p.add_argument("--split", default="test", help="BEIR qrels split for --data (default test)")
+    p.add_argument("--k", default="1,10,100", help="recall cut-offs; the largest is the ranking depth (default 1,10,100)")
+    p.add_argument("--dot", action="store_true", help="rank by dot product instead of cosine")
+    p.add_argument("--limit", type=int, default=0, help="the first N judged queries only (default all)")
+    p.add_argument("--query-prefix", default="", help="prepended to each query (e.g. 'query: ' for e5)")
+    p.add_argument("--doc-prefix", default="", help="prepended to each document (e.g. 'passage: ' for e5)")
+    p.add_argument("--run-out", default=None, help="write the ranking as a TREC run file")
+    p.set_defaults(func=_run_retrieval)
 
 
 EVAL_COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
@@ -180,11 +238,12 @@ EVAL_COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "senteval": add_eval_senteval,
     "tatoeba": add_eval_tatoeba,
     "mteb": add_eval_mteb,
+    "retrieval": add_eval_retrieval,
 }
 
 
 def add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate a model (sts, senteval, tatoeba)")
+    p = sub.add_parser("eval", help="evaluate a model (" + ", ".join(EVAL_COMMANDS) + ")")
     esub = p.add_subparsers(dest="eval_command", metavar="TASK", required=True)
     for add in EVAL_COMMANDS.values():
         add(esub)
@@ -193,6 +252,86 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         task.add_argument("--model", required=True, help=_MODEL_HELP)
         task.add_argument("--batch-size", type=int, default=64, help="encode batch size (default 64)")
         task.add_argument("--json", action="store_true", help="print the full result as JSON")
+
+
+# ----------------------------------------------------------------------------- mine
+
+
+class _UsageError(ValueError):
+    pass
+
+
+def _mining_task(args: argparse.Namespace):
+    from sentjax.data import ir, readers
+    if args.pairs:
+        if args.data or args.queries or args.qrels:
+            raise _UsageError("--pairs takes no --data/--queries/--qrels (only an optional --corpus).")
+        a, b = readers.read_headed_tsv(args.pairs, ("sentence1", "sentence2"), "pairs TSV")
+        extra = []
+        if args.corpus:
+            first = readers.read_text(args.corpus, "corpus").lstrip()[:1]
+            extra = list(ir.read_corpus(args.corpus).values()) if first == "{" else readers.read_lines(args.corpus)
+        return ir.from_pairs(args.pairs, a, b, [True] * len(a), extra)
+    files = (args.queries, args.corpus, args.qrels)
+    if (any(files) and (args.data or not all(files))) or not (args.data or any(files)):
+        raise _UsageError("pass one of --data, all three of --queries/--corpus/--qrels, or --pairs.")
+    if all(files):
+        return ir.RetrievalTask(ir.read_queries(args.queries), ir.read_corpus(args.corpus),
+                                ir.read_qrels(args.qrels), name=args.qrels)
+    return ir.load_task(args.data, args.split)
+
+
+def _run_mine(args: argparse.Namespace) -> int:
+    from sentjax.data.mining import MiningConfig, mine_hard_negatives, write_triplets
+    from sentjax.data.readers import DataFormatError
+    from sentjax.eval.sts import encode_unique
+    try:
+        try:
+            start, end = (int(x) for x in args.range.split(":"))
+        except ValueError:
+            raise _UsageError(f"--range must be START:END (integers), got {args.range!r}.") from None
+        cfg = MiningConfig((start, end), args.margin, args.relative, args.num_negatives,
+                           "dot" if args.dot else "cosine")
+        task = _mining_task(args)
+    except ValueError as e:  # _UsageError, MiningConfig's checks (a DataFormatError is main's)
+        if isinstance(e, DataFormatError):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    encode = load_encoder(args.model, args.batch_size)
+    qids, dids = list(task.qrels), list(task.corpus)
+    q_emb = encode_unique(encode, [args.query_prefix + task.queries[q] for q in qids])
+    d_emb = encode_unique(encode, [args.doc_prefix + task.corpus[d] for d in dids])
+    rows, stats = mine_hard_negatives(task, q_emb, d_emb, cfg, progress=True)
+    write_triplets(rows, args.out)
+    print(f"{stats['rows']} triplets for {stats['pairs']} (query, positive) pairs from {len(dids)} documents; "
+          f"{stats['short']} pairs got fewer than {cfg.num_negatives} negatives. Wrote {args.out} "
+          f"(train on it: config.data.datasets = ('triplets:{args.out}',)).")
+    return 0
+
+
+def add_mine(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("mine", help="mine hard negatives with a model (exact top-k): writes training triplets")
+    p.add_argument("--model", required=True, help=_MODEL_HELP)
+    p.add_argument("--batch-size", type=int, default=64, help="encode batch size (default 64)")
+    p.add_argument("--data", default=None, help="a retrieval task: bundled:<name>, beir:<name> or a BEIR folder")
+    p.add_argument("--queries", help="queries.jsonl (BEIR) or a TSV with _id, text")
+    p.add_argument("--corpus", help="corpus.jsonl / TSV (with --queries and --qrels); with --pairs: extra "
+                                    "documents (corpus.jsonl or one sentence per line)")
+    p.add_argument("--qrels", help="the positives: BEIR TSV or TREC qrels")
+    p.add_argument("--pairs", help="a headed TSV sentence1 sentence2 (query, positive); the corpus is every "
+                                   "sentence2 plus --corpus")
+    p.add_argument("--split", default="test", help="BEIR qrels split for --data (default test)")
+    p.add_argument("--range", default="10:50", help="candidate ranks START:END, 0-based, END exclusive (default 10:50)")
+    p.add_argument("--margin", type=float, default=0.05,
+                   help="a negative scores at most positive - margin (default 0.05)")
+    p.add_argument("--relative", action="store_true", help="the margin is relative: at most positive * (1 - margin)")
+    p.add_argument("--num-negatives", type=int, default=4, help="negatives per (query, positive) (default 4)")
+    p.add_argument("--dot", action="store_true", help="rank by dot product instead of cosine")
+    p.add_argument("--query-prefix", default="", help="prepended to each query when encoding")
+    p.add_argument("--doc-prefix", default="", help="prepended to each document when encoding")
+    p.add_argument("--out", required=True, help="output TSV: sent0 sent1 hard_neg (+ ids, scores, rank)")
+    p.set_defaults(func=_run_mine)
 
 
 # ----------------------------------------------------------------------------- train / demo
@@ -281,6 +420,7 @@ PASSTHROUGH: dict[str, Callable[[list[str]], int]] = {"train": _train_main, "dem
 
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "eval": add_eval,
+    "mine": add_mine,
     "train": add_train,
     "demo": add_demo,
     "plot": add_plot,

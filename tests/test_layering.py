@@ -18,6 +18,8 @@ FORBIDDEN = {  # importer package -> packages / modules it must not import
     "sentjax.eval": ("sentjax.train",),
     "sentjax.parallel": ("sentjax.train", "sentjax.models", "sentjax.api"),
     "sentjax.errors": ("sentjax",),
+    # exact top-k: array code only, shared by the retrieval evaluator and the hard-negative miner
+    "sentjax.search": ("sentjax.models", "sentjax.train", "sentjax.data", "sentjax.eval", "sentjax.losses"),
 }
 
 

@@ -16,6 +16,7 @@ each exported model with the same evaluators.
   senteval  avg, sts12 .. sts16: SentEval STS, pooled "all"        years, root
   nli       accuracy of the softmax head (Sentence-BERT)           data, limit, concat
   tatoeba   mean, <lang>: bitext retrieval, both directions        langs, root
+  retrieval ndcg_at_10, mrr_at_10, recall_at_<k>, map (BEIR/TREC)    data, split, k_values, dot, limit, prefixes
 
 Adding an evaluator: a frozen dataclass subclass of :class:`Evaluator` with
 ``@EVALUATORS.register("<type>")``, its ``metric_names`` and ``__call__``, and a line in
@@ -24,6 +25,7 @@ Adding an evaluator: a frozen dataclass subclass of :class:`Evaluator` with
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -32,7 +34,7 @@ from sentjax.data import readers
 from sentjax.registry import ConfigError, Registry
 
 __all__ = ["EVALUATORS", "Evaluator", "STS", "SentEval", "NLIAccuracy", "Tatoeba", "build_evaluators",
-           "eval_config"]
+           "eval_config", "Retrieval"]
 
 EncodeFn = Callable[[list[str]], np.ndarray]
 EVALUATORS = Registry("evaluator")
@@ -136,6 +138,43 @@ class Tatoeba(Evaluator):
         from sentjax.eval.retrieval import evaluate_tatoeba
         r = evaluate_tatoeba(encode_fn, list(self.langs), self.root or None)
         return {"mean": r["mean"], **{lang: r[lang]["accuracy"] for lang in self.langs}}
+
+
+@EVALUATORS.register("retrieval")
+@dataclasses.dataclass(frozen=True)
+class Retrieval(Evaluator):
+    """Dense retrieval x100 (BEIR protocol, metrics by ir-measures): nDCG@10, MRR@10, Recall@k, MAP."""
+    # bundled:stsb-retrieval | bundled:nli-retrieval | bundled:tatoeba-deu-eng | beir:<name> | a BEIR folder
+    data: str = "bundled:stsb-retrieval"
+    split: str = "test"         # the BEIR qrels split (qrels/<split>.tsv); bundled tasks have one
+    k_values: tuple[int, ...] = (1, 10, 100)    # recall_at_<k> for each; the ranking depth is the largest
+    dot: bool = False           # rank by dot product instead of cosine
+    limit: int = 0              # the first N judged queries only (0: all)
+    query_prefix: str = ""      # prepended to each query (e.g. e5's "query: ")
+    doc_prefix: str = ""        # prepended to each document (e.g. e5's "passage: ")
+
+    def __post_init__(self):
+        super().__post_init__()
+        k = tuple(self.k_values)
+        if not k or any(int(x) < 1 for x in k) or len(set(k)) < len(k) or self.limit < 0:
+            raise ValueError(f"k_values must be distinct positive integers and limit >= 0, got {k} and {self.limit}.")
+
+    def metric_names(self) -> tuple[str, ...]:
+        from sentjax.eval.retrieval_ir import metric_names
+        return metric_names(self.k_values)
+
+    def __call__(self, encode_fn, head=None) -> dict[str, float]:
+        from sentjax.eval.retrieval_ir import evaluate_retrieval
+        r = evaluate_retrieval(encode_fn, _retrieval_task(self.data, self.split), self.k_values,
+                               "dot" if self.dot else "cosine", self.query_prefix, self.doc_prefix, self.limit)
+        return {m: r[m] for m in self.metric_names()}
+
+
+@functools.lru_cache(maxsize=8)
+def _retrieval_task(data: str, split: str):
+    # read once per process: an evaluator runs every few training steps on the same files
+    from sentjax.data.ir import load_task
+    return load_task(data, split)
 
 
 def eval_config(type: str, **fields: Any):
