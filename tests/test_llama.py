@@ -206,6 +206,13 @@ def test_save_load_round_trip_through_transformers(tmp_path, tok):
         np.testing.assert_allclose(back.encode(texts, packing=packing), want, atol=1e-5, rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                  back.params, model.params)
+    # sentence-transformers reads the same folder; its Pooling module does the lasttoken step. Fed
+    # sentjax's token ids: ST's AutoTokenizer picks a Qwen2 tokenizer class for this WordPiece file.
+    st = pytest.importorskip("sentence_transformers").SentenceTransformer(path, device="cpu")
+    with torch.no_grad():
+        got = st({"input_ids": torch.tensor(batch["input_ids"], dtype=torch.long),
+                  "attention_mask": torch.tensor(mask, dtype=torch.long)})["sentence_embedding"]
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-5, rtol=1e-5)
 
 
 def test_causal_lm_checkpoint_loads(tmp_path):
