@@ -216,17 +216,35 @@ def test_save_load_round_trip_through_transformers(tmp_path, tok):
 
 
 def test_causal_lm_checkpoint_loads(tmp_path):
-    """A LlamaForCausalLM folder (model. prefix, lm_head) loads as the encoder of its base model."""
+    """A LlamaForCausalLM folder (model. prefix, lm_head) loads as the encoder of its base model;
+    here with one k/v head (multi-query) and head_dim 32 != hidden / heads."""
     torch.manual_seed(0)
-    lm = transformers.LlamaForCausalLM(transformers.LlamaConfig(**TINY, attn_implementation="eager")).eval()
+    lm = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        **{**TINY, "num_key_value_heads": 1}, head_dim=32, attention_bias=True, mlp_bias=True,
+        attn_implementation="eager")).eval()
+    with torch.no_grad():
+        for p in lm.parameters():
+            p.add_(0.05 * torch.randn_like(p))
     lm.save_pretrained(tmp_path)
     cfg, enc, params = _load(tmp_path, lm)
+    assert (cfg.head_dim, cfg.num_key_value_heads, cfg.attention_bias, cfg.mlp_bias) == (32, 1, True, True)
     ids, mask = _batch("right")
     ours = np.asarray(enc.apply({"params": params}, jnp.asarray(ids, jnp.int32),
                                 jnp.asarray(mask, jnp.int32))["last_hidden_state"])
     with torch.no_grad():
         ref = lm.model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
     np.testing.assert_allclose(ours[mask > 0], ref[mask > 0], atol=1e-5, rtol=1e-5)
+
+
+def test_bfloat16_compute_close_to_float32():
+    cfg = DecoderConfig(**TINY)
+    ids, mask = (jnp.asarray(a, jnp.int32) for a in _batch("left"))
+    params = DecoderEncoder(cfg).init(jax.random.key(0), ids)["params"]
+    out = {dt: np.asarray(DecoderEncoder(cfg, dtype=dt).apply({"params": params}, ids, mask)["last_hidden_state"],
+                          np.float32) for dt in (jnp.float32, jnp.bfloat16)}
+    real = np.asarray(mask) > 0
+    err = np.abs(out[jnp.bfloat16][real] - out[jnp.float32][real]).max()
+    assert 0 < err < 0.1 * np.abs(out[jnp.float32][real]).max(), err
 
 
 @pytest.mark.parametrize("change, match", [
