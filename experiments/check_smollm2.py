@@ -109,6 +109,18 @@ def main() -> None:
               f"(with compile) {t_ours:.1f}s")
     print(f"left vs right padding (sentjax): max diff {np.abs(rows['left'] - rows['right']).max():.3e}")
 
+    # end to end: sentjax.load of the folder + encode (packed and padded) vs transformers' last token
+    import sentjax
+    model = sentjax.load(args.out, pooling="lasttoken", max_length=128)
+    ids = model.tokenizer.encode_ids(TEXTS)
+    with torch.no_grad():
+        want = np.stack([hf.model(input_ids=torch.tensor([x])).last_hidden_state[0, -1].numpy() for x in ids])
+    for packing in (True, False):
+        got = model.encode(TEXTS, packing=packing)
+        print(f"sentjax.load + encode(packing={packing}) lasttoken vs transformers: max diff "
+              f"{np.abs(got - want).max():.3e}, min cosine "
+              f"{(np.sum(got * want, 1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)).min():.7f}")
+
 
 if __name__ == "__main__":
     main()
