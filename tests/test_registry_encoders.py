@@ -5,6 +5,7 @@ A new family must add its tiny HF config to TINY_HF (the first test fails until 
 numerical parity with transformers goes in tests/test_hf_parity.py.
 """
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +27,12 @@ TINY_HF = {  # model_type -> a tiny config.json as transformers writes it (extra
     "xlm-roberta": dict(_BERT_LIKE, model_type="xlm-roberta", type_vocab_size=1, pad_token_id=1),
     "camembert": dict(_BERT_LIKE, model_type="camembert", type_vocab_size=1, pad_token_id=1,
                       hidden_act="gelu_new"),
+    # decoder family (sentjax/models/llama.py)
+    "llama": dict(_BERT_LIKE, model_type="llama", num_key_value_heads=1, rms_norm_eps=1e-5,
+                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+                  architectures=["LlamaForCausalLM"], tie_word_embeddings=True),
+    "qwen2": dict(_BERT_LIKE, model_type="qwen2", num_key_value_heads=2, rope_theta=1e6,
+                  use_sliding_window=False, sliding_window=None, eos_token_id=3),
 }
 MODEL_TYPES = sorted(TINY_HF)
 
@@ -61,13 +68,14 @@ def test_hf_config_dict_is_read_by_transformers(model_type):
     theirs = transformers.AutoConfig.for_model(**hf)
     for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                 "intermediate_size", "max_position_embeddings", "pad_token_id", "layer_norm_eps",
-                "type_vocab_size", "hidden_act"):
-        assert getattr(theirs, key) == hf[key], key
+                "type_vocab_size", "hidden_act", "rms_norm_eps", "num_key_value_heads", "head_dim"):
+        if key in hf:  # each family writes the keys of its architecture
+            assert getattr(theirs, key) == hf[key], key
 
 
 def test_unknown_model_type_lists_the_supported_ones():
     with pytest.raises(ConfigError, match=r"x/config.json: model_type 'gpt2' is not supported; "
-                                          r"sentjax encodes bert, camembert, roberta, xlm-roberta"):
+                                          r"sentjax encodes " + re.escape(", ".join(MODEL_TYPES))):
         registry.config_from_hf(dict(_BERT_LIKE, model_type="gpt2"), source="x/config.json")
     with pytest.raises(ConfigError, match="'gpt2' is not supported"):
         registry.get_encoder("gpt2")

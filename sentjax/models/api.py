@@ -171,12 +171,13 @@ def _pooling_from_st(folder: str) -> str:
     with open(path, encoding="utf-8") as f:
         cfg = json.load(f)
     modes = [m for m, key in (("mean", "pooling_mode_mean_tokens"), ("cls", "pooling_mode_cls_token"),
-                              ("max", "pooling_mode_max_tokens")) if cfg.get(key)]
-    unsupported = [k for k in ("pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens",
-                               "pooling_mode_lasttoken") if cfg.get(k)]
+                              ("max", "pooling_mode_max_tokens"), ("lasttoken", "pooling_mode_lasttoken"))
+             if cfg.get(key)]
+    unsupported = [k for k in ("pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens")
+                   if cfg.get(k)]
     if unsupported or len(modes) != 1:
         raise ModelLoadError(
-            f"{path}: sentjax supports exactly one of mean / cls / max pooling, got "
+            f"{path}: sentjax supports exactly one of mean / cls / max / lasttoken pooling, got "
             f"{modes + unsupported}; edit the pooling config or pass pooling=... to load().")
     return modes[0]
 
@@ -296,6 +297,7 @@ def save(model: SentenceModel, path: str | os.PathLike, params: Any = None,
                    "pooling_mode_cls_token": mode == "cls",
                    "pooling_mode_mean_tokens": mode == "mean",
                    "pooling_mode_max_tokens": mode == "max",
+                   "pooling_mode_lasttoken": mode == "lasttoken",
                    "pooling_mode_mean_sqrt_len_tokens": False}, f, indent=2)
     mods.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": _ST_POOLING})
     if module.pooling == "cls_mlp" and module.mlp_at_inference:

@@ -6,6 +6,8 @@ Modes:
   cls_mlp  SimCSE: dense + tanh over the CLS state. ``mlp_at_inference=False`` reproduces
            unsupervised SimCSE, which trains with the MLP and evaluates the bare CLS state.
   max      mask-aware max over real tokens
+  lasttoken  hidden state of the last real token (decoder embedders with causal attention:
+           E5-Mistral, Qwen3-Embedding); right or left padding, and per segment of a packed row
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import jax.numpy as jnp
 
 from sentjax.ops import l2_normalize
 
-POOLING_MODES = ("mean", "cls", "cls_mlp", "max")
+POOLING_MODES = ("mean", "cls", "cls_mlp", "max", "lasttoken")
 
 
 def mean_pool(hidden: jax.Array, mask: jax.Array) -> jax.Array:
@@ -31,9 +33,19 @@ def max_pool(hidden: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.max(h, axis=1)
 
 
+def last_token_pool(hidden: jax.Array, mask: jax.Array) -> jax.Array:
+    """[b, l, h], [b, l] -> [b, h]: the state at the highest index whose mask is set, so left and
+    right padding give the same result; an all-padding row gives zeros."""
+    idx = jnp.arange(mask.shape[1])
+    last = jnp.max(jnp.where(mask > 0, idx[None, :], -1), axis=1)  # [b]
+    out = jnp.take_along_axis(hidden.astype(jnp.float32), jnp.maximum(last, 0)[:, None, None], axis=1)[:, 0]
+    return jnp.where((last >= 0)[:, None], out, 0.0)
+
+
 def segment_pool(hidden: jax.Array, segment_ids: jax.Array, starts: jax.Array, mode: str) -> jax.Array:
     """Pools packed rows: [b, l, h] states, [b, l] segment ids (0 = pad, 1..k), [b, k] first-token
-    index of each segment -> [b, k, h]. Empty segment slots give zeros (mean/cls) or -1e9 (max)."""
+    index of each segment -> [b, k, h]. Empty segment slots give zeros (mean/cls/lasttoken) or
+    -1e9 (max)."""
     k = starts.shape[1]
     onehot = (segment_ids[:, :, None] == jnp.arange(1, k + 1)[None, None, :])  # [b, l, k]
     h = hidden.astype(jnp.float32)
@@ -43,6 +55,11 @@ def segment_pool(hidden: jax.Array, segment_ids: jax.Array, starts: jax.Array, m
         return summed / jnp.maximum(jnp.sum(m, axis=1), 1e-9)[..., None]
     if mode == "max":
         return jnp.max(jnp.where(onehot[..., None], h[:, :, None, :], -1e9), axis=1)
+    if mode == "lasttoken":
+        idx = jnp.arange(segment_ids.shape[1])[None, :, None]
+        last = jnp.max(jnp.where(onehot, idx, -1), axis=1)  # [b, k]
+        out = jnp.take_along_axis(h, jnp.maximum(last, 0)[:, :, None], axis=1)
+        return jnp.where((last >= 0)[..., None], out, 0.0)
     return jnp.take_along_axis(h, starts[:, :, None], axis=1)  # cls / cls_mlp
 
 
@@ -75,6 +92,8 @@ class Pooler(nn.Module):
             out = mean_pool(hidden, mask)
         elif self.mode == "max":
             out = max_pool(hidden, mask)
+        elif self.mode == "lasttoken":
+            out = last_token_pool(hidden, mask)
         else:
             out = hidden[:, 0].astype(jnp.float32)
             if self.mode == "cls_mlp":
