@@ -167,3 +167,20 @@ def test_config_refuses_what_hf_mpnet_cannot_run():
         MPNetConfig(**dict(TINY, num_attention_heads=5))
     with pytest.raises(ConfigError, match=r"x/config.json: missing required key.*hidden_size"):
         registry.config_from_hf({"model_type": "mpnet", "vocab_size": 9}, source="x/config.json")
+
+
+@pytest.mark.skipif(not os.environ.get("SENTJAX_MPNET_DIR"),
+                    reason="opt-in: set SENTJAX_MPNET_DIR to an all-mpnet-base-v2 folder (438 MB, not in CI)")
+def test_real_all_mpnet_base_v2_matches_sentence_transformers(tmp_path):
+    """The real checkpoint, on the first 50 STS-B dev pairs (the full run: experiments/check_mpnet.py)."""
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments"))
+    import check_mpnet
+    rc = check_mpnet.main(["--model", os.environ["SENTJAX_MPNET_DIR"], "--limit", "50",
+                           "--out", str(tmp_path), "--results-md", ""])
+    with open(tmp_path / "check.json") as f:
+        r = json.load(f)
+    assert r["max_abs_diff_packed"] <= 1e-5 and r["max_abs_diff_padded"] <= 1e-5, r
+    assert r["export_st_max_abs_diff"] <= 1e-5 and r["export_reload_params_equal"], r
+    assert abs(r["spearman_sentjax"] - r["spearman_st"]) < 1e-2 and r["spearman_st"] > 80, r
+    assert rc == 0
