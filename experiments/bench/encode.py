@@ -40,8 +40,8 @@ def model_path(model: str, model_dir: str | None) -> str:
     return path
 
 
-def child(engine: str, runs: int, path: str) -> dict:
-    texts = common.read_sentences()
+def child(engine: str, runs: int, path: str, limit: int = 0) -> dict:
+    texts = common.read_sentences()[:limit or None]
     if engine == "sentence-transformers":
         import torch
         torch.set_num_threads(2)
@@ -77,14 +77,16 @@ def main() -> None:
     p.add_argument("--model", choices=sorted(MODELS), default="minilm")
     p.add_argument("--model-dir", default=None, help="the model folder (mpnet: default $SENTJAX_MPNET_DIR)")
     p.add_argument("--out", default=None, help="default results/encode.md (minilm), results/encode-<model>.md")
+    p.add_argument("--limit", type=int, default=0,
+                   help="first N sentences of the file only (a quick run on a busy machine; 0: all)")
     a = p.parse_args()
     path = model_path(a.model, a.model_dir)
     if a.child:
-        print(json.dumps(child(a.child, a.runs, path)))
+        print(json.dumps(child(a.child, a.runs, path, a.limit)))
         return
     out = a.out or os.path.join(common.HERE, "results",
                                 "encode.md" if a.model == "minilm" else f"encode-{a.model}.md")
-    texts = common.read_sentences()
+    texts = common.read_sentences()[:a.limit or None]
     from sentjax.models.registry import read_config
     from sentjax.tokenization import Tokenizer
     tok = Tokenizer.from_dir(path, max_length=MAX_LEN)
@@ -92,21 +94,25 @@ def main() -> None:
     lengths = tok.count_tokens(texts)
     real_flops = sum(common.bert_flops_per_sentence(int(n), cfg.hidden_size, cfg.num_hidden_layers,
                                                     cfg.intermediate_size) for n in lengths)
+    load_before = os.getloadavg()[0]
     np_rate, jax_rate = common.numpy_matmul_gflops(), common.jax_matmul_gflops()
     rows = [common.run_child(__file__, [e, "--runs", str(a.runs), "--model", a.model,
-                                        "--model-dir", path])
+                                        "--model-dir", path, "--limit", str(a.limit)])
             for e in ("sentence-transformers", "sentjax-padded", "sentjax-packed")]
     peer = rows[0]["sent_per_s"]
     flag = "" if a.model == "minilm" else f" --model {a.model} --model-dir DIR"
+    flag += f" --limit {a.limit}" if a.limit else ""
     lines = [
         "# Encode benchmark: sentjax vs sentence-transformers",
         "",
         f"Command: `python experiments/bench/encode.py --runs {a.runs}{flag}`  ",
         f"Input: experiments/bench/sentences-2048.txt (sha256 {common.SENTENCES_SHA256[:12]}...), "
-        f"{len(texts)} sentences, {int(lengths.sum())} real tokens (max length {MAX_LEN}).  ",
+        f"{'the first ' if a.limit else ''}{len(texts)} sentences, {int(lengths.sum())} real tokens (max length {MAX_LEN}).  ",
         f"Model: {MODELS[a.model]}, batch {BATCH}, float32. Machine: {json.dumps(common.machine())}  ",
         f"float32 2048x2048 matmul: numpy {np_rate:.1f} GFLOP/s, jax {jax_rate:.1f} GFLOP/s.  ",
-        "Utilisation = model FLOPs on real tokens / time / numpy matmul rate.",
+        "Utilisation = model FLOPs on real tokens / time / numpy matmul rate.  ",
+        f"1-minute load average before / after the run: {load_before:.1f} / {os.getloadavg()[0]:.1f} "
+        f"({os.cpu_count()} cores; above the core count other jobs were competing).",
         "",
         "| engine | sentences/s | ratio vs peer | utilisation | peak RSS MiB | warm-up s |",
         "|---|---|---|---|---|---|",
