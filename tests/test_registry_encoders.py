@@ -33,6 +33,8 @@ TINY_HF = {  # model_type -> a tiny config.json as transformers writes it (extra
                   architectures=["LlamaForCausalLM"], tie_word_embeddings=True),
     "qwen2": dict(_BERT_LIKE, model_type="qwen2", num_key_value_heads=2, rope_theta=1e6,
                   use_sliding_window=False, sliding_window=None, eos_token_id=3),
+    "mpnet": dict(_BERT_LIKE, model_type="mpnet", pad_token_id=1, relative_attention_num_buckets=32,
+                  bos_token_id=0, eos_token_id=2, architectures=["MPNetForMaskedLM"]),
 }
 MODEL_TYPES = sorted(TINY_HF)
 
@@ -68,8 +70,9 @@ def test_hf_config_dict_is_read_by_transformers(model_type):
     theirs = transformers.AutoConfig.for_model(**hf)
     for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                 "intermediate_size", "max_position_embeddings", "pad_token_id", "layer_norm_eps",
-                "type_vocab_size", "hidden_act", "rms_norm_eps", "num_key_value_heads", "head_dim"):
-        if key in hf:  # each family writes the keys of its architecture
+                "type_vocab_size", "hidden_act", "rms_norm_eps", "num_key_value_heads", "head_dim",
+                "relative_attention_num_buckets"):
+        if key in hf:  # each family writes the keys of its architecture (MPNet: no token types)
             assert getattr(theirs, key) == hf[key], key
 
 

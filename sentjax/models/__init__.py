@@ -1,6 +1,6 @@
 """Encoder families (registered by HF model_type), poolers, checkpoint loading and saving.
 
-Layout: ``registry`` (families by model_type), one module per family (``bert``), ``hf_weights``
+Layout: ``registry`` (families by model_type), one module per family (``bert``, ``mpnet``), ``hf_weights``
 (checkpoint <-> params through a family's name map), ``pooling``, ``sentence_model`` (encoder +
 pooler), ``api`` (load / save / encode), ``build`` (what a run config builds: model, teacher,
 vocabulary transfer), ``bundled`` (models of the optional extras), ``vocab_transfer``.

@@ -40,7 +40,7 @@ __all__ = ["ConfigError", "EncoderFamily", "FAMILY_MODULES", "register_encoder",
            "read_config_json", "read_config"]
 
 # Modules under sentjax/models/ that define encoder families (imported on the first lookup).
-FAMILY_MODULES = ("bert", "llama")
+FAMILY_MODULES = ("bert", "llama", "mpnet")
 
 
 @dataclasses.dataclass(frozen=True)
