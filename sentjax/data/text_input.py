@@ -19,7 +19,7 @@ import csv
 import gzip
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import IO
 
 from sentjax.data.readers import DataFormatError
@@ -77,7 +77,7 @@ class TextInput:
             self._raw, self._count = raw, 0
             gz = raw.read(2) == b"\x1f\x8b"  # gzip magic: trust content, not the name
             raw.seek(0)
-            stream: IO[bytes] = gzip.GzipFile(fileobj=raw) if gz else raw
+            stream: Iterable[bytes] = gzip.GzipFile(fileobj=raw) if gz else raw
             lines = self._decoded(stream)
             read = {"txt": self._txt, "jsonl": self._jsonl, "csv": self._csv, "tsv": self._tsv}[self.format]
             try:
@@ -93,7 +93,7 @@ class TextInput:
 
     # ------------------------------------------------------------------ lines
 
-    def _decoded(self, stream: IO[bytes]) -> Iterator[tuple[int, str]]:
+    def _decoded(self, stream: Iterable[bytes]) -> Iterator[tuple[int, str]]:
         """``(line_number, line)`` with the line ending kept (the CSV reader needs it)."""
         for n, b in enumerate(stream, 1):
             try:
