@@ -236,8 +236,8 @@ def add_encode(sub: argparse._SubParsersAction) -> None:
     from sentjax.data.text_input import INPUT_FORMATS
     p = sub.add_parser(
         "encode", help="embed a text file (.txt/.jsonl/.csv/.tsv) into .npy/.safetensors/.parquet",
-        description="Embeds every record of --input (row i of --output = record i), chunk by chunk, so files\n"
-                    "larger than memory stream through; the output appears only when complete. Empty texts,\n"
+        description="Embeds every record of --input (row i of --output = record i), chunk by chunk, so files "
+                    "larger than memory stream through; the output appears only when complete. Empty texts, "
                     "bytes that are not UTF-8, bad JSON and missing columns are errors naming the line.",
         epilog=example("sentjax encode --model minilm --input sentences.txt --output emb.npy --normalize",
                        "sentjax encode --model DIR --input docs.jsonl --column body --output emb.safetensors "
@@ -287,6 +287,12 @@ EXAMPLES: dict[tuple[str, ...], str] = {
     ("eval", "sts"): example("sentjax eval sts --model runs/demo/best_model --data stsb-en-dev --json"),
     ("eval", "senteval"): example("sentjax eval senteval --model minilm --years STS12,STS16"),
     ("eval", "tatoeba"): example("sentjax eval tatoeba --model minilm --langs deu,fra"),
+    # commands of other branches (an entry for a command that is not there is unused)
+    ("eval", "mteb"): example("sentjax eval mteb --model minilm --tasks STSBenchmark,SciFact"),
+    ("eval", "retrieval"): example("sentjax eval retrieval --model minilm --data bundled:stsb-retrieval"),
+    ("mine",): example("sentjax mine --model minilm --data bundled:nli-retrieval --range 10:50 --margin 0.05 "
+                       "--num-negatives 4 --out triplets.tsv"),
+    ("plot",): example("sentjax plot runs/demo"),
 }
 
 _GLOBAL = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
@@ -302,10 +308,19 @@ def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentPa
     return {}
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps descriptions as usual but keeps an ``Example:`` epilog's lines as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("Example:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
 def _add_examples(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> None:
     if parser.epilog is None and path in EXAMPLES:
         parser.epilog = EXAMPLES[path]
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the example's lines
+    parser.formatter_class = _HelpFormatter
     for name, child in subparsers(parser).items():
         _add_examples(child, (*path, name))
 

@@ -20,6 +20,7 @@ PRINT_ALLOWED = {
     "sentjax/train/train.py": {"main"},  # sentjax train's help, "error: ..." lines and JSON summary
     "sentjax/data/augment.py": {"<module>"},  # its `python -m` table rebuild script
     "sentjax/parallel/distributed.py": {"exit_now_if_multiprocess"},  # the last line before os._exit
+    "sentjax/plot.py": {"main_args"},  # sentjax plot's list of the files it wrote
 }
 
 
