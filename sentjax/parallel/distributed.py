@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import logging
 import re
 import sys
 from typing import Any, Callable, Mapping
@@ -34,6 +35,8 @@ from typing import Any, Callable, Mapping
 __all__ = ["Decision", "DistributedSetupError", "decide", "maybe_initialize_distributed", "add_arguments",
            "timeouts_from_args", "exit_now_if_multiprocess", "HEARTBEAT_TIMEOUT_SECONDS",
            "SHUTDOWN_TIMEOUT_SECONDS", "INITIALIZATION_TIMEOUT_SECONDS"]
+
+logger = logging.getLogger(__name__)
 
 # Seconds. JAX's defaults are 100 / 300 / 300 (jax/_src/distributed.py, initialize()).
 HEARTBEAT_TIMEOUT_SECONDS = 10       # a process silent this long is dead: the others abort
@@ -348,7 +351,7 @@ def maybe_initialize_distributed(coordinator: str | None = None, num_processes: 
                shutdown_timeout_seconds=shutdown_timeout_seconds,
                initialization_timeout_seconds=initialization_timeout_seconds)
     if not quiet and d.process_id in (0, None) and (d.initialize or not d.reason.startswith("no multi-process")):
-        print(d.line(), file=sys.stderr, flush=True)
+        logger.info(d.line())
     if not d.initialize:
         return d
     if _on_cpu():
@@ -410,7 +413,7 @@ def _install_excepthook() -> None:
 
 def add_arguments(parser) -> None:
     """The multi-process flags of ``sentjax train`` (argparse)."""
-    g = parser.add_argument_group("multi-process (usually detected from SLURM / TPU / MPI; see docs/training.md)")
+    g = parser.add_argument_group("multi-process (usually detected from SLURM / TPU / MPI; see docs/cluster.md)")
     g.add_argument("--coordinator", default=None,
                    help="host:port of process 0, for processes started by hand (or JAX_COORDINATOR_ADDRESS)")
     g.add_argument("--num_processes", type=int, default=None)

@@ -43,6 +43,8 @@ from orbax.checkpoint import checkpoint_managers as ocm
 __all__ = ["Checkpointer", "CheckpointMismatchError", "NoUsableCheckpointError", "TornCheckpointWarning",
            "state_digest"]
 
+logger = logging.getLogger(__name__)
+
 
 class TornCheckpointWarning(UserWarning):
     """An interrupted (incomplete) save was found and skipped."""
@@ -103,7 +105,7 @@ def state_digest(state: Any) -> dict[str, str]:
 
 def _stderr(msg: str) -> None:
     if jax.process_index() == 0:
-        print(msg, file=sys.stderr, flush=True)
+        logger.warning(msg)
 
 
 class Checkpointer:
@@ -202,7 +204,7 @@ class Checkpointer:
                     raise NoUsableCheckpointError(f"Checkpoint {self._step_dir(s)} is unusable: {e}.") from None
                 moved = self._move_aside(s)
                 nxt = f"trying step {steps[i + 1]}" if i + 1 < len(steps) else "no older checkpoint is left"
-                self._report(f"warning: checkpoint {self._step_dir(s)} is unusable ({e}); {moved}; {nxt}.")
+                self._report(f"checkpoint {self._step_dir(s)} is unusable ({e}); {moved}; {nxt}.")
         raise NoUsableCheckpointError(
             f"No usable checkpoint in {self.directory}: " + "; ".join(problems) + ". The damaged folders "
             f"are in {self.directory}.damaged/. Start a new run (drop --resume, or a new --config.workdir).")
@@ -237,7 +239,7 @@ class Checkpointer:
                            f"({type(e).__name__})") from None
         digest = data.pop("digest", None)
         if digest is None:
-            self._report(f"warning: checkpoint {folder} has no digest (written by an older sentjax); "
+            self._report(f"checkpoint {folder} has no digest (written by an older sentjax); "
                          "its values are not verified.")
         else:
             got = state_digest(state)

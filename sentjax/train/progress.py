@@ -6,6 +6,7 @@ divergence at the same step and stop together; only process 0 writes and prints 
 """
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
@@ -13,6 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from sentjax.train import step as step_lib
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["StepLog"]
 
@@ -70,9 +73,8 @@ class StepLog:
         bad = int(round(metrics.get("nonfinite", 0.0) * n))
         if bad:
             self.skipped += bad
-            print(f"warning: {bad} of the last {n} steps (up to step {step}) had a non-finite "
-                  f"loss or gradient; their updates were skipped ({self.skipped} so far).",
-                  file=sys.stderr, flush=True)
+            logger.warning(f"{bad} of the last {n} steps (up to step {step}) had a non-finite "
+                           f"loss or gradient; their updates were skipped ({self.skipped} so far).")
         if self.bar is not None:
             shown = {"loss": f"{metrics['loss']:.4f}"}
             if "pairs_per_s" in metrics:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import signal
 import sys
@@ -29,6 +30,10 @@ from sentjax.parallel import distributed
 from sentjax.parallel.distributed import maybe_initialize_distributed  # noqa: F401 (re-exported)
 from sentjax.train import config_cli
 from sentjax.train import step as step_lib
+
+# Named, not __name__: run as ``python -m sentjax.train.train`` this module is __main__, outside the
+# ``sentjax`` logger that the entry points configure.
+logger = logging.getLogger("sentjax.train.train")
 
 
 # ============================================================================ config
@@ -171,7 +176,7 @@ def restore(ckpt, state: dict, resume: bool, best: dict) -> dict:
     if (data.get("best") or {}).get("metric") == best["metric"]:
         best.update(data["best"])
     if jax.process_index() == 0:
-        print(f"Resumed from step {int(data['step'])} ({ckpt.directory}).", flush=True)
+        logger.info(f"Resumed from step {int(data['step'])} ({ckpt.directory}).")
     return state
 
 
@@ -276,7 +281,7 @@ def train(c: ml_collections.ConfigDict, resume: bool = False, progress: bool = T
     with contextlib.ExitStack() as cleanup:
         if jax.process_index() == 0:
             check_writable(c.workdir)
-            cleanup.enter_context(WorkdirLock(c.workdir, report=lambda m: print(m, file=sys.stderr, flush=True)))
+            cleanup.enter_context(WorkdirLock(c.workdir, report=logger.info))
         return _train(c, resume, progress, cleanup)
 
 
@@ -293,9 +298,9 @@ def _train(c: ml_collections.ConfigDict, resume: bool, progress: bool, cleanup: 
     teacher = load_teacher(c, model) if objective.needs_teacher else None
     if teacher is not None and teacher.module.normalize != model.module.normalize and is_main:
         # MSE to unit vectors from an unnormalised student (or the reverse) mostly trains the norm.
-        print(f"warning: the distillation teacher {'does' if teacher.module.normalize else 'does not'} "
-              f"L2-normalise its embeddings but the student {'does' if model.module.normalize else 'does not'}; "
-              f"set --config.model.normalize={teacher.module.normalize} to match.", file=sys.stderr, flush=True)
+        logger.warning(f"the distillation teacher {'does' if teacher.module.normalize else 'does not'} "
+                       f"L2-normalise its embeddings but the student {'does' if model.module.normalize else 'does not'}; "
+                       f"set --config.model.normalize={teacher.module.normalize} to match.")
     embed, grad_fn = build_objective_and_grad(c, model, objective, mesh, teacher)
     # The teacher reads the source text with its own tokenizer (the student's vocabulary may differ).
     pipeline = build_pipeline(c, model.tokenizer, dedup=objective.in_batch_negatives,
@@ -354,7 +359,7 @@ def _train(c: ml_collections.ConfigDict, resume: bool, progress: bool, cleanup: 
         if stop:
             ckpt.wait()
             if is_main:
-                print(f"SIGTERM: saved step {step} to {ckpt.directory}; exiting.", flush=True)
+                logger.info(f"SIGTERM: saved step {step} to {ckpt.directory}; exiting.")
             summary["preempted_at"] = step
             break
     log.close()
@@ -379,11 +384,16 @@ def main(argv: Sequence[str] | None = None, *, on_start: Callable | None = None,
     [--coordinator HOST:PORT --num_processes N --process_id I] [--heartbeat_timeout_seconds S]
     [--shutdown_timeout_seconds S] [--initialization_timeout_seconds S]``."""
     import argparse
+
+    from sentjax import logs
+    logs.configure()  # keeps the level of ``sentjax --log-level``; info for python -m sentjax.train.train
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(main.__doc__.strip().replace("``", ""))
         print("  Overrides: any key of the config, e.g. --config.batch_size=128 --config.optim.lr=1e-4;\n"
-              "  an unknown key is an error listing the valid ones. See docs/training.md.")
+              "  an unknown key is an error listing the valid ones. See docs/train.md.\n\n"
+              "Example:\n  sentjax train --config experiments/simcse_unsup.py --config.batch_size=128 "
+              "--workdir runs/x\n  sentjax train --config experiments/simcse_unsup.py --workdir runs/x --resume")
         return 0 if argv else 2
     try:
         cfg, rest = config_cli.parse_config_args(argv)
