@@ -12,7 +12,8 @@ values are logged as ``<name>_<metric>`` (``evals.sts_dev`` -> ``sts_dev_spearma
 each exported model with the same evaluators.
 
   type      metrics (x100)                                         fields
-  sts       spearman, pearson of cosine vs gold scores             data, limit
+  sts       spearman, pearson of cosine vs gold scores             data, limit, dims
+            (spearman_<m>: the first m coordinates, Matryoshka)
   senteval  avg, sts12 .. sts16: SentEval STS, pooled "all"        years, root
   nli       accuracy of the softmax head (Sentence-BERT)           data, limit, concat
   tatoeba   mean, <lang>: bitext retrieval, both directions        langs, root
@@ -67,20 +68,56 @@ class STS(Evaluator):
     # or bundled/<dataset>/<file>
     data: str = "stsb-dev"
     limit: int = 0              # the first N pairs only (0: all); not for STS12..16
+    dims: tuple = ()            # also spearman_<m> of the first m coordinates (Matryoshka); () = none
+
+    def __post_init__(self):
+        super().__post_init__()
+        if any(not isinstance(m, int) or isinstance(m, bool) or m < 1 for m in self.dims):
+            raise ValueError(f"dims must be positive integers (truncated embedding sizes), got {self.dims!r}.")
 
     def metric_names(self) -> tuple[str, ...]:
-        return ("spearman", "pearson")
+        return ("spearman", "pearson") + tuple(f"spearman_{m}" for m in self.dims)
 
     def __call__(self, encode_fn, head=None) -> dict[str, float]:
         from sentjax.eval.sts import evaluate_sts, evaluate_sts_file
         path, fmt = readers.resolve_sts_data("stsbenchmark-dev" if self.data == "stsb-dev" else self.data)
-        if fmt == "senteval":
-            r = evaluate_sts_file(encode_fn, path, fmt)  # a SentEval year: correlation of the pooled subsets
-        else:
-            d = readers.read_sts(path, fmt)
-            n = self.limit or len(d.sentences1)
-            r = evaluate_sts(encode_fn, d.sentences1[:n], d.sentences2[:n], d.scores[:n])
-        return {"spearman": float(r["spearman"]), "pearson": float(r["pearson"])}
+        if self.dims:
+            # one encode at full size; each truncation is a slice of it (then cosine re-normalises)
+            encode_fn = _memoized(encode_fn)
+        out = {}
+        for m in (None,) + tuple(self.dims):
+            fn = encode_fn if m is None else _truncated(encode_fn, m)
+            if fmt == "senteval":
+                r = evaluate_sts_file(fn, path, fmt)  # a SentEval year: correlation of the pooled subsets
+            else:
+                d = readers.read_sts(path, fmt)
+                n = self.limit or len(d.sentences1)
+                r = evaluate_sts(fn, d.sentences1[:n], d.sentences2[:n], d.scores[:n])
+            if m is None:
+                out.update(spearman=float(r["spearman"]), pearson=float(r["pearson"]))
+            else:
+                out[f"spearman_{m}"] = float(r["spearman"])
+        return out
+
+
+def _memoized(encode_fn: EncodeFn) -> EncodeFn:
+    cache: dict[tuple, np.ndarray] = {}
+
+    def fn(texts):
+        key = tuple(texts)
+        if key not in cache:
+            cache[key] = np.asarray(encode_fn(list(texts)))
+        return cache[key]
+    return fn
+
+
+def _truncated(encode_fn: EncodeFn, m: int) -> EncodeFn:
+    def fn(texts):
+        e = encode_fn(texts)
+        if m > e.shape[1]:
+            raise ValueError(f"sts dims: {m} > the model's embedding size {e.shape[1]}; use dims <= {e.shape[1]}.")
+        return e[:, :m]
+    return fn
 
 
 @EVALUATORS.register("senteval")
