@@ -70,7 +70,7 @@ def test_sts_evaluator_reports_each_dimension():
         for t in texts:
             table.setdefault(t, rng.standard_normal(16) * np.linspace(3, 0.1, 16))
         return np.stack([table[t] for t in texts])
-    ev = EVALUATORS.build({"type": "sts", "data": "stsb-dev", "limit": 64, "dims": (16, 4)})
+    ev = EVALUATORS.build({"type": "sts_dims", "data": "stsb-dev", "limit": 64, "dims": (16, 4)})
     assert ev.metric_names() == ("spearman", "pearson", "spearman_16", "spearman_4")
     got = ev(encode)
     d = readers.read_sts(*readers.resolve_sts_data("stsbenchmark-dev"))
@@ -80,8 +80,9 @@ def test_sts_evaluator_reports_each_dimension():
         cos = np.sum(u * v, 1) / np.linalg.norm(u, axis=1) / np.linalg.norm(v, axis=1)
         assert got[f"spearman_{m}"] == pytest.approx(100 * spearmanr(cos, d.scores[:64])[0], abs=1e-6)
     assert got["spearman_16"] == pytest.approx(got["spearman"], abs=1e-9)
+    assert got["spearman"] == EVALUATORS.build({"type": "sts", "data": "stsb-dev", "limit": 64})(encode)["spearman"]
     assert got["spearman_4"] != pytest.approx(got["spearman_16"], abs=1e-3)
     with pytest.raises(ConfigError, match="dims must be positive integers"):
-        EVALUATORS.build({"type": "sts", "dims": (0,)})
+        EVALUATORS.build({"type": "sts_dims", "dims": (0,)})
     with pytest.raises(ValueError, match="17 > the model's embedding size 16"):
-        EVALUATORS.build({"type": "sts", "limit": 8, "dims": (17,)})(encode)
+        EVALUATORS.build({"type": "sts_dims", "limit": 8, "dims": (17,)})(encode)

@@ -12,8 +12,8 @@ values are logged as ``<name>_<metric>`` (``evals.sts_dev`` -> ``sts_dev_spearma
 each exported model with the same evaluators.
 
   type      metrics (x100)                                         fields
-  sts       spearman, pearson of cosine vs gold scores             data, limit, dims
-            (spearman_<m>: the first m coordinates, Matryoshka)
+  sts       spearman, pearson of cosine vs gold scores             data, limit
+  sts_dims  sts + spearman_<m> of the first m coordinates          data, limit, dims (Matryoshka)
   senteval  avg, sts12 .. sts16: SentEval STS, pooled "all"        years, root
   nli       accuracy of the softmax head (Sentence-BERT)           data, limit, concat
   tatoeba   mean, <lang>: bitext retrieval, both directions        langs, root
@@ -32,7 +32,7 @@ import numpy as np
 from sentjax.data import readers
 from sentjax.registry import ConfigError, Registry
 
-__all__ = ["EVALUATORS", "Evaluator", "STS", "SentEval", "NLIAccuracy", "Tatoeba", "build_evaluators",
+__all__ = ["EVALUATORS", "Evaluator", "STS", "STSDims", "SentEval", "NLIAccuracy", "Tatoeba", "build_evaluators",
            "eval_config"]
 
 EncodeFn = Callable[[list[str]], np.ndarray]
@@ -68,35 +68,47 @@ class STS(Evaluator):
     # or bundled/<dataset>/<file>
     data: str = "stsb-dev"
     limit: int = 0              # the first N pairs only (0: all); not for STS12..16
-    dims: tuple = ()            # also spearman_<m> of the first m coordinates (Matryoshka); () = none
+
+    def metric_names(self) -> tuple[str, ...]:
+        return ("spearman", "pearson")
+
+    def __call__(self, encode_fn, head=None) -> dict[str, float]:
+        from sentjax.eval.sts import evaluate_sts, evaluate_sts_file
+        path, fmt = readers.resolve_sts_data("stsbenchmark-dev" if self.data == "stsb-dev" else self.data)
+        if fmt == "senteval":
+            r = evaluate_sts_file(encode_fn, path, fmt)  # a SentEval year: correlation of the pooled subsets
+        else:
+            d = readers.read_sts(path, fmt)
+            n = self.limit or len(d.sentences1)
+            r = evaluate_sts(encode_fn, d.sentences1[:n], d.sentences2[:n], d.scores[:n])
+        return {"spearman": float(r["spearman"]), "pearson": float(r["pearson"])}
+
+
+# ---------------------------------------------------------------- Matryoshka: STS at each truncation
+# A type of its own rather than a field of "sts": the default config's sts_dev block may be switched
+# to another type from the command line (--config.evals.sts_dev.type=nli), which needs every sts
+# field to exist in that type too.
+
+@EVALUATORS.register("sts_dims")
+@dataclasses.dataclass(frozen=True)
+class STSDims(STS):
+    """:class:`STS`, plus ``spearman_<m>``: the same pairs with each embedding cut to its first m
+    coordinates (a Matryoshka model used at size m; cosine re-normalises). One encode at full size."""
+    dims: tuple = (384, 256, 128, 64, 32)  # truncated sizes m, each <= the model's embedding size
 
     def __post_init__(self):
         super().__post_init__()
-        if any(not isinstance(m, int) or isinstance(m, bool) or m < 1 for m in self.dims):
+        if not self.dims or any(not isinstance(m, int) or isinstance(m, bool) or m < 1 for m in self.dims):
             raise ValueError(f"dims must be positive integers (truncated embedding sizes), got {self.dims!r}.")
 
     def metric_names(self) -> tuple[str, ...]:
         return ("spearman", "pearson") + tuple(f"spearman_{m}" for m in self.dims)
 
     def __call__(self, encode_fn, head=None) -> dict[str, float]:
-        from sentjax.eval.sts import evaluate_sts, evaluate_sts_file
-        path, fmt = readers.resolve_sts_data("stsbenchmark-dev" if self.data == "stsb-dev" else self.data)
-        if self.dims:
-            # one encode at full size; each truncation is a slice of it (then cosine re-normalises)
-            encode_fn = _memoized(encode_fn)
-        out = {}
-        for m in (None,) + tuple(self.dims):
-            fn = encode_fn if m is None else _truncated(encode_fn, m)
-            if fmt == "senteval":
-                r = evaluate_sts_file(fn, path, fmt)  # a SentEval year: correlation of the pooled subsets
-            else:
-                d = readers.read_sts(path, fmt)
-                n = self.limit or len(d.sentences1)
-                r = evaluate_sts(fn, d.sentences1[:n], d.sentences2[:n], d.scores[:n])
-            if m is None:
-                out.update(spearman=float(r["spearman"]), pearson=float(r["pearson"]))
-            else:
-                out[f"spearman_{m}"] = float(r["spearman"])
+        encode_fn = _memoized(encode_fn)
+        out = STS.__call__(self, encode_fn)
+        for m in self.dims:
+            out[f"spearman_{m}"] = STS.__call__(self, _truncated(encode_fn, m))["spearman"]
         return out
 
 
