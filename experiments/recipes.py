@@ -67,11 +67,11 @@ MATRYOSHKA_DIMS = (384, 256, 128, 64, 32)
 
 
 def matryoshka(out: str, smoke: bool) -> dict:
-    """NLI-CAD triplets (the demo's data), batch 32, 32 steps, T = 0.05: InfoNCE vs
+    """NLI-CAD triplets (the demo's data), batch 32, 12 steps, T = 0.05: InfoNCE vs
     Matryoshka(InfoNCE) at dims 384..32 with weights 1 (sentence-transformers' defaults)."""
     from sentjax.losses import registry
     dims = (32, 16, 8) if smoke else MATRYOSHKA_DIMS
-    steps = {} if smoke else {"total_steps": 32}
+    steps = {} if smoke else {"total_steps": 12}
     inner = registry.defaults("infonce")  # the demo's objective block: T 0.05, hard negatives on
     rows = {} if smoke else {"MiniLM untrained, truncated": _sts(None, dims, smoke)}
     plain = _train_and_export(os.path.join(out, "infonce"), steps, smoke)
@@ -87,7 +87,7 @@ def matryoshka(out: str, smoke: bool) -> dict:
     for name, r in rows.items():
         lines.append(f"| {name} | " + " | ".join(f"{r[c]:.2f}" for c in cols) + f" | {r.get('train_s', '')} |")
     return {"rows": rows, "table": "\n".join(lines),
-            "title": "Matryoshka: STS-B dev Spearman at each truncation (all-MiniLM-L6-v2, NLI-CAD, 32 steps of 32)"}
+            "title": "Matryoshka: STS-B dev Spearman at each truncation (all-MiniLM-L6-v2, NLI-CAD, 12 steps of 32)"}
 
 
 # ============================================================================ several positives
