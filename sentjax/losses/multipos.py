@@ -29,7 +29,9 @@ each), while ``log_sum_prob`` is satisfied once the easiest positive dominates (
 positive p is weighted by p's share of the positives' probability), so a hard positive gets little
 signal; Khosla et al. (Table 2) found L_out clearly better. ``log_sum_prob`` suits noisy positive
 sets where some "positives" are wrong (MIL-NCE's use). By Jensen, ``log_sum_prob <= mean_log_prob -
-log k``, with equality when an anchor's k positives score alike.
+log k``, with equality when an anchor's k positives score alike. ``mean_log_prob`` is at least ``log k``
+(its own positives share the probability mass), ``log_sum_prob`` at least 0: compare losses across k
+with that in mind.
 
 Across devices the positives and negatives are all-gathered (``lax.all_gather(..., tiled=True)``;
 the transpose is a reduce-scatter, so every candidate gets the gradient from every device's
