@@ -68,6 +68,7 @@ def test_k1_is_infonce_and_forms_differ_by_jensen():
     out = float(multipos_loss(a, p3, n, temperature=0.07)[0])
     inn = float(multipos_loss(a, p3, n, temperature=0.07, form="log_sum_prob")[0])
     assert inn <= out - np.log(3) + 1e-5 and inn < out - np.log(3) - 1e-3  # strict: positives differ
+    assert out >= np.log(3) and inn >= 0  # floors: k positives share the probability mass
 
 
 def test_bad_input_is_explained():
