@@ -18,7 +18,7 @@ def test_matryoshka_recipe_smoke(tmp_path):
     finally:
         sys.path.pop(0)
     before = open(recipes.RESULTS_MD, encoding="utf-8").read()
-    res = recipes.matryoshka(str(tmp_path), smoke=True)
+    res = recipes.matryoshka(str(tmp_path), smoke=True, with_infonce=True)
     assert set(res["rows"]) == {"InfoNCE, truncated", "Matryoshka(InfoNCE)"}
     for r in res["rows"].values():
         assert {"spearman_32", "spearman_16", "spearman_8"} <= set(r) and r["loss"] > 0
