@@ -12,6 +12,7 @@ models, writes ``experiments/results/recipes/<row>.json`` and its section of
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -130,7 +131,7 @@ def _write_section(row: str, result: dict, command: str, wall: float) -> None:
     body = (f"<!-- BEGIN recipes-{row} -->\n## {result['title']}\n\n`{command}` "
             f"({time.strftime('%Y-%m-%d', time.gmtime())}, one seed, {wall:.0f} s wall on 2 shared CPU cores, "
             f"jax {jax.__version__}, Python {platform.python_version()})\n\n{result['table']}\n\n"
-            f"{(RECIPES[row].__doc__ or '').strip()}\n<!-- END recipes-{row} -->")
+            f"{inspect.cleandoc(RECIPES[row].__doc__ or '')}\n<!-- END recipes-{row} -->")
     text = open(RESULTS_MD, encoding="utf-8").read() if os.path.exists(RESULTS_MD) else ""
     begin, end = f"<!-- BEGIN recipes-{row} -->", f"<!-- END recipes-{row} -->"
     if begin in text:
