@@ -77,7 +77,7 @@ def test_each_evaluator_returns_the_metrics_it_declares(tmp_path):
     ws = make_tiny_workspace(str(tmp_path / "ws"))
     head = {"kernel": np.random.default_rng(0).normal(size=(3 * 64, 3)), "bias": np.zeros(3)}
     cases = {"sts": {"data": ws.sts}, "senteval": {"years": ("STS12",)}, "nli": {"data": ws.nli, "limit": 20},
-             "tatoeba": {"langs": ("deu",)},
+             "tatoeba": {"langs": ("deu",)}, "sts_dims": {"data": ws.sts, "dims": (64, 8)},
              "retrieval": {"data": "bundled:stsb-retrieval", "limit": 20}}
     assert set(cases) == set(TYPES), "a new evaluator needs a case here"
     for name, fields in cases.items():

@@ -15,7 +15,7 @@ NAMES = registry.names()
 
 
 def test_every_loss_module_is_registered():
-    assert set(NAMES) == {"infonce", "softmax", "cosine", "cosent", "distill"}
+    assert set(NAMES) == {"infonce", "softmax", "cosine", "cosent", "distill", "matryoshka", "multipos"}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -24,18 +24,20 @@ def test_objective_builds_from_its_defaults_and_round_trips(name):
     module = importlib.import_module(f"sentjax.losses.{name}")
     assert module.__doc__ and len(module.__doc__) > 200  # formula, paper, inputs
     for f in dataclasses.fields(spec.config):
-        assert f.default is not dataclasses.MISSING, f"{name}.{f.name} needs a default"
+        assert (f.default, f.default_factory) != (dataclasses.MISSING,) * 2, f"{name}.{f.name} needs a default"
     block = config_cli.objective_config(name)
     obj = make_objective(block)
     assert obj.name == name and set(obj.fields) >= {"anchor"}
     # hyperparameters round-trip: config block -> Config -> dict
     assert {"name": name, **dataclasses.asdict(obj.hparams)} == registry.defaults(name)
     rng = np.random.default_rng(0)
-    cols = {"anchor": jnp.asarray(rng.normal(size=(4, 6)), jnp.float32),
-            "positive": jnp.asarray(rng.normal(size=(4, 6)), jnp.float32),
+    d = 384  # matryoshka's default dims go up to all-MiniLM-L6-v2's 384
+    cols = {c: jnp.asarray(rng.normal(size=(4, d)), jnp.float32) for c in obj.fields if c != "negative"}
+    cols.update({"anchor": jnp.asarray(rng.normal(size=(4, d)), jnp.float32),
+            "positive": jnp.asarray(rng.normal(size=(4, d)), jnp.float32),
             "label": jnp.asarray([0, 1, 2, 0]), "score": jnp.asarray([0.1, 0.9, 0.5, 0.3], jnp.float32),
-            "teacher": jnp.asarray(rng.normal(size=(4, 6)), jnp.float32)}
-    params = {"head": obj.init_head(jax.random.key(0), 6)} if obj.init_head else {}
+            "teacher": jnp.asarray(rng.normal(size=(4, d)), jnp.float32)})
+    params = {"head": obj.init_head(jax.random.key(0), d)} if obj.init_head else {}
     loss, metrics = obj.loss_fn(params, cols)
     assert np.isfinite(float(loss)) and isinstance(metrics, dict)
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from sentjax.data import bundled
 
-__all__ = [
+__all__ = ["MultiPositives", "read_multipos_jsonl", "nli_multipos",
     "DataFormatError", "STSPairs", "SentEvalSTS", "NLIPairs", "Parallel", "Triplets", "NLI_LABELS",
     "read_text", "read_sts_csv", "read_senteval_sts", "read_stsbenchmark_senteval", "read_sick",
     "read_snli_esnli", "read_nli_tsv", "read_lines", "read_parallel", "read_tatoeba", "nli_triplets",
@@ -128,6 +128,19 @@ class Triplets:
     anchors: list[str]
     positives: list[str]
     negatives: list[str]
+
+    def __len__(self) -> int:
+        return len(self.anchors)
+
+
+@dataclasses.dataclass
+class MultiPositives:
+    """Anchors with k positives each (``positives[i]``: anchor i's k texts), optionally one hard negative."""
+
+    anchors: list[str]
+    positives: list[list[str]]
+    negatives: list[str] | None = None
+    name: str = ""
 
     def __len__(self) -> int:
         return len(self.anchors)
@@ -550,6 +563,56 @@ def nli_triplets(pairs: NLIPairs) -> Triplets:
         for e, c in zip(ent.get(p, ()), con.get(p, ())):
             a.append(p), pos.append(e), neg.append(c)
     return Triplets(a, pos, neg)
+
+
+def nli_multipos(pairs: NLIPairs, k: int) -> MultiPositives:
+    """Anchors with several positives from NLI: each premise with at least ``k`` entailment
+    hypotheses and its first ``k`` of them (file order); premises with fewer give none.
+    Deterministic: premises in order of first appearance."""
+    if k < 1:
+        raise DataFormatError(f"nli_multipos: k must be >= 1, got {k}.")
+    ent: dict[str, list[str]] = {}
+    for p, h, y in zip(pairs.premises, pairs.hypotheses, pairs.labels):
+        if y == "entailment" and h not in ent.setdefault(p, []):
+            ent[p].append(h)
+    anchors = [p for p in ent if len(ent[p]) >= k]
+    return MultiPositives(anchors, [ent[p][:k] for p in anchors], None, name=pairs.name)
+
+
+def read_multipos_jsonl(path: str | os.PathLike) -> MultiPositives:
+    """JSON lines ``{"anchor": str, "positives": [str, ... k], "negative": str (optional)}``; every
+    line has the same k, and either every line or none has a ``negative`` (``.gz`` ok)."""
+    import json
+    text = read_text(path, "multi-positive JSONL")
+    path = os.fspath(path)
+    anchors, positives, negatives = [], [], []
+    k = has_neg = None
+    for ln, line in enumerate(_lines(text), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataFormatError(f"{path}, line {ln}: not valid JSON ({e.msg}); write one object per line.") from None
+        pos = row.get("positives") if isinstance(row, dict) else None
+        if not isinstance(row, dict) or not isinstance(row.get("anchor"), str) or not isinstance(pos, list) \
+                or not pos or not all(isinstance(x, str) for x in pos):
+            raise DataFormatError(f"{path}, line {ln}: expected {{\"anchor\": str, \"positives\": [str, ...]}}, "
+                                  f"got {line[:120]!r}.")
+        if k is None:
+            k, has_neg = len(pos), "negative" in row
+        if len(pos) != k:
+            raise DataFormatError(f"{path}, line {ln}: {len(pos)} positives, but line 1 has {k}; every anchor "
+                                  "needs the same number k (drop or repeat positives to make them equal).")
+        if ("negative" in row) != has_neg or (has_neg and not isinstance(row["negative"], str)):
+            raise DataFormatError(f"{path}, line {ln}: give a string \"negative\" on every line or on none.")
+        anchors.append(_need_text(row["anchor"], path, ln, "anchor"))
+        positives.append([_need_text(x, path, ln, "positives") for x in pos])
+        if has_neg:
+            negatives.append(_need_text(row["negative"], path, ln, "negative"))
+    if not anchors:
+        raise DataFormatError(f"{path}: no rows.")
+    return MultiPositives(anchors, positives, negatives if has_neg else None, name=os.path.basename(path))
 
 
 # ----------------------------------------------------------------------------- sentences / bitext

@@ -19,6 +19,7 @@ records to ``Source`` columns and turns their errors into ``DataError`` with the
   triplets  anchor, positive, negative (SimCSE supervised, from NLI)
   sts       anchor, positive, score in [0, 1]
   nli       anchor, positive, label
+  multipos  anchor, positive, positive_1, ..., positive_{k-1}[, negative]   (k positives per anchor)
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ KIND_FIELDS = {
     "text": ("anchor",), "pairs": ("anchor", "positive"), "parallel": ("anchor", "positive"),
     "triplets": ("anchor", "positive", "negative"), "sts": ("anchor", "positive"),
     "nli": ("anchor", "positive"),
+    "multipos": ("anchor", "positive"),  # plus positive_1 .. positive_{k-1} and negative: Source.text_fields
 }
 NLI_LABELS = readers.NLI_LABELS
 
@@ -76,6 +78,8 @@ class Source:
 
     @property
     def text_fields(self) -> tuple[str, ...]:
+        if self.kind == "multipos":  # k is the data's: its positive_j columns (and a negative, if any)
+            return tuple(c for c in self.columns if c in ("anchor", "negative") or c.startswith("positive"))
         return KIND_FIELDS[self.kind]
 
 
@@ -256,6 +260,43 @@ def _parallel(rest: str) -> Source:
 @register_spec("parallel-sts", "parallel-sts:SRC|TGT  row-aligned STS-B translations")
 def _parallel_sts(rest: str) -> Source:
     return read_parallel_sts(rest)
+
+
+def multipos_source(mp: readers.MultiPositives, name: str) -> Source:
+    """``anchor``, ``positive``, ``positive_1``, ... (the ``multipos`` objective's columns), ``negative``."""
+    k = len(mp.positives[0])
+    cols: dict[str, Any] = {"anchor": mp.anchors}
+    for j in range(k):
+        cols["positive" if j == 0 else f"positive_{j}"] = [p[j] for p in mp.positives]
+    if mp.negatives is not None:
+        cols["negative"] = mp.negatives
+    return Source(name, "multipos", cols)
+
+
+@register_spec("multipos", "multipos:JSONL  {anchor, positives: [k texts], negative?} per line")
+def _multipos(rest: str) -> Source:
+    return multipos_source(_reader_errors(readers.read_multipos_jsonl, rest), rest)
+
+
+@register_spec("nli-multipos", "nli-multipos:K:TSV[,TSV...]  premises with their first K entailments "
+               "(TSV: an NLI TSV, or snli-dev / snli-test)")
+def _nli_multipos(rest: str) -> Source:
+    k, sep, files = rest.partition(":")
+    if not sep or not k.isdigit() or int(k) < 1 or not files:
+        raise DataError(f"nli-multipos:{rest!r} must look like 'nli-multipos:K:FILE[,FILE...]' with K >= 1, "
+                        "e.g. 'nli-multipos:2:snli-dev,snli-test'.")
+    parts = []
+    for f in files.split(","):
+        if f in ("snli-dev", "snli-test"):
+            parts.append(_reader_errors(readers.read_snli_esnli, None, f.split("-")[1]))
+        else:
+            parts.append(_reader_errors(readers.read_nli_tsv, f))
+    pairs = readers.NLIPairs([p for x in parts for p in x.premises], [h for x in parts for h in x.hypotheses],
+                             [y for x in parts for y in x.labels], name=files)
+    mp = readers.nli_multipos(pairs, int(k))
+    if not len(mp):
+        raise DataError(f"nli-multipos:{rest}: no premise has {k} entailment hypotheses; lower K.")
+    return multipos_source(mp, f"nli-multipos:{rest}")
 
 
 @register_spec("tfds", "tfds:NAME[:SPLIT][@DATA_DIR]  a TFDS dataset (sentjax.data.tfds_builders)")

@@ -13,6 +13,7 @@ each exported model with the same evaluators.
 
   type      metrics (x100)                                         fields
   sts       spearman, pearson of cosine vs gold scores             data, limit
+  sts_dims  sts + spearman_<m> of the first m coordinates          data, limit, dims (Matryoshka)
   senteval  avg, sts12 .. sts16: SentEval STS, pooled "all"        years, root
   nli       accuracy of the softmax head (Sentence-BERT)           data, limit, concat
   tatoeba   mean, <lang>: bitext retrieval, both directions        langs, root
@@ -33,8 +34,8 @@ import numpy as np
 from sentjax.data import readers
 from sentjax.registry import ConfigError, Registry
 
-__all__ = ["EVALUATORS", "Evaluator", "STS", "SentEval", "NLIAccuracy", "Tatoeba", "build_evaluators",
-           "eval_config", "Retrieval"]
+__all__ = ["EVALUATORS", "Evaluator", "STS", "STSDims", "SentEval", "NLIAccuracy", "Tatoeba", "Retrieval",
+           "build_evaluators", "eval_config"]
 
 EncodeFn = Callable[[list[str]], np.ndarray]
 EVALUATORS = Registry("evaluator")
@@ -83,6 +84,54 @@ class STS(Evaluator):
             n = self.limit or len(d.sentences1)
             r = evaluate_sts(encode_fn, d.sentences1[:n], d.sentences2[:n], d.scores[:n])
         return {"spearman": float(r["spearman"]), "pearson": float(r["pearson"])}
+
+
+# ---------------------------------------------------------------- Matryoshka: STS at each truncation
+# A type of its own rather than a field of "sts": the default config's sts_dev block may be switched
+# to another type from the command line (--config.evals.sts_dev.type=nli), which needs every sts
+# field to exist in that type too.
+
+@EVALUATORS.register("sts_dims")
+@dataclasses.dataclass(frozen=True)
+class STSDims(STS):
+    """:class:`STS`, plus ``spearman_<m>``: the same pairs with each embedding cut to its first m
+    coordinates (a Matryoshka model used at size m; cosine re-normalises). One encode at full size."""
+    dims: tuple = (384, 256, 128, 64, 32)  # truncated sizes m, each <= the model's embedding size
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.dims or any(not isinstance(m, int) or isinstance(m, bool) or m < 1 for m in self.dims):
+            raise ValueError(f"dims must be positive integers (truncated embedding sizes), got {self.dims!r}.")
+
+    def metric_names(self) -> tuple[str, ...]:
+        return ("spearman", "pearson") + tuple(f"spearman_{m}" for m in self.dims)
+
+    def __call__(self, encode_fn, head=None) -> dict[str, float]:
+        encode_fn = _memoized(encode_fn)
+        out = STS.__call__(self, encode_fn)
+        for m in self.dims:
+            out[f"spearman_{m}"] = STS.__call__(self, _truncated(encode_fn, m))["spearman"]
+        return out
+
+
+def _memoized(encode_fn: EncodeFn) -> EncodeFn:
+    cache: dict[tuple, np.ndarray] = {}
+
+    def fn(texts):
+        key = tuple(texts)
+        if key not in cache:
+            cache[key] = np.asarray(encode_fn(list(texts)))
+        return cache[key]
+    return fn
+
+
+def _truncated(encode_fn: EncodeFn, m: int) -> EncodeFn:
+    def fn(texts):
+        e = encode_fn(texts)
+        if m > e.shape[1]:
+            raise ValueError(f"sts dims: {m} > the model's embedding size {e.shape[1]}; use dims <= {e.shape[1]}.")
+        return e[:, :m]
+    return fn
 
 
 @EVALUATORS.register("senteval")

@@ -10,6 +10,10 @@ distill    :func:`distill.distill_loss` (s_src, s_tgt, t_src)    anchor, positiv
 cosent     :func:`cosent.cosent_loss` (u, v, scores)             anchor, positive, score
 =========  ====================================================  ==========================
 
+Also ``multipos`` (:func:`multipos.multipos_loss` (a, p [b, k, d], n=None); columns anchor, positive,
+positive_1, ..., negative?: k positives per anchor) and ``matryoshka`` (a wrapper applying an inner
+objective at several truncated dimensions; the inner objective's columns).
+
 Every loss takes an optional ``axis_name``: the inputs are then the local shards of a batch split
 over that mesh / pmap axis and the returned loss is the global mean, identical on every device.
 Each module also holds its ``Config`` (hyperparameters) and ``OBJECTIVE`` (how the trainer builds

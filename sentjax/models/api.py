@@ -47,13 +47,17 @@ class SentenceModel:
       params: its parameter pytree ``{"encoder": ..., "pooler": ...}``.
       tokenizer: the ``sentjax.tokenization.Tokenizer``.
       source_dir: folder the model came from (tokenizer files are copied from it on save).
+      truncate_dim: keep only the first this many coordinates of every embedding (a Matryoshka
+        model used at a smaller size), or None; saved as sentence-transformers' ``truncate_dim``.
     """
     module: SentenceEncoderModule
     params: Any
     tokenizer: Tokenizer
     source_dir: str | None = None
+    truncate_dim: int | None = None
 
     def __post_init__(self) -> None:
+        self.truncate_dim = _check_truncate_dim(self.truncate_dim, self.dim)
         self._forward = jax.jit(lambda p, b: self.module.apply({"params": p}, b, deterministic=True))
 
     @property
@@ -66,24 +70,28 @@ class SentenceModel:
         return self.config.hidden_size
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, normalize: bool | None = None,
-               show_progress: bool | None = None, packing: bool = True) -> np.ndarray:
+               show_progress: bool | None = None, packing: bool = True,
+               truncate_dim: int | None = None) -> np.ndarray:
         """Embeds texts: ``[n, dim]`` float32, rows in input order.
 
         With ``packing`` (default) several sentences share a row under block-diagonal
         attention, so almost no compute goes to padding; otherwise texts are sorted by
         token count and each batch pads to a bucketed length. Both give the same
         embeddings (to float rounding). Empty strings encode as [CLS][SEP].
-        ``normalize`` overrides the model's own setting.
+        ``normalize`` overrides the model's own setting. ``truncate_dim`` (default: the model's
+        ``truncate_dim``) keeps the first coordinates, as sentence-transformers does: after the
+        model's own Normalize module, before ``normalize=True``.
         """
         texts = _check_texts(texts)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        keep = _check_truncate_dim(truncate_dim, self.dim) or self.truncate_dim or self.dim
         if not texts:
-            return np.zeros((0, self.dim), np.float32)
+            return np.zeros((0, keep), np.float32)
         ids = self.tokenizer.encode_ids(texts)
         run = self._encode_packed if packing else self._encode_padded
-        out = run(ids, batch_size, show_progress)
-        if normalize and not self.module.normalize:
+        out = run(ids, batch_size, show_progress)[:, :keep]
+        if normalize and (not self.module.normalize or keep < self.dim):
             out = l2_normalize(out)
         return out
 
@@ -128,6 +136,16 @@ class SentenceModel:
             for r, row in enumerate(chunk):
                 out[row] = emb[r, :len(row)]
         return out
+
+
+def _check_truncate_dim(truncate_dim: int | None, dim: int) -> int | None:
+    if truncate_dim is None:
+        return None
+    if isinstance(truncate_dim, bool) or not isinstance(truncate_dim, (int, np.integer)) \
+            or not 1 <= truncate_dim <= dim:
+        raise ValueError(f"truncate_dim must be an integer in [1, {dim}] (the model's embedding size) or "
+                         f"None, got {truncate_dim!r}.")
+    return int(truncate_dim)
 
 
 # ----------------------------------------------------------------------------- load
@@ -183,7 +201,8 @@ def _pooling_from_st(folder: str) -> str:
 
 
 def load(path_or_hub_id: str, *, max_length: int | None = None, pooling: str | None = None,
-         normalize: bool | None = None, dtype: Any = jnp.float32) -> SentenceModel:
+         normalize: bool | None = None, dtype: Any = jnp.float32,
+         truncate_dim: int | None = None) -> SentenceModel:
     """Loads a Hugging Face or sentence-transformers model folder (or hub id, online).
 
     Args:
@@ -192,6 +211,8 @@ def load(path_or_hub_id: str, *, max_length: int | None = None, pooling: str | N
       pooling / normalize: override what the folder's modules say (a plain HF folder
         defaults to mean pooling, not normalised).
       dtype: compute dtype (float32 or bfloat16); parameters stay float32.
+      truncate_dim: embeddings keep their first this many coordinates; default: the folder's
+        ``config_sentence_transformers.json`` ``truncate_dim`` (None: all).
     """
     folder = _resolve(path_or_hub_id)
     modules = _read_modules(folder)
@@ -239,7 +260,17 @@ def load(path_or_hub_id: str, *, max_length: int | None = None, pooling: str | N
     tokenizer = Tokenizer(tokenizer.backend, min(tokenizer.max_length, config.max_tokens),
                           tokenizer.bucket_multiple, config.pad_token_id)
     params = jax.tree.map(jnp.asarray, params)
-    return SentenceModel(module, params, tokenizer, source_dir=base)
+    if truncate_dim is None:
+        truncate_dim = _saved_truncate_dim(folder)
+    return SentenceModel(module, params, tokenizer, source_dir=base, truncate_dim=truncate_dim)
+
+
+def _saved_truncate_dim(folder: str) -> int | None:
+    path = os.path.join(folder, "config_sentence_transformers.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f).get("truncate_dim")
 
 
 def _read_dense(folder: str, dim: int) -> dict:
@@ -285,9 +316,12 @@ def save(model: SentenceModel, path: str | os.PathLike, params: Any = None,
     _save_tokenizer(model, path)
     with open(os.path.join(path, "sentence_bert_config.json"), "w", encoding="utf-8") as f:
         json.dump({"max_seq_length": model.tokenizer.max_length, "do_lower_case": False}, f, indent=2)
+    st_config = {"__version__": {"sentjax": __version__}, "prompts": {},
+                 "default_prompt_name": None, "similarity_fn_name": "cosine"}
+    if model.truncate_dim is not None:
+        st_config["truncate_dim"] = model.truncate_dim
     with open(os.path.join(path, "config_sentence_transformers.json"), "w", encoding="utf-8") as f:
-        json.dump({"__version__": {"sentjax": __version__}, "prompts": {},
-                   "default_prompt_name": None, "similarity_fn_name": "cosine"}, f, indent=2)
+        json.dump(st_config, f, indent=2)
     mods = [{"idx": 0, "name": "0", "path": "", "type": _ST_TRANSFORMER}]
     pool_dir = os.path.join(path, "1_Pooling")
     os.makedirs(pool_dir, exist_ok=True)
