@@ -91,8 +91,9 @@ def reference_of(name):
 
 
 def test_every_trainer_objective_is_in_a_matrix():
-    # infonce (dense and tiled) is the BERT matrix of test_parallel_grads.py
-    assert set(train_objectives.OBJECTIVES) == set(OBJECTIVES) | {"infonce"}
+    # infonce (dense and tiled) is the BERT matrix of test_parallel_grads.py; margin_mse and
+    # listwise_kl (hard negatives + teacher scores) are the matrix of test_score_distill.py
+    assert set(train_objectives.OBJECTIVES) == set(OBJECTIVES) | {"infonce", "margin_mse", "listwise_kl"}
     assert set(train_objectives.GRADIENT_METHODS.values()) <= set(BACKENDS)
 
 

@@ -19,6 +19,7 @@ records to ``Source`` columns and turns their errors into ``DataError`` with the
   triplets  anchor, positive, negative (SimCSE supervised, from NLI)
   sts       anchor, positive, score in [0, 1]
   nli       anchor, positive, label
+  scored    anchor, positive, negative, score [n, 2] (teacher scores of positive / negative)
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ KIND_FIELDS = {
     "text": ("anchor",), "pairs": ("anchor", "positive"), "parallel": ("anchor", "positive"),
     "triplets": ("anchor", "positive", "negative"), "sts": ("anchor", "positive"),
     "nli": ("anchor", "positive"),
+    "scored": ("anchor", "positive", "negative"),
 }
 NLI_LABELS = readers.NLI_LABELS
 
@@ -256,6 +258,14 @@ def _parallel(rest: str) -> Source:
 @register_spec("parallel-sts", "parallel-sts:SRC|TGT  row-aligned STS-B translations")
 def _parallel_sts(rest: str) -> Source:
     return read_parallel_sts(rest)
+
+
+@register_spec("scored-triplets", "scored-triplets:TSV  headed sent0 sent1 hard_neg pos_score neg_score "
+                                  "(teacher scores; margin_mse / listwise_kl)")
+def _scored_triplets(rest: str) -> Source:
+    tri, scores = _reader_errors(readers.read_scored_triplets, rest)
+    return Source(rest, "scored", {"anchor": tri.anchors, "positive": tri.positives,
+                                   "negative": tri.negatives, "score": scores.astype(np.float32)})
 
 
 @register_spec("tfds", "tfds:NAME[:SPLIT][@DATA_DIR]  a TFDS dataset (sentjax.data.tfds_builders)")
