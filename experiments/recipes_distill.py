@@ -22,7 +22,7 @@ from sentjax.train.config_cli import objective_config
 TITLE = "Score distillation: MarginMSE and listwise KL from all-MiniLM-L6-v2 scores (random 2-layer student, NLI-CAD)"
 PAPER = {"teacher": "BERT-cat ensemble (cross-encoders)", "student": "DistilBERT / BERT-base",
          "data": "MS MARCO passage triplets", "batch": 32, "lr": 7e-6}
-TRIPLETS_USED = 2048  # triplets scored by the teacher (>= batch * steps of every row)
+TRIPLETS_USED = 0  # triplets scored by the teacher: 0 = all 1,667 NLI-CAD training triplets
 
 
 def get_config():
@@ -59,7 +59,7 @@ SMOKE = {"model.encoder.hidden_size": 32, "model.encoder.intermediate_size": 64}
 def prepare(cfg, row, workroot):
     """Teacher scores once per output folder; score rows read them, the InfoNCE row the same triplets."""
     from score_teacher import write_teacher_scores  # experiments/ is on sys.path under run.py
-    path = os.path.join(os.path.dirname(os.path.abspath(workroot)), "teacher_scores.tsv")
+    path = os.path.join(os.path.abspath(workroot), "teacher_scores.tsv")
     if not os.path.exists(path):
         print(write_teacher_scores(path, limit=TRIPLETS_USED), flush=True)
     cfg.data.datasets = (f"scored-triplets:{path}",)
