@@ -68,7 +68,7 @@ def prepare(cfg, row, workroot):
 NOTES = """
 Teacher scores (all 1,667 NLI-CAD training triplets, `experiments/score_teacher.py`): all-MiniLM-L6-v2 ranks
 the entailment above the contradiction for 95.7% of premises, mean margin 0.271 (cosine). The score rows learn
-its margins / distributions, the InfoNCE row the labels with 31 in-batch negatives more per query. One seed
+its margins / distributions, the InfoNCE row the labels, each query against all 64 candidates of its batch. One seed
 and 64 steps: at this budget the InfoNCE baseline is ahead of both score rows (STS-B dev +2.9 / +3.2), and the
 two score objectives are within 0.4 of each other; differences of this size are not established without
 more seeds. Precomputed scores exist only for each query's own two candidates, so neither score objective
