@@ -41,6 +41,7 @@ __all__ = ["MultiPositives", "read_multipos_jsonl", "nli_multipos",
     "read_snli_esnli", "read_nli_tsv", "read_lines", "read_parallel", "read_tatoeba", "nli_triplets",
     "tatoeba_languages", "SENTEVAL_YEARS", "resolve_sts_data", "bundled_sts_names", "read_sts",
     "read_sts_tsv", "read_headed_tsv", "STS_FORMATS",
+    "SCORED_TRIPLET_COLUMNS", "read_scored_triplets",
 ]
 
 NLI_LABELS: dict[str, int] = {"entailment": 0, "neutral": 1, "contradiction": 2}
@@ -659,3 +660,33 @@ def read_tatoeba(lang: str, root: str | os.PathLike | None = None) -> Parallel:
     p = read_parallel(src, os.path.join(folder, f"tatoeba.{lang}-eng.eng"))
     p.name = f"tatoeba-{lang}"
     return p
+
+
+# ----------------------------------------------------------------------------- scored triplets
+
+
+SCORED_TRIPLET_COLUMNS = ("sent0", "sent1", "hard_neg", "pos_score", "neg_score")
+
+
+def read_scored_triplets(path: str | os.PathLike) -> tuple[Triplets, np.ndarray]:
+    """A headed TSV ``sent0 sent1 hard_neg pos_score neg_score`` (other columns ignored; the layout
+    ``sentjax.data.mining.write_triplets`` writes): (query, positive, negative) triplets and the
+    teacher's scores ``[n, 2]`` float64 ``[t(query, positive), t(query, negative)]`` for score
+    distillation (objectives ``margin_mse`` / ``listwise_kl``)."""
+    q, p, n, sp, sn = read_headed_tsv(path, SCORED_TRIPLET_COLUMNS, "scored triplets TSV")
+    scores = np.empty((len(q), 2), np.float64)
+    for i, pair in enumerate(zip(sp, sn)):
+        for j, tok in enumerate(pair):
+            try:
+                scores[i, j] = float(tok)
+            except ValueError:
+                scores[i, j] = np.nan
+            if not np.isfinite(scores[i, j]):
+                raise DataFormatError(f"{os.fspath(path)}, row {i + 1} after the header: "
+                                      f"{SCORED_TRIPLET_COLUMNS[3 + j]} is {tok!r}, not a finite number; "
+                                      "write the teacher's score of that pair there.")
+    for i, texts in enumerate(zip(q, p, n)):
+        if not all(t.strip() for t in texts):
+            raise DataFormatError(f"{os.fspath(path)}, row {i + 1} after the header: an empty text in "
+                                  f"{SCORED_TRIPLET_COLUMNS[:3]}; fix or delete that row.")
+    return Triplets(q, p, n), scores

@@ -20,6 +20,7 @@ records to ``Source`` columns and turns their errors into ``DataError`` with the
   sts       anchor, positive, score in [0, 1]
   nli       anchor, positive, label
   multipos  anchor, positive, positive_1, ..., positive_{k-1}[, negative]   (k positives per anchor)
+  scored    anchor, positive, negative, score [n, 2] (teacher scores of positive / negative)
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ KIND_FIELDS = {
     "triplets": ("anchor", "positive", "negative"), "sts": ("anchor", "positive"),
     "nli": ("anchor", "positive"),
     "multipos": ("anchor", "positive"),  # plus positive_1 .. positive_{k-1} and negative: Source.text_fields
+    "scored": ("anchor", "positive", "negative"),
 }
 NLI_LABELS = readers.NLI_LABELS
 
@@ -297,6 +299,14 @@ def _nli_multipos(rest: str) -> Source:
     if not len(mp):
         raise DataError(f"nli-multipos:{rest}: no premise has {k} entailment hypotheses; lower K.")
     return multipos_source(mp, f"nli-multipos:{rest}")
+
+
+@register_spec("scored-triplets", "scored-triplets:TSV  headed sent0 sent1 hard_neg pos_score neg_score "
+                                  "(teacher scores; margin_mse / listwise_kl)")
+def _scored_triplets(rest: str) -> Source:
+    tri, scores = _reader_errors(readers.read_scored_triplets, rest)
+    return Source(rest, "scored", {"anchor": tri.anchors, "positive": tri.positives,
+                                   "negative": tri.negatives, "score": scores.astype(np.float32)})
 
 
 @register_spec("tfds", "tfds:NAME[:SPLIT][@DATA_DIR]  a TFDS dataset (sentjax.data.tfds_builders)")
