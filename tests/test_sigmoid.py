@@ -173,6 +173,30 @@ def test_scalars_get_no_weight_decay():
     assert not mask["head"]["log_scale"] and not mask["head"]["bias"]
 
 
+def test_head_lr_mult_scales_only_the_head_updates():
+    from sentjax.configs.default import get_config
+    from sentjax.train.optim import make_optimizer
+    params = {"model": {"w": jnp.ones((2, 2))}, "head": init_sigmoid_head()}
+    grads = jax.tree.map(lambda x: jnp.full_like(x, 0.5), params)
+    opt = get_config().optim.to_dict()
+    opt["warmup_steps"] = 0  # a nonzero lr at step 0
+    base, _ = make_optimizer(_with(opt, 1.0), 10)
+    fast, _ = make_optimizer(_with(opt, 10.0), 10)
+    u1, _ = base.update(grads, base.init(params), params)
+    u2, _ = fast.update(grads, fast.init(params), params)
+    np.testing.assert_array_equal(u2["model"]["w"], u1["model"]["w"])
+    for k in ("log_scale", "bias"):
+        assert float(u1["head"][k]) != 0.0
+        assert float(u2["head"][k]) == pytest.approx(10.0 * float(u1["head"][k]), rel=1e-6)
+    with pytest.raises(ConfigError, match="head_lr_mult must be > 0"):
+        make_optimizer(_with(opt, 0.0), 10)
+
+
+def _with(opt: dict, mult: float):
+    import ml_collections
+    return ml_collections.ConfigDict({**opt, "head_lr_mult": mult})
+
+
 # ------------------------------------------------------------------------------- 8 devices
 
 def _mesh():

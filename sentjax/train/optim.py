@@ -14,6 +14,8 @@ import jax
 import ml_collections
 import optax
 
+from sentjax.errors import ConfigError
+
 
 def linear_warmup_decay(peak_lr: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
     """The schedule above; ``warmup_steps`` may be 0."""
@@ -76,4 +78,19 @@ def make_optimizer(opt: ml_collections.ConfigDict, total_steps: int) -> tuple[op
         parts.append(optax.clip_by_global_norm(opt.clip_norm))
     parts.append(optax.adamw(sched, b1=opt.b1, b2=opt.b2, eps=opt.eps,
                              weight_decay=opt.weight_decay, mask=decay_mask))
+    mult = opt.get("head_lr_mult", 1.0)
+    if not mult > 0:
+        raise ConfigError(f"optim.head_lr_mult must be > 0, got {mult}.")
+    if mult != 1.0:
+        parts.append(scale_head(mult))
     return optax.chain(*parts), sched
+
+
+def scale_head(mult: float) -> optax.GradientTransformation:
+    """Multiplies the updates of ``params["head"]`` by ``mult`` (after AdamW: its lr times ``mult``)."""
+    def update_fn(updates, state, params=None):
+        del params
+        if "head" not in updates:
+            return updates, state
+        return {**updates, "head": jax.tree.map(lambda u: u * mult, updates["head"])}, state
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
