@@ -5,7 +5,8 @@ the encoder parameters and compares it, leaf by leaf, with an independent single
 written directly with ``jax.grad`` (no engine code). The matrix is every InfoNCE implementation
 (``sentjax.losses.IMPLS``) x every engine (each ``make_grad_fn`` backend in ``BACKENDS``, plus the
 trainer's ``gradient.method='jit'``: backend 'none' on the global batch sharded over 8 devices)
-x GradCache off / on. The bug tests re-implement the peers' known mistakes and assert that this
+x GradCache off / on; the objectives with trainable loss parameters (the sigmoid loss, dense and
+ring, and InfoNCE with a learned temperature) get the same matrix over ``{"model", "head"}``. The bug tests re-implement the peers' known mistakes and assert that this
 same check catches each of them.
 """
 import functools

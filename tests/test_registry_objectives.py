@@ -15,7 +15,7 @@ NAMES = registry.names()
 
 
 def test_every_loss_module_is_registered():
-    assert set(NAMES) == {"infonce", "softmax", "cosine", "cosent", "distill"}
+    assert set(NAMES) == {"infonce", "softmax", "cosine", "cosent", "distill", "sigmoid"}
 
 
 @pytest.mark.parametrize("name", NAMES)
