@@ -8,8 +8,8 @@ dense loss all-gathers the positives and builds each device's [B/8, B] logits (B
 the candidate blocks with ``lax.ppermute``. Each case runs in its own process (clean peak RSS; an
 address-space cap so the dense loss fails with an allocation error instead of waking the OOM
 killer on a shared machine). Reported: wall time of one step after AOT compilation, peak RSS of the
-process, and XLA's compiled temporary-buffer size of the program (all 8 devices together; it does
-not depend on the machine's load).
+process (all 8 fake devices share it), and XLA's compiled temporary-buffer size of the SPMD program
+(per device; it does not depend on the machine's load).
 
   python experiments/bench/sigmoid_ring.py --out experiments/bench/results/sigmoid_ring.md
 """
@@ -80,7 +80,7 @@ def run_case(impl: str, log2b: int, dim: int, tile: int, mem_limit_gib: float) -
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| B | impl | tile | time (s) | compile (s) | peak RSS (GiB) | XLA temp (GiB) | loss | dL/dt' | dL/db |",
+    out = ["| B | impl | tile | time (s) | compile (s) | peak RSS (GiB) | XLA temp / device (GiB) | loss | dL/dt' | dL/db |",
            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         tile = r["tile"] if r["impl"] == "tiled" else "-"
