@@ -267,18 +267,31 @@ def test_ring_never_holds_the_global_logits():
 
 # ------------------------------------------------------------------------------- a trained run
 
-def test_trained_head_moves_resumes_exactly_and_is_not_exported(tmp_path):
-    """t', b are trained (they move), checkpointed (a run resumed from step 3 ends bitwise on the
-    uninterrupted run's step 6) and left out of the exported encoder."""
+RUNS = {
+    "sigmoid_ring": {"objective.name": "sigmoid", "objective.impl": "tiled", "objective.tile_size": 4},
+    # head lr 5 per step: 1/T is driven onto CLIP's clip within the run, and the projection holds it there
+    "infonce_learned_t": {"objective.learn_temperature": True, "optim.head_lr_mult": 5000.0},
+}
+
+
+@pytest.mark.parametrize("run", list(RUNS))
+def test_trained_head_moves_resumes_exactly_and_is_not_exported(tmp_path, run):
+    """The loss parameters are trained (they move), checkpointed (a run resumed from step 3 ends
+    bitwise on the uninterrupted run's step 6), kept in range (CLIP's clip, in the trainer) and left
+    out of the exported encoder."""
     from safetensors.numpy import load_file
 
     from sentjax.train.train import train
     from tiny import tiny_config
-    over = {"objective.name": "sigmoid", "objective.impl": "tiled", "objective.tile_size": 4,
-            "mesh.data": 2, "checkpoint.async_save": False}
+    over = {**RUNS[run], "mesh.data": 2, "checkpoint.async_save": False}
     full = train(tiny_config(str(tmp_path / "a"), **over), progress=False)
     head = jax.tree.map(np.asarray, full["state"]["params"]["head"])
-    assert abs(float(head["log_scale"]) - math.log(10.0)) > 1e-4 and abs(float(head["bias"]) + 10.0) > 1e-4
+    if run == "sigmoid_ring":
+        assert abs(float(head["log_scale"]) - math.log(10.0)) > 1e-4 and abs(float(head["bias"]) + 10.0) > 1e-4
+    else:  # on a bound of [0, log 100], not past it
+        ls = float(head["log_scale"])
+        assert -1e-6 <= ls <= math.log(100.0) + 1e-6
+        assert min(abs(ls), abs(ls - math.log(100.0))) < 1e-5, ls
     # a second workdir holding only the step-3 checkpoint of the first run, resumed to the end
     c = tiny_config(str(tmp_path / "b"), **over)
     shutil.copytree(os.path.join(full["workdir"], "checkpoints"), os.path.join(c.workdir, "checkpoints"))

@@ -300,13 +300,13 @@ def _train(c: ml_collections.ConfigDict, resume: bool, progress: bool, cleanup: 
     # The teacher reads the source text with its own tokenizer (the student's vocabulary may differ).
     pipeline = build_pipeline(c, model.tokenizer, dedup=objective.in_batch_negatives,
                               teacher_tokenizer=teacher.tokenizer if teacher is not None else None)
+    params = init_params(c, model, objective)
     tx, schedule = make_optimizer(c.optim, c.total_steps)
-    if objective.clip_head is not None:  # e.g. InfoNCE's learnable logit scale <= 100 (CLIP)
+    if objective.clip_head is not None and "head" in params:  # InfoNCE's learned 1/T <= 100 (CLIP)
         import optax
         tx = optax.chain(tx, project_head(objective.clip_head))
     train_step = step_lib.jit_train_step(step_lib.make_train_step(grad_fn, tx, schedule), mesh)
-    state = jax.device_put(step_lib.init_state(init_params(c, model, objective), tx, c.seed),
-                           step_lib.replicated(mesh))
+    state = jax.device_put(step_lib.init_state(params, tx, c.seed), step_lib.replicated(mesh))
     evals = Evals(c, embed, model.tokenizer, mesh)
     best = evals.best
     # retention: the last checkpoint.max_to_keep steps plus the best by best_metric
