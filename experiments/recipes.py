@@ -21,6 +21,6 @@ def contrastive_objective_rows(head_lr_mult: float = 200.0) -> dict[str, dict]:
     return {
         "InfoNCE, T = 0.05 fixed": {},
         f"InfoNCE, learned T (from 0.05), {x}": {**learned_t, **fast},
-        "sigmoid (SigLIP), learned t', b, head lr x1": sigmoid,
-        f"sigmoid (SigLIP), learned t', b, {x}": {**sigmoid, **fast},
+        "sigmoid (SigLIP), learned t and b, head lr x1": sigmoid,
+        f"sigmoid (SigLIP), learned t and b, {x}": {**sigmoid, **fast},
     }

@@ -32,6 +32,18 @@ sigmoid loss sums over the B (1 + k) candidates of each anchor), so compare the 
 final loss. The runs use the dense sigmoid kernel on one CPU device; the ring (``objective.impl=tiled``)
 gives the same loss and gradient to float rounding (tests/test_parallel_grads.py) and matters for memory
 at large batch across devices (experiments/bench/results/sigmoid_ring.md), not for these numbers.
+The InfoNCE rows ran in one process, each sigmoid row in its own (concurrently, on the shared machine;
+a first attempt was OOM-killed), so `train s/run` is wall time under load, not a speed comparison.
+
+Observations (one seed, 8 steps: small effects are noise):
+- InfoNCE with a learned temperature equals the fixed one here (86.63 both): at head lr x200 (1e-2) 1/T went
+  from 20 to 20.9 in 8 steps, too little to change the encoder's updates.
+- The sigmoid loss from SigLIP's initialisation (t = 10, b = -10) costs 3-3.6 STS-B points in 8 steps
+  (83.0 / 83.6 vs 86.6). With t = 10 the positive pairs' logits start near 10 cos - 10 < 0, so the loss pulls
+  every positive towards cos = 1 hard (gradient norm 6-12 vs InfoNCE's 4-5, clipped to 1 with the encoder's).
+  Training t and b faster (x200: t 10 -> 10.45, b -10 -> -9.96) recovers a little (+0.55). SigLIP's
+  initialisation is for training from scratch; a pretrained sentence encoder likely wants t, b fitted first
+  (e.g. a few head-only steps) - not tried here.
 """
 
 
