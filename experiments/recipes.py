@@ -8,6 +8,9 @@ models, writes ``experiments/results/recipes/<row>.json`` and its section of
   matryoshka   STS-B dev Spearman at 384/256/128/64/32 dims: untrained MiniLM truncated, InfoNCE-trained,
                Matryoshka(InfoNCE)-trained (same data, steps, seed)
   multipos     one vs several positives per anchor: NLI premises with two entailed hypotheses
+
+Row sets other experiment modules import (``experiments/sigmoid_ablation.py``, run by
+``python experiments/run.py sigmoid_ablation``): ``contrastive_objective_rows`` (InfoNCE vs learned T vs SigLIP).
 """
 from __future__ import annotations
 
@@ -162,6 +165,26 @@ def main(argv: list[str] | None = None) -> int:
             json.dump({"rows": result["rows"], "wall_s": round(wall, 1)}, f, indent=2)
         _write_section(a.row, result, f"python experiments/recipes.py {a.row}", wall)
     return 0
+
+
+# ============================================================================ sigmoid vs InfoNCE
+
+def contrastive_objective_rows(head_lr_mult: float = 200.0) -> dict[str, dict]:
+    """InfoNCE (fixed T = 0.05), InfoNCE with CLIP's learned temperature, and the sigmoid loss (SigLIP)
+    with learned t' and b, on the same batches. The learned scalars start at T = 0.05 (1/T = 20) and at
+    SigLIP's t' = log 10, b = -10. At a fine-tuning lr (5e-5) AdamW moves a scalar by about lr per step,
+    so in a short run they stay where they started; the ``head lr x{mult}`` rows train them at
+    ``head_lr_mult`` times the encoder's lr (CLIP and SigLIP train them at the pre-training lr)."""
+    learned_t = {"objective.learn_temperature": True}
+    sigmoid = {"objective.name": "sigmoid"}
+    fast = {"optim.head_lr_mult": head_lr_mult}
+    x = f"head lr x{head_lr_mult:g}"
+    return {
+        "InfoNCE, T = 0.05 fixed": {},
+        f"InfoNCE, learned T (from 0.05), {x}": {**learned_t, **fast},
+        "sigmoid (SigLIP), learned t and b, head lr x1": sigmoid,
+        f"sigmoid (SigLIP), learned t and b, {x}": {**sigmoid, **fast},
+    }
 
 
 if __name__ == "__main__":

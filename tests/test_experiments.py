@@ -154,3 +154,17 @@ def test_smoke_distill_student_with_new_vocabulary(tmp_path):
     if multilingual_tokenizer_dir() is not None:
         cfg = json.load(open(tmp_path / "runs" / distill.MAIN / "seed0" / "final_model" / "config.json"))
         assert cfg["vocab_size"] == 250002
+
+
+@needs_tok
+def test_smoke_sigmoid_ablation_learned_scalars_reach_the_table(tmp_path):
+    import sigmoid_ablation
+    names = {run.build_config(sigmoid_ablation, r, 0, True, str(tmp_path)).objective.name
+             for r in sigmoid_ablation.ROWS}
+    assert names == {"infonce", "sigmoid"}
+    row = next(r for r in sigmoid_ablation.ROWS if r.startswith("sigmoid") and "x200" in r)
+    res, saved = _smoke(tmp_path, "sigmoid_ablation", [row])
+    r = saved["results"][row][0]
+    # 3 smoke steps at lr 3e-5 x 200: t = exp(t') has left its start of 10, b its start of -10
+    assert r["logit_scale"] != pytest.approx(10.0, abs=1e-3) and r["logit_bias"] != pytest.approx(-10.0, abs=1e-3)
+    assert "1/T or t (last step)" in res["section"]

@@ -93,9 +93,10 @@ def reference_of(name):
 def test_every_trainer_objective_is_in_a_matrix():
     # infonce (dense and tiled) is the BERT matrix of test_parallel_grads.py; multipos and
     # matryoshka have theirs in test_multipos.py / test_matryoshka.py; margin_mse and
-    # listwise_kl (hard negatives + teacher scores) are the matrix of test_score_distill.py
+    # listwise_kl (hard negatives + teacher scores) are the matrix of test_score_distill.py; sigmoid
+    # (dense and tiled, trainable t and b) is the trainable-head matrix of test_parallel_grads.py
     assert set(train_objectives.OBJECTIVES) == set(OBJECTIVES) | {"infonce", "multipos", "matryoshka",
-                                                                  "margin_mse", "listwise_kl"}
+                                                                  "margin_mse", "listwise_kl", "sigmoid"}
     assert set(train_objectives.GRADIENT_METHODS.values()) <= set(BACKENDS)
 
 

@@ -5,7 +5,8 @@ the encoder parameters and compares it, leaf by leaf, with an independent single
 written directly with ``jax.grad`` (no engine code). The matrix is every InfoNCE implementation
 (``sentjax.losses.IMPLS``) x every engine (each ``make_grad_fn`` backend in ``BACKENDS``, plus the
 trainer's ``gradient.method='jit'``: backend 'none' on the global batch sharded over 8 devices)
-x GradCache off / on. The bug tests re-implement the peers' known mistakes and assert that this
+x GradCache off / on; the objectives with trainable loss parameters (the sigmoid loss, dense and
+ring, and InfoNCE with a learned temperature) get the same matrix over ``{"model", "head"}``. The bug tests re-implement the peers' known mistakes and assert that this
 same check catches each of them.
 """
 import functools
@@ -274,3 +275,78 @@ def test_bad_batches_raise_clear_errors():
             params, {"anchor": a, "positive": a}, None)
     with pytest.raises(ValueError, match="backend"):
         make_grad_fn(embed, make_column_loss("infonce"), backend="tpu")
+
+
+# ------------------------------------------------------------------------------- trainable loss parameters
+# Objectives whose loss has its own trainable scalars in params["head"]: the sigmoid loss (SigLIP's
+# t', b; both kernels) and InfoNCE with CLIP's learned temperature (dense only: the tiled kernel's
+# refusal is tests/test_sigmoid.py::test_config_refusals). The step differentiates {"model", "head"};
+# the head's gradient (from the loss stage, also under GradCache) is pinned like the encoder's.
+
+HEAD_CASES = {  # name -> (objective config, hard negatives per anchor, impls it accepts)
+    "sigmoid": ({"name": "sigmoid", "init_bias": -5.0}, K, ("dense", "tiled")),
+    "infonce_learned_t": ({"name": "infonce", "learn_temperature": True, "temperature": 0.1,
+                           "symmetric": True}, 0, ("dense",)),
+}
+HEAD_MATRIX = [(c, i) for c, (_, _, impls) in HEAD_CASES.items() for i in impls]
+
+
+def _head_objective(case, impl="dense"):
+    from sentjax.train.objectives import make_objective
+    block, _, _ = HEAD_CASES[case]
+    extra = {"impl": impl, "tile_size": 3} if impl == "tiled" else {}
+    return make_objective({**block, **extra})
+
+
+@functools.lru_cache(maxsize=None)
+def head_params(case):
+    _, params, _ = setup()
+    return {"model": params, "head": _head_objective(case).init_head(jax.random.key(0), 32)}
+
+
+@functools.lru_cache(maxsize=None)
+def head_reference(case):
+    """Single device, written directly with the loss functions on the concatenated batch."""
+    from sentjax.losses.sigmoid import sigmoid_loss
+    embed, _, columns = setup()
+    block, k, _ = HEAD_CASES[case]
+
+    def loss(p):
+        a, pos = embed(p["model"], columns["anchor"]), embed(p["model"], columns["positive"])
+        if case == "sigmoid":
+            neg = embed(p["model"], columns["negative"]).reshape(B, K, -1)
+            return sigmoid_loss(a, pos, neg, log_scale=p["head"]["log_scale"], bias=p["head"]["bias"])
+        return infonce_loss(a, pos, symmetric=True, logit_scale=jnp.exp(p["head"]["log_scale"]))
+    (value, aux), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(head_params(case))
+    return value, float(aux["accuracy"]), grads
+
+
+@functools.lru_cache(maxsize=None)
+def head_grad_fn(case, impl, backend, chunk):
+    embed, _, _ = setup()
+    mesh = make_mesh(N_DEV) if backend in ("shard_map", "jit") else None
+    f = make_grad_fn(lambda p, t, r: embed(p["model"], t, r), _head_objective(case, impl).loss_fn, mesh=mesh,
+                     backend=engine_backend(backend), gradcache_chunk=chunk)
+    if backend == "pmap":
+        return f
+    if backend in BACKENDS:
+        return jax.jit(f)
+    rep, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    return jax.jit(f, in_shardings=(rep, rows, None), out_shardings=rep)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("gradcache", [False, True], ids=["plain", "gradcache"])
+@pytest.mark.parametrize("case,impl", HEAD_MATRIX, ids=[f"{c}-{i}" for c, i in HEAD_MATRIX])
+def test_trainable_loss_parameters_every_engine_equals_single_device(case, impl, gradcache, engine):
+    _, _, columns = setup()
+    want_loss, want_acc, want = head_reference(case)
+    f = head_grad_fn(case, impl, engine, chunk_of(engine, gradcache))
+    (loss, metrics), grads = f(head_params(case), case_columns(columns, HEAD_CASES[case][1]), None)
+    assert float(loss) == pytest.approx(float(want_loss), rel=1e-6)
+    assert float(metrics["accuracy"]) == pytest.approx(want_acc, abs=1e-6)
+    assert float(metrics["nonfinite"]) == 0.0
+    assert rel_err(grads["model"], want["model"]) < TOL
+    for name, g in want["head"].items():  # each scalar against its own size (not the tree's floor)
+        assert abs(float(g)) > 1e-4, name
+        assert abs(float(grads["head"][name]) - float(g)) <= TOL * abs(float(g)), name

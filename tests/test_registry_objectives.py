@@ -16,7 +16,7 @@ NAMES = registry.names()
 
 def test_every_loss_module_is_registered():
     assert set(NAMES) == {"infonce", "softmax", "cosine", "cosent", "distill", "matryoshka", "multipos",
-                          "margin_mse", "listwise_kl"}
+                          "margin_mse", "listwise_kl", "sigmoid"}
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -41,6 +41,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim = ml_collections.ConfigDict({
         "lr": 3e-5, "warmup_steps": -1, "warmup_ratio": 0.1, "weight_decay": 0.01,
         "b1": 0.9, "b2": 0.999, "eps": 1e-6, "clip_norm": 1.0,
+        # learning-rate multiplier of params["head"], the objective's own parameters (softmax classifier,
+        # a learned temperature / SigLIP's t' and b): they start far from their optimum while the
+        # encoder is pretrained (CLIP / SigLIP train them at the model's pre-training lr)
+        "head_lr_mult": 1.0,
     })
     c.data = ml_collections.ConfigDict({"datasets": ("text:bundled/commonvoice_en/jf99.txt",),
                                         "weights": (), "dedup": True})

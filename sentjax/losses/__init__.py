@@ -8,6 +8,7 @@ softmax    :func:`softmax.softmax_loss` (head, u, v, labels)     anchor, positiv
 cosine     :func:`cosine.cosine_loss` (u, v, scores)             anchor, positive, score
 distill    :func:`distill.distill_loss` (s_src, s_tgt, t_src)    anchor, positive?, teacher
 cosent     :func:`cosent.cosent_loss` (u, v, scores)             anchor, positive, score
+sigmoid    :func:`sigmoid.sigmoid_loss` (a, p, n=None)           anchor, positive, negative?
 =========  ====================================================  ==========================
 
 Also ``multipos`` (:func:`multipos.multipos_loss` (a, p [b, k, d], n=None); columns anchor, positive,
@@ -20,7 +21,8 @@ Each module also holds its ``Config`` (hyperparameters) and ``OBJECTIVE`` (how t
 it); ``column_loss(**kwargs)`` adapts the loss to the gradient engine of
 :mod:`sentjax.parallel.global_grads`: ``loss_fn(params, embeddings, axis_name)`` with
 ``embeddings`` a dict of the named columns (embedded text columns ``[n, dim]`` plus pass-through
-arrays such as ``label`` / ``score`` / ``teacher``) and ``params["head"]`` the softmax head.
+arrays such as ``label`` / ``score`` / ``teacher``) and ``params["head"]`` the objective's own
+parameters (the softmax classifier, SigLIP's t' and b, InfoNCE's learned temperature).
 """
 from __future__ import annotations
 

@@ -32,12 +32,19 @@ The gather's transpose is a reduce-scatter, so when the gradient is taken OUTSID
 (see :mod:`sentjax.parallel.global_grads`) every candidate receives the gradient from every
 device's anchors and the result equals the single-device gradient on the concatenated batch.
 
+Learnable temperature (CLIP, Radford et al. 2021, sec. 2.5; ``learn_temperature=True``): the logit
+scale ``1/T = exp(s)`` with ``s = params["head"]["log_scale"]`` trained from ``log(1/temperature)``,
+kept in ``[0, log max_logit_scale]`` (1/T <= 100, as CLIP) both in the forward pass and by a
+projection after each optimizer update (``clip_head``; open_clip clamps the parameter in place).
+Its gradient is a sum over the batch like any parameter's: exact across devices by the same rules.
+
 Numerics: similarities and the log-sum-exp are computed in float32 whatever the input dtype
 (bfloat16 embeddings at T = 0.01 give logits up to 100, far beyond bfloat16's 8-bit mantissa).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -47,12 +54,14 @@ from sentjax.losses.checks import check_embedding_pair, check_negatives, check_t
 from sentjax.losses.registry import ObjectiveSpec, need
 from sentjax.ops import l2_normalize
 
-__all__ = ["Config", "OBJECTIVE", "CITATION", "IMPLS", "column_loss", "infonce_loss", "check_embedding_pair", "check_temperature"]
+__all__ = ["Config", "OBJECTIVE", "CITATION", "IMPLS", "column_loss", "infonce_loss", "check_embedding_pair",
+           "check_temperature", "init_temperature_head", "clip_temperature_head"]
 
 
 def infonce_loss(anchors: jax.Array, positives: jax.Array, negatives: jax.Array | None = None, *,
                  temperature: float = 0.05, symmetric: bool = False, hard_negative_weight: float = 0.0,
-                 axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+                 axis_name: str | None = None, logit_scale: jax.Array | None = None
+                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """InfoNCE with in-batch (and optionally global, cross-device) negatives; see the module doc.
 
     Args:
@@ -63,6 +72,7 @@ def infonce_loss(anchors: jax.Array, positives: jax.Array, negatives: jax.Array 
       symmetric: add the positives-as-queries term (averaged with the forward term).
       hard_negative_weight: ``w`` added to the logits of each anchor's own hard negatives.
       axis_name: mesh / pmap axis over which the batch is split, or None for one device.
+      logit_scale: 1 / T as a (learnable, traced) scalar; replaces ``temperature`` when given.
 
     Returns:
       ``(loss, {"accuracy": ...})``: float32 scalars, means over the global batch.
@@ -79,7 +89,8 @@ def infonce_loss(anchors: jax.Array, positives: jax.Array, negatives: jax.Array 
 
     offset = 0 if axis_name is None else lax.axis_index(axis_name) * b
     a, p = l2_normalize(jnp.asarray(anchors)), l2_normalize(jnp.asarray(positives))
-    inv_t = 1.0 / jnp.asarray(temperature, jnp.float32)
+    inv_t = (1.0 / jnp.asarray(temperature, jnp.float32) if logit_scale is None
+             else jnp.asarray(logit_scale, jnp.float32))
     rows = jnp.arange(b)
     labels = offset + rows  # global index of each local anchor's positive
     logits = (a @ gather(p).T) * inv_t  # [b, B]
@@ -115,6 +126,8 @@ class Config:
     use_hard_negatives: bool = True    # embed the batch's "negative" column when the data has one
     impl: str = "dense"                # "dense" [b, B] logits, or "tiled": never builds them (tiled_infonce.py)
     tile_size: int = 1024              # rows per tile of impl="tiled"
+    learn_temperature: bool = False    # CLIP: train log(1/T) from 1/temperature (params["head"]["log_scale"])
+    max_logit_scale: float = 100.0     # CLIP's clip of the learned 1/T (kept in [1, max_logit_scale])
 
     def __post_init__(self):
         if self.impl not in IMPLS:
@@ -122,37 +135,76 @@ class Config:
         check_temperature(self.temperature)
         if self.tile_size <= 0:
             raise ValueError(f"objective.tile_size must be positive, got {self.tile_size}.")
+        if self.learn_temperature:
+            if self.impl == "tiled":
+                raise ValueError("objective.learn_temperature=True needs impl='dense': the tiled kernel "
+                                 "(tiled_infonce.py) takes a fixed Python temperature. Use impl='dense', or "
+                                 "keep a fixed temperature with impl='tiled'.")
+            if not 1.0 <= 1.0 / self.temperature <= self.max_logit_scale:
+                raise ValueError(f"objective.temperature={self.temperature} starts the learned logit scale "
+                                 f"1/T={1.0 / self.temperature:g} outside [1, max_logit_scale="
+                                 f"{self.max_logit_scale:g}]; raise max_logit_scale or the temperature.")
+
+
+def init_temperature_head(temperature: float) -> dict[str, jax.Array]:
+    """CLIP's learnable temperature: ``{"log_scale": log(1 / temperature)}`` (float32 scalar)."""
+    return {"log_scale": jnp.asarray(math.log(1.0 / temperature), jnp.float32)}
+
+
+def clip_temperature_head(head: dict[str, jax.Array], max_logit_scale: float = 100.0) -> dict[str, jax.Array]:
+    """The head with ``log_scale`` clipped to [0, log max_logit_scale] (1 <= 1/T <= max, as CLIP)."""
+    return dict(head, log_scale=jnp.clip(head["log_scale"], 0.0, math.log(max_logit_scale)))
 
 
 def column_loss(*, temperature: float = 0.05, symmetric: bool = False, hard_negative_weight: float = 0.0,
-                impl: str = "dense", tile_size: int = 1024):
+                impl: str = "dense", tile_size: int = 1024, learn_temperature: bool = False,
+                max_logit_scale: float = 100.0):
     """``loss_fn(params, embeddings, axis_name)`` over the columns ``anchor`` / ``positive`` ``[b, d]``
     and optionally ``negative`` ``[b * k, d]`` (anchor-major: anchor i's k negatives are rows
-    ``i*k .. i*k+k-1``; reshaped to ``[b, k, d]`` here)."""
+    ``i*k .. i*k+k-1``; reshaped to ``[b, k, d]`` here). With ``learn_temperature`` the logit scale
+    is ``exp(clip(params["head"]["log_scale"], 0, log max_logit_scale))`` (:func:`init_temperature_head`)."""
     if impl not in IMPLS:
         raise ValueError(f"impl={impl!r}: use 'dense' or 'tiled'.")
+    if learn_temperature and impl != "dense":
+        raise ValueError("learn_temperature=True needs impl='dense' (the tiled kernel takes a fixed temperature).")
     if impl == "tiled":
         from sentjax.losses.tiled_infonce import tiled_infonce_loss
 
-        def kernel(a, p, n, axis_name):
+        def kernel(a, p, n, axis_name, logit_scale=None):
+            assert logit_scale is None  # refused above: the tiled kernel takes a fixed temperature
             return tiled_infonce_loss(a, p, n, temperature=temperature, symmetric=symmetric,
                                       hard_negative_weight=hard_negative_weight, tile_size=tile_size,
                                       axis_name=axis_name)
     else:
-        def kernel(a, p, n, axis_name):
+        def kernel(a, p, n, axis_name, logit_scale=None):
             return infonce_loss(a, p, n, temperature=temperature, symmetric=symmetric,
-                                hard_negative_weight=hard_negative_weight, axis_name=axis_name)
+                                hard_negative_weight=hard_negative_weight, axis_name=axis_name,
+                                logit_scale=logit_scale)
 
     def loss_fn(params, embeddings, axis_name=None):
-        a = need(embeddings, "anchor", "infonce")
-        n = embeddings.get("negative")
-        if n is not None:
-            if n.shape[0] % a.shape[0]:
-                raise ValueError(f"the negative column has {n.shape[0]} rows, not a multiple of the "
-                                 f"{a.shape[0]} anchors; give k negatives per anchor, anchor-major.")
-            n = n.reshape(a.shape[0], n.shape[0] // a.shape[0], a.shape[1])
-        return kernel(a, need(embeddings, "positive", "infonce"), n, axis_name)
+        if learn_temperature:
+            head = params.get("head") if isinstance(params, dict) else None
+            if head is None or "log_scale" not in head:
+                raise KeyError("infonce with learn_temperature=True needs params['head'] from "
+                               "init_temperature_head(temperature).")
+            # clipped here too: the optimizer's projection (clip_temperature_head) can leave an ulp over
+            scale = jnp.exp(clip_temperature_head(head, max_logit_scale)["log_scale"])
+            loss, metrics = _columns(kernel, embeddings, axis_name, logit_scale=scale)
+            return loss, dict(metrics, logit_scale=lax.stop_gradient(scale))
+        return _columns(kernel, embeddings, axis_name)
     return loss_fn
+
+
+def _columns(kernel, embeddings, axis_name, **kw):
+    """Runs ``kernel`` on the anchor / positive / negative columns (negatives reshaped to [b, k, d])."""
+    a = need(embeddings, "anchor", "infonce")
+    n = embeddings.get("negative")
+    if n is not None:
+        if n.shape[0] % a.shape[0]:
+            raise ValueError(f"the negative column has {n.shape[0]} rows, not a multiple of the "
+                             f"{a.shape[0]} anchors; give k negatives per anchor, anchor-major.")
+        n = n.reshape(a.shape[0], n.shape[0] // a.shape[0], a.shape[1])
+    return kernel(a, need(embeddings, "positive", "infonce"), n, axis_name, **kw)
 
 
 # BibTeX of the paper(s) behind this objective; model cards of runs that train with it cite it.
@@ -182,7 +234,10 @@ OBJECTIVE = ObjectiveSpec(
     config=Config,
     loss=lambda hp: column_loss(temperature=hp.temperature, symmetric=hp.symmetric,
                                 hard_negative_weight=hp.hard_negative_weight, impl=hp.impl,
-                                tile_size=hp.tile_size),
+                                tile_size=hp.tile_size, learn_temperature=hp.learn_temperature,
+                                max_logit_scale=hp.max_logit_scale),
     columns=lambda hp: ("anchor", "positive") + (("negative",) if hp.use_hard_negatives else ()),
     in_batch_negatives=True,
+    init_head=lambda hp, rng, dim: init_temperature_head(hp.temperature) if hp.learn_temperature else None,
+    clip_head=lambda hp, head: clip_temperature_head(head, hp.max_logit_scale),
 )

@@ -30,10 +30,12 @@ import dataclasses
 import math
 from typing import Any
 
+import jax
+
 from sentjax.losses import registry
 from sentjax.losses.registry import ObjectiveSpec
 
-__all__ = ["Config", "OBJECTIVE", "column_loss", "matryoshka_loss"]
+__all__ = ["Config", "OBJECTIVE", "CITATION", "column_loss", "matryoshka_loss"]
 
 
 def _inner_default() -> dict[str, Any]:
@@ -106,10 +108,13 @@ def _inner_spec(hp: Config) -> registry.Objective:
     if name == "matryoshka":
         raise ValueError("objective.inner cannot itself be 'matryoshka'; list every dimension in dims.")
     inner = _inner(hp)
-    if inner.init_head is not None:
-        raise ValueError(f"objective.inner={name!r} has a trainable head whose input size depends on the "
-                         "embedding size, so it cannot be applied at several truncations; use an embedding-"
-                         "level objective (infonce, multipos, cosine, cosent).")
+    # An inner objective's head is refused whether its shape follows the embedding size (softmax's
+    # classifier) or not (a learned temperature / SigLIP's t and b): one head shared by every
+    # truncation is a different objective from the papers', and nobody has pinned it with a test.
+    if inner.init_head is not None and jax.eval_shape(inner.init_head, jax.random.key(0), 8) is not None:
+        raise ValueError(f"objective.inner={name!r} has trainable parameters (params['head']), which "
+                         "Matryoshka does not support; use an embedding-level objective without them "
+                         "(infonce with learn_temperature=False, multipos, cosine, cosent).")
     if inner.needs_teacher:
         raise ValueError(f"objective.inner={name!r} needs a teacher of the full size; Matryoshka "
                          "distillation is not supported.")
@@ -136,3 +141,15 @@ OBJECTIVE = ObjectiveSpec(
     # accumulation costs nothing here (GradCache is the exact large-batch path)
     in_batch_negatives=True,
 )
+
+
+# BibTeX of the paper(s) behind this objective; model cards of runs that train with it cite it.
+CITATION = """\
+@inproceedings{kusupati2022matryoshka,
+  title = "Matryoshka Representation Learning",
+  author = "Kusupati, Aditya and Bhatt, Gantavya and Rege, Aniket and Wallingford, Matthew and Sinha, Aditya and Ramanujan, Vivek and Howard-Snyder, William and Chen, Kaifeng and Kakade, Sham and Jain, Prateek and Farhadi, Ali",
+  booktitle = "Advances in Neural Information Processing Systems",
+  year = "2022",
+  url = "https://arxiv.org/abs/2205.13147",
+}
+"""

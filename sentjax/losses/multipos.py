@@ -50,7 +50,7 @@ from sentjax.losses.checks import check_negatives, check_temperature
 from sentjax.losses.registry import ObjectiveSpec, need
 from sentjax.ops import l2_normalize
 
-__all__ = ["Config", "OBJECTIVE", "FORMS", "column_loss", "multipos_loss", "positive_columns"]
+__all__ = ["Config", "OBJECTIVE", "CITATION", "FORMS", "column_loss", "multipos_loss", "positive_columns"]
 
 FORMS = ("mean_log_prob", "log_sum_prob")
 
@@ -163,3 +163,15 @@ OBJECTIVE = ObjectiveSpec(
     + (("negative",) if hp.use_hard_negatives else ()),
     in_batch_negatives=True,
 )
+
+
+# BibTeX of the paper(s) behind this objective; model cards of runs that train with it cite it.
+CITATION = """\
+@inproceedings{khosla2020supcon,
+  title = "Supervised Contrastive Learning",
+  author = "Khosla, Prannay and Teterwak, Piotr and Wang, Chen and Sarna, Aaron and Tian, Yonglong and Isola, Phillip and Maschinot, Aaron and Liu, Ce and Krishnan, Dilip",
+  booktitle = "Advances in Neural Information Processing Systems",
+  year = "2020",
+  url = "https://arxiv.org/abs/2004.11362",
+}
+"""

@@ -43,7 +43,10 @@ class ObjectiveSpec:
       columns: ``Config -> text columns embedded``, e.g. ``("anchor", "positive")``.
       in_batch_negatives: the loss couples the examples of a batch (a contrastive denominator, a
         ranking over pairs): gradient accumulation would change it, so it is refused.
-      init_head: ``(Config, rng, dim) -> params`` of a trainable head, or None.
+      init_head: ``(Config, rng, dim) -> params`` of a trainable head (``params["head"]``: trained,
+        checkpointed, not exported), or None; it may return None for hyperparameters without one.
+      clip_head: ``(Config, head) -> head`` projecting the head back into its allowed range after
+        each optimizer update (CLIP's clipped logit scale), or None.
       needs_teacher: the step adds a ``teacher`` column (a frozen model's embeddings).
     """
     config: type
@@ -52,6 +55,7 @@ class ObjectiveSpec:
     in_batch_negatives: bool
     init_head: Callable[[Any, Any, int], Any] | None = None
     needs_teacher: bool = False
+    clip_head: Callable[[Any, Any], Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +68,8 @@ class Objective:
       loss_fn: ``(params, embeddings: dict, axis_name | None) -> (loss, metrics)``.
       fields: text columns of the batch it embeds (the other columns are passed through).
       in_batch_negatives, needs_teacher: as in :class:`ObjectiveSpec`.
-      init_head: ``(rng, dim) -> params`` of the trainable head, or None.
+      init_head: ``(rng, dim) -> params`` of the trainable head, or None (it may also return None).
+      clip_head: ``head -> head`` applied after each optimizer update, or None.
     """
     name: str
     hparams: Any
@@ -73,6 +78,7 @@ class Objective:
     in_batch_negatives: bool
     init_head: Callable[[Any, int], Any] | None = None
     needs_teacher: bool = False
+    clip_head: Callable[[Any], Any] | None = None
 
 
 def names() -> tuple[str, ...]:
@@ -138,8 +144,11 @@ def build(config: Mapping[str, Any]) -> Objective:
     init_head = None
     if spec.init_head is not None:
         init_head = lambda rng, dim: spec.init_head(hp, rng, dim)  # noqa: E731
+    clip_head = None
+    if spec.clip_head is not None:
+        clip_head = lambda head: spec.clip_head(hp, head)  # noqa: E731
     return Objective(name, hp, spec.loss(hp), tuple(spec.columns(hp)), spec.in_batch_negatives,
-                     init_head, spec.needs_teacher)
+                     init_head, spec.needs_teacher, clip_head)
 
 
 def need(embeddings: Mapping[str, Any], column: str, objective: str):

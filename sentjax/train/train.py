@@ -100,8 +100,10 @@ def load_teacher(c, model):
 
 def init_params(c, model, objective) -> dict:
     params = {"model": model.params}
-    if objective.init_head is not None:
-        params["head"] = objective.init_head(jax.random.fold_in(jax.random.key(c.seed), 7), model.dim)
+    head = None if objective.init_head is None else \
+        objective.init_head(jax.random.fold_in(jax.random.key(c.seed), 7), model.dim)
+    if head is not None:  # None: these hyperparameters train nothing besides the encoder
+        params["head"] = head
     return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
 
 
@@ -288,7 +290,7 @@ def train(c: ml_collections.ConfigDict, resume: bool = False, progress: bool = T
 def _train(c: ml_collections.ConfigDict, resume: bool, progress: bool, cleanup: contextlib.ExitStack) -> dict:
     from sentjax.train.checkpoint import Checkpointer
     from sentjax.train.objectives import make_objective
-    from sentjax.train.optim import make_optimizer
+    from sentjax.train.optim import make_optimizer, project_head
     from sentjax.train.progress import StepLog
     from sentjax.train.workdir import atomic_export
     is_main = jax.process_index() == 0
@@ -305,10 +307,13 @@ def _train(c: ml_collections.ConfigDict, resume: bool, progress: bool, cleanup: 
     # The teacher reads the source text with its own tokenizer (the student's vocabulary may differ).
     pipeline = build_pipeline(c, model.tokenizer, dedup=objective.in_batch_negatives,
                               teacher_tokenizer=teacher.tokenizer if teacher is not None else None)
+    params = init_params(c, model, objective)
     tx, schedule = make_optimizer(c.optim, c.total_steps)
+    if objective.clip_head is not None and "head" in params:  # InfoNCE's learned 1/T <= 100 (CLIP)
+        import optax
+        tx = optax.chain(tx, project_head(objective.clip_head))
     train_step = step_lib.jit_train_step(step_lib.make_train_step(grad_fn, tx, schedule), mesh)
-    state = jax.device_put(step_lib.init_state(init_params(c, model, objective), tx, c.seed),
-                           step_lib.replicated(mesh))
+    state = jax.device_put(step_lib.init_state(params, tx, c.seed), step_lib.replicated(mesh))
     evals = Evals(c, embed, model.tokenizer, mesh)
     best = evals.best
     # retention: the last checkpoint.max_to_keep steps plus the best by best_metric
