@@ -5,9 +5,12 @@
 
 1. sentjax vs transformers ``BertModel`` (PyTorch) on the converted folder: max |diff| of the last
    hidden states and of the pooled, normalised embeddings on multilingual sentences.
-2. STS-B dev Spearman x100 (cosine) with e5's ``query: `` prefix on both sentences, English and German
-   (stsb_multi_mt), and without the prefix for comparison.
+2. STS-B dev (stsb_multi_mt) Spearman x100 of cosine with e5's ``query: `` prefix on both sentences,
+   English and German; then without the prefix, German and cross-lingual en-de (sentence 1 English,
+   sentence 2 German), the way experiments/distill.py evaluates every row (raw text), so the numbers
+   sit next to its teacher's.
 """
+import os
 import sys
 import time
 
@@ -40,14 +43,16 @@ def main(folder: str) -> None:
     print(f"embedding max|sentjax - transformers| = {np.abs(emb - emb_ref).max():.2e}")
     print(f"last hidden state max|sentjax - transformers| (real tokens) = "
           f"{np.abs((ours - hidden) * mask[..., None]).max():.2e}")
-    for prefix in ("query: ", ""):
-        for lang in ("en", "de"):
-            t0 = time.time()
-            f = lambda s, p=prefix: model.encode([p + x for x in s], batch_size=128, show_progress=False)  # noqa: E731
-            r = evaluate_sts_file(f, f"stsb-{lang}-dev")
-            print(f"STS-B dev {lang} prefix={prefix!r}: Spearman x100 = {r['spearman']:.2f} "
-                  f"(n={r['n']}, {time.time() - t0:.0f} s)")
+    from distill import _crosslingual
+    for prefix, lang in (("query: ", "en"), ("query: ", "de"), ("", "de"), ("", "en-de")):
+        t0 = time.time()
+        f = lambda s, p=prefix: model.encode([p + x for x in s], batch_size=128, show_progress=False)  # noqa: E731
+        rho = _crosslingual(f, "de") if lang == "en-de" else evaluate_sts_file(f, f"stsb-{lang}-dev")["spearman"]
+        print(f"STS-B dev {lang} prefix={prefix!r}: Spearman x100 = {rho:.2f} ({time.time() - t0:.0f} s)",
+              flush=True)
 
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # experiments/distill.py
 
 if __name__ == "__main__":
     main(sys.argv[1])
