@@ -82,10 +82,13 @@ PACKED_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", 
 
 
 def rows_ladder(needed: int, multiple: int = 1) -> int:
-    """Packed rows per device for a block that needs ``needed`` rows: ``multiple * 2^j``, the
-    smallest such count >= needed, so a run compiles at most log2(batch) + 1 shapes per column."""
+    """Packed rows per device for a block that needs ``needed`` rows: the smallest ladder value
+    >= needed, ``multiple`` times one of 1..4, 5, 6, 7, 8, 10, 12, 14, 16, 20, ... (four steps per
+    doubling): a run compiles at most ~4 log2(batch) shapes per column, and the padding rows are
+    under a quarter of the packed ones (a power-of-two ladder would waste up to half)."""
     units = -(-max(needed, 1) // multiple)
-    return multiple * (1 << (units - 1).bit_length())
+    step = 1 << max(units.bit_length() - 3, 0)
+    return multiple * -(-units // step) * step
 
 
 def _lengths(tokens: dict) -> np.ndarray:

@@ -20,6 +20,7 @@ from sentjax.models.config import EncoderConfig
 from sentjax.models.sentence_model import SentenceEncoderModule, embed_fn
 from sentjax.packing import pack_column, rows_ladder
 from sentjax.parallel import make_grad_fn, make_mesh
+from sentjax.parallel.global_grads import embed_columns
 
 B, L, K, ROW, SEG = 16, 8, 2, 16, 4
 TOL = 1e-5
@@ -59,7 +60,7 @@ def test_pack_column_keeps_every_sentence_in_order():
     col = tokens(rng, 24, length=12, low=1)
     out = pack_column(col, 4, 16, 3)
     per_dev_rows = out["input_ids"].shape[0] // 4
-    assert per_dev_rows == rows_ladder(per_dev_rows)  # a ladder value: power of two
+    assert per_dev_rows == rows_ladder(per_dev_rows)  # a fixed ladder value
     for i in range(24):
         d, n = divmod(i, 6)
         r, s = divmod(int(out["unpack_index"][i]), 3)
@@ -76,6 +77,16 @@ def test_pack_column_keeps_every_sentence_in_order():
         pack_column(dict(col, token_type_ids=col["attention_mask"]), 4, 16, 3)
 
 
+@functools.lru_cache(maxsize=None)
+def padded_reference(n_dev):
+    """The padded step's (loss, grads) on n_dev devices, dropout off."""
+    module, params, columns = setup()
+    loss_fn = make_column_loss("infonce", temperature=0.05, hard_negative_weight=1.0)
+    (loss, _), grads = jax.jit(make_grad_fn(embed_fn(module), loss_fn, mesh=make_mesh(n_dev)))(
+        params, jax.tree.map(jnp.asarray, columns), None)
+    return loss, grads
+
+
 @pytest.mark.parametrize("n_dev,variant", [(1, "dense"), (8, "dense"), (8, "gradcache"), (8, "tiled")])
 def test_packed_step_equals_padded_step(n_dev, variant):
     module, params, columns = setup()
@@ -83,11 +94,9 @@ def test_packed_step_equals_padded_step(n_dev, variant):
     mesh = make_mesh(n_dev)
     impl = dict(impl="tiled", tile_size=1) if variant == "tiled" else {}
     loss_fn = make_column_loss("infonce", temperature=0.05, hard_negative_weight=1.0, **impl)
-    dense = make_column_loss("infonce", temperature=0.05, hard_negative_weight=1.0)
     chunk = 1 if variant == "gradcache" else None
-    want_fn = jax.jit(make_grad_fn(embed, dense, mesh=mesh))
     got_fn = jax.jit(make_grad_fn(embed, loss_fn, mesh=mesh, gradcache_chunk=chunk))
-    (want_loss, _), want = want_fn(params, jax.tree.map(jnp.asarray, columns), None)
+    want_loss, want = padded_reference(n_dev)
     cols = packed(columns, n_dev, chunk or 1)
     assert cols["negative"]["input_ids"].shape[0] < B * K  # it did pack
     (got_loss, _), got = got_fn(params, jax.tree.map(jnp.asarray, cols), None)
@@ -125,23 +134,62 @@ def test_dropout_statistics_match():
     pk = jax.tree.map(jnp.asarray, pack_column(columns["anchor"], 1, ROW, SEG))
     pk_tokens = {k: v for k, v in pk.items() if k != "unpack_index"}
 
+    @jax.jit
     def dropped(batch, real):
         _, inter = module.apply({"params": params}, batch, deterministic=False,
                                 rngs={"dropout": jax.random.key(5)}, mutable=["intermediates"],
                                 capture_intermediates=lambda m, _: isinstance(m, nn.Dropout))
         hidden = [x for x in jax.tree.leaves(inter) if x.ndim == 3]  # [b, l, h]; attention probs are 4-D
-        zeros = sum(float(jnp.sum((x == 0) * real[..., None])) for x in hidden)
-        return zeros / sum(float(jnp.sum(real)) * x.shape[-1] for x in hidden)
-    f_pad, f_pk = dropped(pad, pad["attention_mask"]), dropped(pk_tokens, pk["attention_mask"])
+        zeros = sum(jnp.sum((x == 0) * real[..., None]) for x in hidden)
+        return zeros / sum(jnp.sum(real) * x.shape[-1] for x in hidden)
+    f_pad, f_pk = float(dropped(pad, pad["attention_mask"])), float(dropped(pk_tokens, pk["attention_mask"]))
     assert abs(f_pad - p) < 0.02 and abs(f_pk - p) < 0.02 and abs(f_pad - f_pk) < 0.02
 
-    grad_fn = make_grad_fn(embed_fn(module), make_column_loss("infonce", temperature=0.05), mesh=make_mesh(1))
-    loss = jax.jit(lambda cols, key: grad_fn(params, cols, key)[0][0])
+    loss_fn = make_column_loss("infonce", temperature=0.05)
+    losses = jax.jit(jax.vmap(  # forward only: the same embed_columns the step differentiates
+        lambda cols, key: loss_fn(params, embed_columns(embed_fn(module), params, cols, key), None)[0],
+        in_axes=(None, 0)))
     pad_cols = {k: jax.tree.map(jnp.asarray, columns[k]) for k in ("anchor", "positive")}
     pk_cols = {k: jax.tree.map(jnp.asarray, pack_column(columns[k], 1, ROW, SEG)) for k in ("anchor", "positive")}
-    keys = [jax.random.key(100 + s) for s in range(32)]
-    a = np.array([float(loss(pad_cols, k)) for k in keys])
-    b = np.array([float(loss(pk_cols, k)) for k in keys])
+    keys = jax.random.split(jax.random.key(100), 32)
+    a, b = np.asarray(losses(pad_cols, keys)), np.asarray(losses(pk_cols, keys))
     se = np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
     assert not np.allclose(a, b)  # the masks do differ ...
     assert abs(a.mean() - b.mean()) < 4 * se  # ... but not in distribution
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+def _train(tmp_path, name, **overrides):
+    from sentjax.train import step as step_lib
+    from sentjax.train.train import train
+    from tiny import tiny_config
+    c = tiny_config(str(tmp_path / name), **{"total_steps": 2, "mesh.data": 8, "checkpoint.every_steps": 10,
+                                             "model.encoder.hidden_dropout_prob": 0.0,
+                                             "model.encoder.attention_probs_dropout_prob": 0.0, **overrides})
+    return jax.tree.map(np.asarray, step_lib.to_host(train(c, progress=False)["state"]["params"]))
+
+
+def test_trainer_packed_equals_padded(tmp_path):
+    """config.data.packing=true (with GradCache over packed rows) trains to the padded run's parameters."""
+    want = _train(tmp_path, "padded")
+    got = _train(tmp_path, "packed", **{"data.packing": True, "gradient.gradcache_chunk": 1})
+    from sentjax.train.train import build_model
+    from tiny import tiny_config
+    init = build_model(tiny_config(str(tmp_path / "init"))).params
+    moved = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(want["model"]), jax.tree.leaves(init)))
+    assert moved > 1e-4  # equal parameters prove nothing if training did not move them
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=0, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"gradient.method": "pmap"}, "shard_map"),
+    ({"gradient.method": "jit"}, "shard_map"),
+    ({"data.packing_row_length": 8}, "packing_row_length"),
+    ({"data.packing_max_segments": 0}, "packing_max_segments"),
+])
+def test_unsupported_packing_configs_are_refused(tmp_path, overrides, match):
+    from sentjax.errors import ConfigError
+    with pytest.raises(ConfigError, match=match):
+        _train(tmp_path, "bad", **{"data.packing": True, **overrides})
