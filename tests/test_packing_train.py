@@ -34,11 +34,11 @@ def tokens(rng, n, length=L, low=2):
 
 
 @functools.lru_cache(maxsize=None)
-def setup(dropout=0.0):
+def setup(dropout=0.0, normalize=False):
     cfg = EncoderConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=dropout,
                         attention_probs_dropout_prob=dropout)
-    module = SentenceEncoderModule(cfg, pooling="mean")
+    module = SentenceEncoderModule(cfg, pooling="mean", normalize=normalize)
     rng = np.random.default_rng(0)
     columns = {"anchor": tokens(rng, B), "positive": tokens(rng, B), "negative": tokens(rng, B * K)}
     params = module.init(jax.random.key(1), jax.tree.map(jnp.asarray, columns["anchor"]))["params"]
@@ -78,25 +78,27 @@ def test_pack_column_keeps_every_sentence_in_order():
 
 
 @functools.lru_cache(maxsize=None)
-def padded_reference(n_dev):
+def padded_reference(n_dev, normalize=False):
     """The padded step's (loss, grads) on n_dev devices, dropout off."""
-    module, params, columns = setup()
+    module, params, columns = setup(normalize=normalize)
     loss_fn = make_column_loss("infonce", temperature=0.05, hard_negative_weight=1.0)
     (loss, _), grads = jax.jit(make_grad_fn(embed_fn(module), loss_fn, mesh=make_mesh(n_dev)))(
         params, jax.tree.map(jnp.asarray, columns), None)
     return loss, grads
 
 
-@pytest.mark.parametrize("n_dev,variant", [(1, "dense"), (8, "dense"), (8, "gradcache"), (8, "tiled")])
+@pytest.mark.parametrize("n_dev,variant", [(1, "dense"), (8, "dense"), (8, "gradcache"), (8, "tiled"),
+                                            (1, "normalize")])
 def test_packed_step_equals_padded_step(n_dev, variant):
-    module, params, columns = setup()
+    # normalize: L2-normalised embeddings; the empty segment slots must not make the gradient NaN
+    module, params, columns = setup(normalize=variant == "normalize")
     embed = embed_fn(module)
     mesh = make_mesh(n_dev)
     impl = dict(impl="tiled", tile_size=1) if variant == "tiled" else {}
     loss_fn = make_column_loss("infonce", temperature=0.05, hard_negative_weight=1.0, **impl)
     chunk = 1 if variant == "gradcache" else None
     got_fn = jax.jit(make_grad_fn(embed, loss_fn, mesh=mesh, gradcache_chunk=chunk))
-    want_loss, want = padded_reference(n_dev)
+    want_loss, want = padded_reference(n_dev, variant == "normalize")
     cols = packed(columns, n_dev, chunk or 1)
     assert cols["negative"]["input_ids"].shape[0] < B * K  # it did pack
     (got_loss, _), got = got_fn(params, jax.tree.map(jnp.asarray, cols), None)
