@@ -7,6 +7,7 @@ peak RSS), 2 threads; time = median step time after --warmup steps (the first in
 
   python experiments/bench/train.py                       # batch 64: ST MNRL vs sentjax, 1 vs 8 devices
   python experiments/bench/train.py --gradcache           # + batch 512/4096, cached and uncached
+  python experiments/bench/train.py --packing             # sentjax batch 64: padded vs packed rows
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def child_st(batch: int, steps: int, warmup: int, cached: int) -> dict:
             "loss": float(loss)}
 
 
-def child_sentjax(batch: int, steps: int, warmup: int, cached: int, devices: int) -> dict:
+def child_sentjax(batch: int, steps: int, warmup: int, cached: int, devices: int, packing: bool = False) -> dict:
     import jax
     import optax
     import sentjax
@@ -86,6 +87,11 @@ def child_sentjax(batch: int, steps: int, warmup: int, cached: int, devices: int
     for i, b in enumerate(_batches(texts, batch, warmup + steps)):
         t = time.perf_counter()
         tok = model.tokenizer(b, length=MAX_LEN)  # pad to 32 like the peer (one compiled shape)
+        real = int(tok["attention_mask"].sum())
+        if packing:  # rows of 2 x MAX_LEN tokens, packed on the host inside the timed step
+            from sentjax.packing import pack_column
+            tok = pack_column(tok, devices, 2 * MAX_LEN, 16, model.config.position_offset,
+                              model.tokenizer.pad_token_id, cached or 1)
         tok = {k: v for k, v in tok.items() if k != "token_type_ids"}
         tok = jax.device_put(tok, rows)
         columns = {"anchor": tok, "positive": tok}
@@ -93,11 +99,23 @@ def child_sentjax(batch: int, steps: int, warmup: int, cached: int, devices: int
         loss.block_until_ready()
         times.append(time.perf_counter() - t)
         if i >= warmup:
-            tokens_real += int(tok["attention_mask"].sum())
+            tokens_real += real
     sec = statistics.median(times[warmup:])
     return {"seconds_per_step": sec, "pairs_per_s": batch / sec, "peak_rss_mib": common.peak_rss_mib(),
             "loss": float(loss), "compile_s": times[0] - sec,
             "real_tokens_per_step": tokens_real / steps}
+
+
+def run_packing(a) -> None:
+    """Padded vs packed sentjax steps, batch 64, in one run (same-run ratio)."""
+    out = {}
+    for name, extra in (("padded", []), ("packed", ["--packing"])):
+        out[name] = common.run_child(__file__, ["sentjax", "--batch", "64", "--cached", "0", "--devices", "1",
+                                                "--steps", str(a.steps), "--warmup", str(a.warmup)] + extra)
+        print(name, out[name], flush=True)
+    ratio = out["padded"]["seconds_per_step"] / out["packed"]["seconds_per_step"]
+    print(json.dumps({"padded_s_per_step": out["padded"]["seconds_per_step"],
+                      "packed_s_per_step": out["packed"]["seconds_per_step"], "speedup": ratio}))
 
 
 def main() -> None:
@@ -111,13 +129,18 @@ def main() -> None:
     p.add_argument("--gradcache", action="store_true", help="also batches 512 and 4096")
     p.add_argument("--max-batch", type=int, default=4096, help="skip cases above this batch")
     p.add_argument("--min-batch", type=int, default=0, help="skip cases below this batch (rerun one size)")
+    p.add_argument("--packing", action="store_true",
+                   help="only sentjax batch 64, padded vs packed (config.data.packing), 1 device")
     p.add_argument("--out", default=None)
     a = p.parse_args()
     if a.child == "st":
         print(json.dumps(child_st(a.batch, a.steps, a.warmup, a.cached)))
         return
     if a.child == "sentjax":
-        print(json.dumps(child_sentjax(a.batch, a.steps, a.warmup, a.cached, a.devices)))
+        print(json.dumps(child_sentjax(a.batch, a.steps, a.warmup, a.cached, a.devices, a.packing)))
+        return
+    if a.packing:
+        run_packing(a)
         return
 
     np_rate = common.numpy_matmul_gflops()

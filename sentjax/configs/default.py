@@ -48,6 +48,11 @@ def get_config() -> ml_collections.ConfigDict:
     })
     c.data = ml_collections.ConfigDict({"datasets": ("text:bundled/commonvoice_en/jf99.txt",),
                                         "weights": (), "dedup": True})
+    # Sequence packing in the train step (sentjax/train/packing.py): each device's sentences packed
+    # into rows of packing_row_length tokens (0: model.max_length), at most packing_max_segments each.
+    c.data.packing = False
+    c.data.packing_row_length = 0
+    c.data.packing_max_segments = 16
     # Evaluations during training, by name (sentjax.eval.evaluators: sts, senteval, nli, tatoeba);
     # each logs <name>_<metric>. every_steps = 0: not run. A config file adds others.
     c.evals = ml_collections.ConfigDict()

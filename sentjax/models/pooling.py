@@ -79,11 +79,16 @@ class Pooler(nn.Module):
     def __call__(self, hidden: jax.Array, mask: jax.Array, deterministic: bool = True,
                  segment_ids: jax.Array | None = None, segment_starts: jax.Array | None = None
                  ) -> jax.Array:
-        """[b, l, h] -> [b, h]; or, for packed rows (segment_ids given), [b, k, h]."""
+        """[b, l, h] -> [b, h]; or, for packed rows (segment_ids given), [b, k, h] (empty slots: ones)."""
         if self.mode not in POOLING_MODES:
             raise ValueError(f"pooling mode {self.mode!r} is unknown; use one of {POOLING_MODES}.")
         if segment_ids is not None:
             out = segment_pool(hidden, segment_ids, segment_starts, self.mode)
+            # Empty slots (no sentence) are never read, but a zero row's L2 normalisation has a NaN
+            # gradient (0 * inf) that would poison the training step: give them a constant instead.
+            k = segment_starts.shape[1]
+            used = jnp.any(segment_ids[:, :, None] == jnp.arange(1, k + 1)[None, None, :], axis=1)
+            out = jnp.where(used[..., None], out, 1.0)
             if self.mode == "cls_mlp":
                 projected = jnp.tanh(nn.Dense(hidden.shape[-1], name="mlp")(out))
                 if not deterministic or self.mlp_at_inference:

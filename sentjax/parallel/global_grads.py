@@ -52,6 +52,7 @@ from jax.sharding import PartitionSpec as P
 from sentjax.parallel.dropout_keys import EmbedFn, embed_column
 from sentjax.parallel.finite import all_finite
 from sentjax.parallel.gradcache import LossFn, gradcache_local, split_columns
+from sentjax.parallel.packed import split_packed, unpack
 from sentjax.parallel.mesh import check_columns, column_rows, split_for_pmap
 
 __all__ = ["make_grad_fn", "embed_columns", "BACKENDS"]
@@ -63,11 +64,14 @@ GradFn = Callable[[Any, Mapping[str, Any], Any], tuple[tuple[jax.Array, dict], A
 def embed_columns(embed_fn: EmbedFn, params: Any, columns: Mapping[str, Any], rng: jax.Array | None,
                   device_index: jax.Array | int = 0) -> dict[str, Any]:
     """Embeds every text column (local rows; global row offset ``device_index * rows``) and passes
-    the other columns through unchanged."""
+    the other columns through unchanged. A packed column (:mod:`sentjax.parallel.packed`) is
+    embedded per packed row (dropout keys per packed row) and unpacked to ``[n, d]``."""
     text, other = split_columns(columns)
     out = dict(other)
-    for name, tokens in text.items():
-        out[name] = embed_column(embed_fn, params, tokens, rng, name, device_index * column_rows(tokens))
+    for name, column in text.items():
+        tokens, index = split_packed(column)  # packed: embed the rows, then unpack to [n, d]
+        out[name] = unpack(embed_column(embed_fn, params, tokens, rng, name,
+                                        device_index * column_rows(tokens)), index)
     return out
 
 

@@ -33,6 +33,7 @@ from jax import lax
 
 from sentjax.parallel.dropout_keys import EmbedFn, embed_column
 from sentjax.parallel.mesh import column_rows
+from sentjax.parallel.packed import split_packed, unpack
 
 __all__ = ["gradcache_local", "split_columns", "CITATION"]
 
@@ -70,15 +71,18 @@ def gradcache_local(embed_fn: EmbedFn, loss_fn: LossFn, params: Any, columns: Ma
     """
     text, other = split_columns(columns)
     frozen = lax.stop_gradient(params)
-    chunked, firsts, embs = {}, {}, {}
-    for name, tokens in text.items():
+    chunked, firsts, embs, unpack_vjps = {}, {}, {}, {}
+    for name, column in text.items():
+        # packed column: chunks of packed rows; the [rows, k, d] output is unpacked to [n, d]
+        tokens, index = split_packed(column)
         n = column_rows(tokens)
         m = n // chunk
         chunked[name] = jax.tree.map(lambda x: x.reshape((m, chunk) + x.shape[1:]), dict(tokens))
         firsts[name] = device_index * n + jnp.arange(m) * chunk
         e = lax.map(lambda xs, name=name: embed_column(embed_fn, frozen, xs[0], rng, name, xs[1]),
                     (chunked[name], firsts[name]))
-        embs[name] = e.reshape((n,) + e.shape[2:])
+        embs[name], unpack_vjps[name] = jax.vjp(lambda e, index=index: unpack(e, index),
+                                                e.reshape((n,) + e.shape[2:]))
 
     theta = vary(params)
     (loss, metrics), (grads, g_embs) = jax.value_and_grad(
@@ -89,6 +93,7 @@ def gradcache_local(embed_fn: EmbedFn, loss_fn: LossFn, params: Any, columns: Ma
             tokens, first, g = xs
             _, vjp = jax.vjp(lambda p: embed_column(embed_fn, p, tokens, rng, name, first), theta)
             return jax.tree.map(jnp.add, acc, vjp(g)[0]), None
-        g = g_embs[name].reshape((firsts[name].shape[0], chunk) + g_embs[name].shape[1:])
+        g = unpack_vjps[name](g_embs[name])[0]  # cotangent of the raw (packed) rows
+        g = g.reshape((firsts[name].shape[0], chunk) + g.shape[1:])
         grads, _ = lax.scan(body, grads, (chunked[name], firsts[name], g))
     return (loss, metrics), grads

@@ -24,6 +24,11 @@ def make_mesh(num_devices: int | None = None, axis_name: str = "data", devices=N
 
 def column_rows(column: Any) -> int:
     """Rows of a column: a token batch (dict of ``[n, L]`` arrays) or an array ``[n, ...]``."""
+    if isinstance(column, Mapping) and "unpack_index" in column:
+        # packed column (sentjax.parallel.packed): its examples are the entries of the index
+        packed = {k: v for k, v in column.items() if k != "unpack_index"}
+        column_rows(packed)
+        return int(np.shape(column["unpack_index"])[0])
     leaves = list(column.values()) if isinstance(column, Mapping) else [column]
     shapes = {tuple(np.shape(x))[:1] for x in leaves if x is not None}
     if len(shapes) != 1 or not next(iter(shapes)):
@@ -51,7 +56,16 @@ def check_columns(columns: Mapping[str, Any], num_devices: int = 1, chunk: int |
         raise ValueError(f"global batch {b} is not divisible by the {num_devices} devices: each device needs "
                          f"the same number of examples; use a batch size that is a multiple of "
                          f"{num_devices}, e.g. {max(num_devices, b // num_devices * num_devices)}.")
-    if chunk is not None:
+    packed = {k: c for k, c in columns.items() if isinstance(c, Mapping) and "unpack_index" in c}
+    if chunk is not None and packed:
+        # with packing a GradCache chunk counts packed rows (sentjax.packing.pack_column rows_multiple)
+        for name, c in packed.items():
+            n_rows = np.shape(c["input_ids"])[0]
+            local = n_rows // num_devices
+            if n_rows % num_devices or not isinstance(chunk, int) or chunk < 1 or local % chunk:
+                raise ValueError(f"gradcache_chunk={chunk} must divide the {local} packed rows per device of "
+                                 f"column {name!r}; pack with rows_multiple={chunk}.")
+    if chunk is not None and any(isinstance(c, Mapping) and k not in packed for k, c in columns.items()):
         local = b // num_devices
         if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1 or local % chunk:
             raise ValueError(f"gradcache_chunk={chunk!r} must be a positive int dividing the per-device batch "

@@ -131,6 +131,8 @@ def build_objective_and_grad(c, model, objective, mesh, teacher=None):
             "splits the batch, so each micro-batch sees only its own in-batch negatives (it does NOT "
             "add negatives). For a larger contrastive batch in the same memory use GradCache "
             "(--config.gradient.gradcache_chunk=N) and keep accum_steps=1.")
+    from sentjax.train.packing import check_packing
+    check_packing(c, objective)
     chunk = c.gradient.gradcache_chunk or None
     if chunk is not None and c.accum_steps > 1:
         raise config_cli.ConfigError("Use either GradCache (gradient.gradcache_chunk) or accum_steps, not both.")
@@ -343,7 +345,9 @@ def _train(c: ml_collections.ConfigDict, resume: bool, progress: bool, cleanup: 
     if start == 0:
         evaluate(0)
     _Stop.install()
-    batches = pipeline.iterate(start, c.total_steps, prefetch=2, transform=lambda b: global_batch(b, mesh))
+    from sentjax.train.packing import make_packer
+    pack = make_packer(c, objective, model.module.config, model.tokenizer.pad_token_id, mesh.devices.size)
+    batches = pipeline.iterate(start, c.total_steps, prefetch=2, transform=lambda b: global_batch(pack(b), mesh))
     cleanup.callback(batches.close)
     for s, batch in batches:
         state, m = train_step(state, batch, step_lib.step_rng(state["rng"], s))
