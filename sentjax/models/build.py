@@ -5,6 +5,7 @@ at fault.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 import jax
@@ -33,8 +34,7 @@ def build_model(m: Mapping[str, Any], *, dtype: str = "float32", seed: int = 0) 
         model = load(resolve_bundled(m["init_from"], "model.init_from"), max_length=m["max_length"],
                      dtype=compute)
         if any(getattr(model.module, k) != v for k, v in pooling.items()):
-            model = SentenceModel(model.module.clone(**pooling), model.params, model.tokenizer,
-                                  model.source_dir)
+            model = dataclasses.replace(model, module=model.module.clone(**pooling))
             if m["pooling"] == "cls_mlp" and "pooler" not in model.params:
                 # SimCSE's MLP is new on top of a pretrained encoder: initialise it from the seed.
                 fresh = init_params(model.module, jax.random.key(seed))

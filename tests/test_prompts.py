@@ -1,0 +1,142 @@
+"""Prompts / instructions: encode(prompt_name=...), include_prompt=False pooling (vs float64 NumPy,
+packed vs padded), the sentence-transformers round trip, and per-column prompts in training data."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import sentjax
+from sentjax.errors import ConfigError
+from sentjax.models.pooling import Pooler
+
+PROMPTS = {"query": "the red query: ", "passage": "a big passage: "}
+TEXTS = ["the cat plays in the park", "a dog runs", "", "the man reads a book today now",
+         "green " * 30, "a bird sings loudly in the garden"]
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    from sentjax.models.bert import EncoderConfig
+    cfg = EncoderConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64)
+    m = sentjax.init_model(cfg, tok, jax.random.key(0))
+    m.module = m.module.clone(include_prompt=False)
+    return sentjax.SentenceModel(m.module, m.params, tok, prompts=PROMPTS, default_prompt_name="query")
+
+
+# ----------------------------------------------------------------------------- pooling
+
+
+def _np_pool(h, mask, plen, mode):
+    out = []
+    for i in range(h.shape[0]):
+        keep = mask[i].astype(bool) & (np.arange(h.shape[1]) >= plen[i])
+        if mode == "mean":
+            out.append(h[i][keep].sum(0) / max(keep.sum(), 1e-9))
+        elif mode == "max":
+            out.append(h[i][keep].max(0) if keep.any() else np.full(h.shape[2], -1e9))
+        else:
+            out.append(h[i][np.argmax(keep)] if keep.any() else h[i][0])
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("mode", ["mean", "max", "cls"])
+def test_exclude_prompt_padded_and_packed_vs_numpy(mode):
+    """Prompt tokens are left out of the pooled tokens, padded and packed alike (float64 reference);
+    a sentence truncated inside its prompt pools nothing (mean: zeros, cls: its first token)."""
+    rng = np.random.default_rng(0)
+    lengths, plen = np.array([7, 3, 5, 2]), np.array([3, 3, 0, 4])
+    h = rng.normal(size=(4, 8, 5))
+    mask = (np.arange(8)[None] < lengths[:, None]).astype(np.int32)
+    pool = Pooler(mode, include_prompt=False)
+    padded = np.asarray(pool.apply({}, h, mask, prompt_length=plen))
+    ref = _np_pool(h, mask, plen, mode)
+    if mode != "max":
+        np.testing.assert_allclose(padded, ref, atol=1e-5)
+    else:
+        np.testing.assert_allclose(padded[:3], ref[:3], atol=1e-5)  # row 3 has nothing left
+    assert not np.allclose(padded, np.asarray(Pooler(mode).apply({}, h, mask, prompt_length=plen)))
+    # the same sentences packed: rows [0, 1] and [2, 3] of length 16, two segment slots each
+    packed_h, seg, starts, pl = np.zeros((2, 16, 5)), np.zeros((2, 16), np.int32), np.zeros((2, 2), np.int32), \
+        np.zeros((2, 2), np.int32)
+    for i in range(4):
+        r, s = divmod(i, 2)
+        at = 0 if s == 0 else lengths[i - 1]
+        packed_h[r, at:at + lengths[i]] = h[i, :lengths[i]]
+        seg[r, at:at + lengths[i]] = s + 1
+        starts[r, s], pl[r, s] = at, plen[i]
+    packed = np.asarray(pool.apply({}, packed_h, (seg > 0).astype(np.int32), segment_ids=seg,
+                                   segment_starts=starts, prompt_length=pl)).reshape(4, 5)
+    np.testing.assert_allclose(packed, padded, atol=1e-5)
+
+
+def test_prompt_length_as_sentence_transformers_counts(tok):
+    # [CLS] the red [UNK] [UNK] ([SEP] dropped): the prompt alone, less its trailing special token
+    assert tok.prompt_length("the red query: ") == 5
+    assert tok.prompt_length("") == 0
+
+
+# ----------------------------------------------------------------------------- encode
+
+
+def test_encode_prompts_packed_equals_padded_and_default(model):
+    q = model.encode(TEXTS, prompt_name="query")
+    np.testing.assert_allclose(model.encode(TEXTS, prompt_name="query", packing=False), q, atol=1e-5)
+    np.testing.assert_allclose(model.encode(TEXTS), q, atol=1e-6)  # default_prompt_name = query
+    np.testing.assert_allclose(model.encode(TEXTS, prompt="the red query: "), q, atol=1e-6)
+    p = model.encode(TEXTS, prompt_name="passage")
+    assert np.abs(p - q).max() > 1e-3
+    bare = model.encode(TEXTS, prompt="")
+    np.testing.assert_allclose(bare, model.encode(TEXTS, prompt="", packing=False), atol=1e-5)
+    # include_prompt=False pools only the text's tokens: [CLS]+prompt are out, but attended to
+    inc = sentjax.SentenceModel(model.module.clone(include_prompt=True), model.params, model.tokenizer,
+                                prompts=PROMPTS)
+    assert np.abs(inc.encode(TEXTS, prompt_name="query") - q).max() > 1e-3
+
+
+def test_encode_prompt_errors(model):
+    with pytest.raises(ValueError, match=r"'nope'.*\['passage', 'query'\]"):
+        model.encode(TEXTS, prompt_name="nope")
+    with pytest.raises(ValueError, match="not both"):
+        model.encode(TEXTS, prompt_name="query", prompt="x: ")
+    with pytest.raises(ValueError, match="default_prompt_name 'doc'"):
+        sentjax.SentenceModel(model.module, model.params, model.tokenizer, prompts=PROMPTS,
+                              default_prompt_name="doc")
+
+
+# ----------------------------------------------------------------------------- round trip
+
+
+def test_round_trip_with_sentence_transformers(model, tmp_path):
+    st = pytest.importorskip("sentence_transformers")
+    out = sentjax.save(model, tmp_path / "prompted")
+    with open(os.path.join(out, "config_sentence_transformers.json")) as f:
+        saved = json.load(f)
+    assert saved["prompts"] == PROMPTS and saved["default_prompt_name"] == "query"
+    ref = st.SentenceTransformer(out, device="cpu")
+    # sentence-transformers adds its empty default "document" prompt
+    assert {k: ref.prompts[k] for k in PROMPTS} == PROMPTS and ref[1].include_prompt is False
+    for name in ("query", "passage"):
+        np.testing.assert_allclose(ref.encode(TEXTS, prompt_name=name, convert_to_numpy=True),
+                                   model.encode(TEXTS, prompt_name=name), atol=1e-5)
+    np.testing.assert_allclose(ref.encode(TEXTS, convert_to_numpy=True), model.encode(TEXTS), atol=1e-5)
+    back = sentjax.load(out)
+    assert back.prompts == PROMPTS and back.default_prompt_name == "query"
+    assert back.module.include_prompt is False
+    np.testing.assert_allclose(back.encode(TEXTS, prompt_name="passage"),
+                               model.encode(TEXTS, prompt_name="passage"), atol=1e-6)
+
+    # a folder that sentence-transformers writes (its own pooling config format) loads with its prompts
+    ref.prompts = {"q": "the small q: ", "d": "a green d: "}
+    ref.default_prompt_name = "d"
+    ref[1].include_prompt = True
+    st_dir = str(tmp_path / "from_st")
+    ref.save(st_dir)
+    ours = sentjax.load(st_dir)
+    assert ours.prompts == ref.prompts and ours.default_prompt_name == "d"
+    assert ours.module.include_prompt is True
+    for name in ("q", "d"):
+        np.testing.assert_allclose(ours.encode(TEXTS, prompt_name=name),
+                                   ref.encode(TEXTS, prompt_name=name, convert_to_numpy=True), atol=1e-5)
