@@ -140,3 +140,79 @@ def test_round_trip_with_sentence_transformers(model, tmp_path):
     for name in ("q", "d"):
         np.testing.assert_allclose(ours.encode(TEXTS, prompt_name=name),
                                    ref.encode(TEXTS, prompt_name=name, convert_to_numpy=True), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- training data
+
+
+def test_pipeline_prepends_column_prompts(tok, ws):
+    from sentjax.data.pipeline import Pipeline
+    from sentjax.data.sources import load_source
+    src = load_source(f"pairs:{ws.sts}")
+    pipe = Pipeline([src], tok, 8, seed=0, prompts={"anchor": "the red query: ", "positive": "a big passage: "},
+                    prompt_lengths=True, process_index=0, process_count=1)
+    texts, batch = pipe.texts(3), pipe.batch(3)
+    for col, prompt in (("anchor", "the red query: "), ("positive", "a big passage: ")):
+        want = tok.pad(tok.encode_ids([prompt + t for t in texts[col]]), batch[col]["input_ids"].shape[1])
+        np.testing.assert_array_equal(batch[col]["input_ids"], want["input_ids"])
+        np.testing.assert_array_equal(batch[col]["prompt_length"], np.full(8, tok.prompt_length(prompt)))
+    plain = Pipeline([src], tok, 8, seed=0, process_index=0, process_count=1).batch(3)
+    assert "prompt_length" not in plain["anchor"]
+    assert plain["anchor"]["input_ids"].shape[1] < batch["anchor"]["input_ids"].shape[1]
+
+
+def test_training_batch_pools_as_encode(model, tok, ws):
+    """What the step embeds for a prompted column equals encode(prompt_name=...) of its texts."""
+    from sentjax.data.pipeline import Pipeline
+    from sentjax.data.sources import load_source
+    from sentjax.models.sentence_model import embed_fn
+    pipe = Pipeline([load_source(f"pairs:{ws.sts}")], tok, 8, seed=0, process_index=0, process_count=1,
+                    prompts={"anchor": PROMPTS["query"], "positive": PROMPTS["passage"]}, prompt_lengths=True)
+    texts, batch = pipe.texts(0), pipe.batch(0)
+    for col, name in (("anchor", "query"), ("positive", "passage")):
+        got = np.asarray(embed_fn(model.module)(model.params, batch[col]))
+        np.testing.assert_allclose(got, model.encode(texts[col], prompt_name=name), atol=1e-5)
+
+
+def test_prompt_config_errors(ws, tmp_path):
+    from sentjax.data.prompts import column_prompts
+    from sentjax.data.sources import load_source
+    from tiny import tiny_config
+    with pytest.raises(ConfigError, match=r"data\.prompts\.anchor"):
+        tiny_config(str(tmp_path), **{"data.prompts.query": "query: "})
+    with pytest.raises(ConfigError, match=r"unknown column\(s\) \['query'\]"):
+        column_prompts({"query": "query: "})
+    with pytest.raises(ConfigError, match="set data.prompts.negative"):
+        column_prompts({"anchor": "q: ", "positive": "p: ", "negative": "n: "})
+    with pytest.raises(ConfigError, match=r"\['negative'\] set but no dataset"):
+        column_prompts({"positive": "p: ", "negative": "p: "}, [load_source(f"pairs:{ws.sts}")])
+    assert column_prompts({"anchor": "q: ", "positive": ""}) == {"anchor": "q: "}
+
+
+def test_trained_with_prompts_exports_them(ws, tmp_path):
+    """A run with per-column prompts and include_prompt=False exports a folder that
+    sentence-transformers reads with those prompts and encodes as sentjax does."""
+    st = pytest.importorskip("sentence_transformers")
+    from sentjax.train.train import train
+    from tiny import tiny_config
+    c = tiny_config(str(tmp_path), **{"data.datasets": (f"pairs:{ws.sts}",), "total_steps": 2,
+                                      "checkpoint.every_steps": 2, "data.prompts.anchor": "the red query: ",
+                                      "data.prompts.positive": "a big passage: ", "model.include_prompt": False,
+                                      "evals.sts_dev.every_steps": 2, "evals.sts_dev.data": ws.sts})
+    summary = train(c, progress=False)
+    out = summary["final_model"]
+    ours = sentjax.load(out)
+    assert ours.prompts == {"query": "the red query: ", "document": "a big passage: "}
+    assert ours.module.include_prompt is False
+    ref = st.SentenceTransformer(out, device="cpu")
+    np.testing.assert_allclose(ref.encode_query(TEXTS, convert_to_numpy=True),
+                               ours.encode(TEXTS, prompt_name="query"), atol=1e-5)
+    np.testing.assert_allclose(ref.encode_document(TEXTS, convert_to_numpy=True),
+                               ours.encode(TEXTS, prompt_name="document"), atol=1e-5)
+    # the evaluation during training encoded under the query prompt, as encode(prompt_name="query") does
+    from sentjax.eval.evaluators import build_evaluators
+    sts = build_evaluators(c.evals)["sts_dev"]
+    want = sts(lambda texts: ours.encode(list(texts), prompt_name="query"))
+    bare = sts(lambda texts: ours.encode(list(texts), prompt=""))
+    assert summary["sts_dev_spearman"] == pytest.approx(want["spearman"], abs=1e-3)
+    assert abs(want["pearson"] - bare["pearson"]) > 1e-3

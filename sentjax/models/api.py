@@ -331,10 +331,11 @@ def _read_dense(folder: str, dim: int) -> dict:
 
 def init_model(config: Any, tokenizer: Tokenizer, rng: jax.Array, *, pooling: str = "mean",
                normalize: bool = False, mlp_at_inference: bool = True,
-               dtype: Any = jnp.float32) -> SentenceModel:
+               dtype: Any = jnp.float32, include_prompt: bool = True) -> SentenceModel:
     """A randomly initialised model (training from scratch); ``config``: any registered family's."""
     module = SentenceEncoderModule(config, pooling=pooling, normalize=normalize,
-                                   mlp_at_inference=mlp_at_inference, dtype=dtype)
+                                   mlp_at_inference=mlp_at_inference, dtype=dtype,
+                                   include_prompt=include_prompt)
     return SentenceModel(module, init_params(module, rng), tokenizer)
 
 

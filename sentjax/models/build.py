@@ -29,7 +29,8 @@ def build_model(m: Mapping[str, Any], *, dtype: str = "float32", seed: int = 0) 
     (from ``seed``) with the architecture ``m["encoder"]`` and the tokenizer ``m["tokenizer"]``.
     ``dtype``: the compute dtype, "float32" or "bfloat16" (parameters stay float32)."""
     compute = _DTYPES.get(dtype, jnp.float32)
-    pooling = dict(pooling=m["pooling"], normalize=m["normalize"], mlp_at_inference=m["mlp_at_inference"])
+    pooling = dict(pooling=m["pooling"], normalize=m["normalize"], mlp_at_inference=m["mlp_at_inference"],
+                   include_prompt=m.get("include_prompt", True))
     if m["init_from"]:
         model = load(resolve_bundled(m["init_from"], "model.init_from"), max_length=m["max_length"],
                      dtype=compute)
