@@ -203,7 +203,7 @@ def test_trained_with_prompts_exports_them(ws, tmp_path):
     out = summary["final_model"]
     ours = sentjax.load(out)
     assert ours.prompts == {"query": "the red query: ", "document": "a big passage: "}
-    assert ours.module.include_prompt is False
+    assert ours.module.include_prompt is False and ours.default_prompt_name == "query"
     ref = st.SentenceTransformer(out, device="cpu")
     np.testing.assert_allclose(ref.encode_query(TEXTS, convert_to_numpy=True),
                                ours.encode(TEXTS, prompt_name="query"), atol=1e-5)

@@ -5,7 +5,8 @@ model is exported with them as named prompts, ``anchor`` -> ``"query"`` and ``po
 ``negative``, which must match it) -> ``"document"``: sentence-transformers' own names (it adds an
 empty ``"document"`` prompt otherwise, which ``encode_document`` would pick before a ``"passage"``),
 so ``encode(texts, prompt_name="query")`` here and sentence-transformers' ``encode_query`` /
-``encode_document`` apply what training applied. With
+``encode_document`` apply what training applied. ``"query"`` is also the default prompt (a plain
+``encode(texts)`` embeds as the anchors were, and as the evaluations during training do). With
 ``model.include_prompt=False`` each prompted column's token batch also carries ``prompt_length``
 ``[rows]`` so the pooling leaves the prompt's tokens out, as at inference.
 """

@@ -298,9 +298,10 @@ def _train(c: ml_collections.ConfigDict, resume: bool, progress: bool, cleanup: 
     objective = make_objective(c.objective)
     model = build_model(c)
     from sentjax.data.prompts import column_prompts, exported_prompts
-    if column_prompts(dict(c.data.prompts)):  # exported with the prompts it was trained under
-        model = dataclasses.replace(model, prompts=exported_prompts(column_prompts(dict(c.data.prompts))),
-                                    default_prompt_name=None)
+    run_prompts = exported_prompts(column_prompts(dict(c.data.prompts)))
+    if run_prompts:  # exported with the prompts it was trained under; plain encode() = the anchors'
+        model = dataclasses.replace(model, prompts=run_prompts,
+                                    default_prompt_name="query" if "query" in run_prompts else None)
     teacher = load_teacher(c, model) if objective.needs_teacher else None
     if teacher is not None and teacher.module.normalize != model.module.normalize and is_main:
         # MSE to unit vectors from an unnormalised student (or the reverse) mostly trains the norm.
