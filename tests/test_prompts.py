@@ -216,3 +216,21 @@ def test_trained_with_prompts_exports_them(ws, tmp_path):
     bare = sts(lambda texts: ours.encode(list(texts), prompt=""))
     assert summary["sts_dev_spearman"] == pytest.approx(want["spearman"], abs=1e-3)
     assert abs(want["pearson"] - bare["pearson"]) > 1e-3
+
+
+def test_experiment_rows_are_valid_configs():
+    """experiments/prompts.py: every row (run or not) builds a config whose prompts fit its data."""
+    import importlib.util
+    from sentjax.data.prompts import column_prompts
+    from sentjax.data.sources import load_source
+    from sentjax.train.config_cli import apply_overrides
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "prompts.py")
+    spec = importlib.util.spec_from_file_location("exp_prompts", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    got = {}
+    for row, overrides in {**mod.ROWS, **mod.NOT_RUN}.items():
+        c = apply_overrides(mod.get_config(), {**mod.CPU, **overrides})
+        got[row] = column_prompts(dict(c.data.prompts), [load_source(s) for s in c.data.datasets])
+    assert got[mod.MAIN] == {"anchor": "query: ", "positive": "passage: ", "negative": "passage: "}
+    assert got["no prompts"] == {}
