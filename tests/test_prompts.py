@@ -234,3 +234,21 @@ def test_experiment_rows_are_valid_configs():
         got[row] = column_prompts(dict(c.data.prompts), [load_source(s) for s in c.data.datasets])
     assert got[mod.MAIN] == {"anchor": "query: ", "positive": "passage: ", "negative": "passage: "}
     assert got["no prompts"] == {}
+
+
+def test_mteb_adapter_does_not_prompt_twice(model):
+    """The mteb adapter resolves the prompt itself; the model's default prompt must not come on top."""
+    pytest.importorskip("mteb")
+    from sentjax.eval import mteb_tasks
+    from sentjax.eval.mteb_adapter import MTEBEncoder
+    inc = sentjax.SentenceModel(model.module.clone(include_prompt=True), model.params, model.tokenizer,
+                                prompts={"query": "the red query: ", "document": ""}, default_prompt_name="query")
+    meta = mteb_tasks.retrieval_task("stsb-en-dev", 20).metadata
+    from mteb.types import PromptType
+    enc = MTEBEncoder(inc, prompts=inc.prompts, default_prompt_name="query")
+    got = enc.encode([{"text": TEXTS}], task_metadata=meta, hf_split="test", hf_subset="default",
+                     prompt_type=PromptType.document)
+    np.testing.assert_allclose(got, inc.encode(TEXTS, prompt=""), atol=1e-6)
+    got = enc.encode([{"text": TEXTS}], task_metadata=meta, hf_split="test", hf_subset="default",
+                     prompt_type=PromptType.query)
+    np.testing.assert_allclose(got, inc.encode(TEXTS, prompt_name="query"), atol=1e-6)
