@@ -39,7 +39,8 @@ def pack_rows(lengths: Sequence[int], row_length: int, max_segments: int) -> lis
 
 def packed_batch(ids: Sequence[Sequence[int]], rows: Sequence[Sequence[int]], row_length: int,
                  max_segments: int, num_rows: int, pad_token_id: int = 0,
-                 position_offset: int = 0) -> dict[str, np.ndarray]:
+                 position_offset: int = 0, prompt_lengths: Sequence[int] | None = None
+                 ) -> dict[str, np.ndarray]:
     """Builds the arrays of one packed batch.
 
     Args:
@@ -47,8 +48,10 @@ def packed_batch(ids: Sequence[Sequence[int]], rows: Sequence[Sequence[int]], ro
       rows: for each row, indices into ``ids`` (from ``pack_rows``).
       num_rows: rows in the batch (extra rows are padding, to keep shapes static).
       position_offset: first position id (pad_token_id + 1 for RoBERTa-style models).
+      prompt_lengths: per sentence, prompt tokens to leave out of the pooling (include_prompt=False).
     Returns: input_ids, attention_mask, token_type_ids, position_ids, segment_ids
-      ``[num_rows, row_length]`` and segment_starts ``[num_rows, max_segments]``, all int32.
+      ``[num_rows, row_length]`` and segment_starts ``[num_rows, max_segments]`` (and with
+      ``prompt_lengths``, prompt_length ``[num_rows, max_segments]``), all int32.
     """
     shape = (num_rows, row_length)
     out = {"input_ids": np.full(shape, pad_token_id, np.int32),
@@ -57,6 +60,8 @@ def packed_batch(ids: Sequence[Sequence[int]], rows: Sequence[Sequence[int]], ro
            "position_ids": np.full(shape, max(position_offset - 1, 0), np.int32),
            "segment_ids": np.zeros(shape, np.int32),
            "segment_starts": np.zeros((num_rows, max_segments), np.int32)}
+    if prompt_lengths is not None:
+        out["prompt_length"] = np.zeros((num_rows, max_segments), np.int32)
     for r, row in enumerate(rows):
         pos = 0
         for s, i in enumerate(row):
@@ -66,6 +71,8 @@ def packed_batch(ids: Sequence[Sequence[int]], rows: Sequence[Sequence[int]], ro
             out["position_ids"][r, pos:pos + n] = np.arange(n) + position_offset
             out["segment_ids"][r, pos:pos + n] = s + 1
             out["segment_starts"][r, s] = pos
+            if prompt_lengths is not None:
+                out["prompt_length"][r, s] = prompt_lengths[i]
             pos += n
     return out
 

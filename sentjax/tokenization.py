@@ -85,6 +85,17 @@ class Tokenizer:
         texts = _check_texts(texts)
         return [e.ids for e in self.backend.encode_batch(texts)]
 
+    def prompt_length(self, prompt: str) -> int:
+        """Tokens a prompt takes at the start of a prompted text, as sentence-transformers counts
+        them (``include_prompt=False``): the prompt tokenized alone, less a trailing special token
+        ([SEP], </s>). Includes the leading [CLS]/<s>; 0 for the empty prompt (no prompt)."""
+        if not prompt:
+            return 0
+        enc = self.backend.encode(prompt)
+        special = {i for i, t in self.backend.get_added_tokens_decoder().items() if t.special}
+        n = len(enc.ids)
+        return n - 1 if n and (enc.ids[-1] in special or enc.special_tokens_mask[-1]) else n
+
     def count_tokens(self, texts: Sequence[str]) -> np.ndarray:
         """[n] token counts after truncation (special tokens included)."""
         return np.array([len(ids) for ids in self.encode_ids(texts)], dtype=np.int32)

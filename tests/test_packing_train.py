@@ -190,6 +190,7 @@ def test_trainer_packed_equals_padded(tmp_path):
     ({"gradient.method": "jit"}, "shard_map"),
     ({"data.packing_row_length": 8}, "packing_row_length"),
     ({"data.packing_max_segments": 0}, "packing_max_segments"),
+    ({"model.include_prompt": False, "data.prompts.anchor": "query: "}, "include_prompt"),
 ])
 def test_unsupported_packing_configs_are_refused(tmp_path, overrides, match):
     from sentjax.errors import ConfigError

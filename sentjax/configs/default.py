@@ -32,6 +32,8 @@ def get_config() -> ml_collections.ConfigDict:
         # tokenizer folder whose vocabulary replaces init_from's ("multilingual": the XLM-R one of
         # the multilingual extra); word embeddings are transferred (sentjax.models.vocab_transfer)
         "vocab_from": "",
+        # False: prompt tokens are left out of the pooling (sentence-transformers' include_prompt)
+        "include_prompt": True,
     })
     # the objective's own fields (sentjax.losses.<name>.Config); --config.objective.name=X resets them
     c.objective = ml_collections.ConfigDict(registry.defaults("infonce"))
@@ -53,6 +55,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.packing = False
     c.data.packing_row_length = 0
     c.data.packing_max_segments = 16
+    # per-column prompts prepended at tokenization, e.g. anchor="query: ", positive="passage: "
+    # (exported as the model's "query" / "passage" prompts; sentjax.data.prompts)
+    c.data.prompts = ml_collections.ConfigDict({"anchor": "", "positive": "", "negative": ""})
     # Evaluations during training, by name (sentjax.eval.evaluators: sts, senteval, nli, tatoeba);
     # each logs <name>_<metric>. every_steps = 0: not run. A config file adds others.
     c.evals = ml_collections.ConfigDict()

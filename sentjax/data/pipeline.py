@@ -242,6 +242,10 @@ class Pipeline:
         nothing to agree on with one process; the coordination service's store when ``process_count``
         is the real number of JAX processes; otherwise (processes simulated in one Python process,
         e.g. in tests) this process also tokenizes the other rows to measure them.
+      prompts: per text column, a prompt prepended to its texts before tokenization
+        (``{"anchor": "query: ", "positive": "passage: "}``; ``sentjax.data.prompts``).
+      prompt_lengths: also give each prompted column's token batch ``prompt_length`` ``[rows]``
+        (the pooling leaves those tokens out: ``include_prompt=False``).
 
     In a run with several JAX processes :meth:`batch` and :meth:`iterate` are collective: every
     process must ask for the same steps in the same order (as the train loop does).
@@ -251,7 +255,8 @@ class Pipeline:
                  weights: Sequence[float] = (), dedup: bool = True,
                  process_index: int | None = None, process_count: int | None = None,
                  teacher_tokenizer=None, rows: Sequence[int] | None = None,
-                 length_sync: LengthSync | None = None):
+                 length_sync: LengthSync | None = None, prompts: dict[str, str] | None = None,
+                 prompt_lengths: bool = False):
         if not sources:
             raise DataError("No datasets configured; set --config.data.datasets.")
         self.process_index = jax.process_index() if process_index is None else process_index
@@ -276,6 +281,10 @@ class Pipeline:
         self._length_sync = length_sync
         self._lock = threading.RLock()  # the order caches, shared by the caller and the prefetch thread
         self._augmenters: dict[str, Callable | None] = {}
+        from sentjax.data.prompts import column_prompts
+        self.prompts = column_prompts(prompts, self.sources)
+        self._prompt_lengths = ({f: tokenizer.prompt_length(p) for f, p in self.prompts.items()}
+                                if prompt_lengths else {})
 
     # -- which source and which of its batches a step uses
     _BLOCK = 1024
@@ -348,11 +357,16 @@ class Pipeline:
         """Unpadded token ids of every text field (``positive`` of kind text too) and, with a
         teacher tokenizer, of the anchors for the teacher."""
         source = self.sources[texts["source"]]
-        ids = {f: self.tokenizer.encode_ids(texts[f]) for f in source.text_fields}
-        if source.kind == "text" and self._augmenter(source.augment) is not None:
-            ids["positive"] = self.tokenizer.encode_ids(texts["positive"])
+        ids = {f: self._encode(f, texts[f]) for f in source.text_fields}
+        if source.kind == "text" and (self._augmenter(source.augment) is not None
+                                      or self.prompts.get("positive") != self.prompts.get("anchor")):
+            ids["positive"] = self._encode("positive", texts["positive"])
         t_ids = self.teacher_tokenizer.encode_ids(texts["anchor"]) if self.teacher_tokenizer is not None else None
         return ids, t_ids
+
+    def _encode(self, column: str, texts: list[str]) -> list:
+        prompt = self.prompts.get(column, "")
+        return self.tokenizer.encode_ids([prompt + t for t in texts] if prompt else texts)
 
     @staticmethod
     def _longest(ids: dict[str, list], t_ids: list | None) -> tuple[int, int]:
@@ -400,6 +414,9 @@ class Pipeline:
         out: dict[str, Any] = {f: tok.pad(col, length) for f, col in ids.items()}
         if self.sources[texts["source"]].kind == "text" and "positive" not in out:
             out["positive"] = out["anchor"]  # SimCSE: the same sentence under another dropout mask
+        for f, n in self._prompt_lengths.items():
+            if f in out:
+                out[f] = dict(out[f], prompt_length=np.full(len(out[f]["input_ids"]), n, np.int32))
         if t_ids is not None:
             t = self.teacher_tokenizer
             out["teacher_anchor"] = t.pad(t_ids, bucket_length(t_longest, t.max_length, t.bucket_multiple))

@@ -189,10 +189,14 @@ class MTEBEncoder:
         if precision not in ("float32", None):
             raise ConfigError(f"precision={precision!r} is not supported by the sentjax adapter (float32 only).")
         prompt = resolve_prompt(self.prompts, self.default_prompt_name, task_metadata, prompt_type)
-        if prompt:
+        extra = {}
+        if hasattr(self.model, "resolve_prompt"):
+            # a SentenceModel prepends it itself; prompt="" also stops it adding its default prompt again
+            extra["prompt"] = prompt
+        elif prompt:
             texts = [prompt + t for t in texts]
         emb = self.model.encode(texts, batch_size=int(kwargs.get("batch_size") or self.batch_size),
-                                show_progress=kwargs.get("show_progress_bar"))
+                                show_progress=kwargs.get("show_progress_bar"), **extra)
         return np.asarray(emb, np.float32)
 
     def similarity(self, embeddings1: Any, embeddings2: Any) -> Any:

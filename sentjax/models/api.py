@@ -49,15 +49,22 @@ class SentenceModel:
       source_dir: folder the model came from (tokenizer files are copied from it on save).
       truncate_dim: keep only the first this many coordinates of every embedding (a Matryoshka
         model used at a smaller size), or None; saved as sentence-transformers' ``truncate_dim``.
+      prompts: named prompts, e.g. ``{"query": "query: ", "passage": "passage: "}``, prepended to
+        the texts by ``encode(prompt_name=...)``; saved in config_sentence_transformers.json.
+      default_prompt_name: the prompt ``encode`` uses when given neither prompt_name nor prompt.
     """
     module: SentenceEncoderModule
     params: Any
     tokenizer: Tokenizer
     source_dir: str | None = None
     truncate_dim: int | None = None
+    prompts: dict[str, str] = dataclasses.field(default_factory=dict)
+    default_prompt_name: str | None = None
 
     def __post_init__(self) -> None:
         self.truncate_dim = _check_truncate_dim(self.truncate_dim, self.dim)
+        self.prompts = dict(self.prompts or {})
+        check_prompts(self.prompts, self.default_prompt_name)
         self._forward = jax.jit(lambda p, b: self.module.apply({"params": p}, b, deterministic=True))
 
     @property
@@ -71,7 +78,8 @@ class SentenceModel:
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, normalize: bool | None = None,
                show_progress: bool | None = None, packing: bool = True,
-               truncate_dim: int | None = None) -> np.ndarray:
+               truncate_dim: int | None = None, *,
+               prompt_name: str | None = None, prompt: str | None = None) -> np.ndarray:
         """Embeds texts: ``[n, dim]`` float32, rows in input order.
 
         With ``packing`` (default) several sentences share a row under block-diagonal
@@ -81,19 +89,42 @@ class SentenceModel:
         ``normalize`` overrides the model's own setting. ``truncate_dim`` (default: the model's
         ``truncate_dim``) keeps the first coordinates, as sentence-transformers does: after the
         model's own Normalize module, before ``normalize=True``.
+
+        Prompts, as sentence-transformers' ``encode``: ``prompt`` (a literal string) or
+        ``prompt_name`` (a key of ``self.prompts``) is prepended to every text; with neither,
+        ``default_prompt_name``'s prompt applies (if set). With ``include_prompt=False`` pooling
+        the prompt's tokens are left out of the pooled tokens.
         """
         texts = _check_texts(texts)
+        prompt = self.resolve_prompt(prompt_name, prompt)
+        if prompt:
+            texts = [prompt + t for t in texts]
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         keep = _check_truncate_dim(truncate_dim, self.dim) or self.truncate_dim or self.dim
         if not texts:
             return np.zeros((0, keep), np.float32)
         ids = self.tokenizer.encode_ids(texts)
+        plen = self.tokenizer.prompt_length(prompt) if prompt and not self.module.include_prompt else None
         run = self._encode_packed if packing else self._encode_padded
-        out = run(ids, batch_size, show_progress)[:, :keep]
+        out = run(ids, batch_size, show_progress, plen)[:, :keep]
         if normalize and (not self.module.normalize or keep < self.dim):
             out = l2_normalize(out)
         return out
+
+    def resolve_prompt(self, prompt_name: str | None = None, prompt: str | None = None) -> str | None:
+        """The prompt ``encode`` prepends: ``prompt`` if given, else ``prompts[prompt_name]``, else
+        the default prompt's text, else None."""
+        if prompt is not None:
+            if prompt_name is not None:
+                raise ValueError(f"Pass either prompt={prompt!r} or prompt_name={prompt_name!r}, not both.")
+            return prompt
+        if prompt_name is None:
+            return self.prompts.get(self.default_prompt_name) if self.default_prompt_name else None
+        if prompt_name not in self.prompts:
+            raise ValueError(f"Prompt name {prompt_name!r} is not one of this model's prompts "
+                             f"{sorted(self.prompts)}; pass one of those, or a literal prompt=... .")
+        return self.prompts[prompt_name]
 
     def _progress(self, it, n_batches: int, show_progress: bool | None):
         if show_progress or (show_progress is None and n_batches > 8):
@@ -101,7 +132,7 @@ class SentenceModel:
             return tqdm(it, total=n_batches, desc="encode", unit="batch")
         return it
 
-    def _encode_padded(self, ids, batch_size, show_progress) -> np.ndarray:
+    def _encode_padded(self, ids, batch_size, show_progress, prompt_length=None) -> np.ndarray:
         out = np.zeros((len(ids), self.dim), np.float32)
         order = np.argsort([-len(x) for x in ids], kind="stable")
         # Rows are padded up to a power of two (<= batch_size) to bound compiled shapes.
@@ -110,11 +141,14 @@ class SentenceModel:
         for s in self._progress(starts, len(starts), show_progress):
             idx = order[s:s + batch_size]
             chunk = [ids[i] for i in idx] + [[self.tokenizer.pad_token_id]] * (rows - len(idx))
-            emb = np.asarray(self._forward(self.params, self.tokenizer.pad(chunk)))
+            batch = self.tokenizer.pad(chunk)
+            if prompt_length is not None:
+                batch["prompt_length"] = np.full((rows,), prompt_length, np.int32)
+            emb = np.asarray(self._forward(self.params, batch))
             out[idx] = emb[:len(idx)]
         return out
 
-    def _encode_packed(self, ids, batch_size, show_progress) -> np.ndarray:
+    def _encode_packed(self, ids, batch_size, show_progress, prompt_length=None) -> np.ndarray:
         from sentjax.packing import pack_rows, packed_batch
         from sentjax.tokenization import bucket_length
         lengths = np.array([len(x) for x in ids])
@@ -130,8 +164,8 @@ class SentenceModel:
         starts = range(0, len(rows), per_call)
         for s in self._progress(starts, len(starts), show_progress):
             chunk = rows[s:s + per_call]
-            batch = packed_batch(ids, chunk, row_length, max_segments, per_call,
-                                 tok.pad_token_id, offset)
+            batch = packed_batch(ids, chunk, row_length, max_segments, per_call, tok.pad_token_id,
+                                 offset, None if prompt_length is None else [prompt_length] * len(ids))
             emb = np.asarray(self._forward(self.params, batch))  # [rows, k, dim]
             for r, row in enumerate(chunk):
                 out[row] = emb[r, :len(row)]
@@ -184,10 +218,45 @@ def _read_modules(folder: str) -> list[dict]:
         raise ModelLoadError(f"{path} is not valid JSON ({e}); fix or delete it.") from None
 
 
-def _pooling_from_st(folder: str) -> str:
+def check_prompts(prompts: Any, default_prompt_name: str | None = None) -> None:
+    """Prompts must map names to strings, and a default prompt name must be one of them."""
+    if not isinstance(prompts, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                for k, v in prompts.items()):
+        raise ValueError(f"prompts must be a dict of name -> prompt text, e.g. "
+                         f"{{'query': 'query: '}}; got {prompts!r}.")
+    if default_prompt_name is not None and default_prompt_name not in prompts:
+        raise ValueError(f"default_prompt_name {default_prompt_name!r} is not one of the prompts "
+                         f"{sorted(prompts)}.")
+
+
+def _read_prompts(folder: str) -> tuple[dict[str, str], str | None]:
+    path = os.path.join(folder, "config_sentence_transformers.json")
+    if not os.path.isfile(path):
+        return {}, None
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+        prompts, default = cfg.get("prompts") or {}, cfg.get("default_prompt_name")
+        check_prompts(prompts, default)
+    except (json.JSONDecodeError, ValueError) as e:
+        raise ModelLoadError(f"{path}: {e} Fix or delete the file.") from None
+    return prompts, default
+
+
+def _pooling_from_st(folder: str) -> tuple[str, bool]:
+    """(mode, include_prompt) of a Pooling module's config (sentence-transformers' legacy
+    ``pooling_mode_*_tokens`` booleans or its newer ``pooling_mode`` key)."""
     path = os.path.join(folder, "config.json")
     with open(path, encoding="utf-8") as f:
         cfg = json.load(f)
+    include_prompt = bool(cfg.get("include_prompt", True))
+    if "pooling_mode" in cfg:
+        named = cfg["pooling_mode"]
+        named = [named] if isinstance(named, str) else list(named)
+        if len(named) == 1 and named[0] in ("mean", "cls", "max", "lasttoken"):
+            return named[0], include_prompt
+        raise ModelLoadError(f"{path}: sentjax supports exactly one of mean / cls / max / lasttoken pooling, got "
+                             f"{named}; edit the pooling config or pass pooling=... to load().")
     modes = [m for m, key in (("mean", "pooling_mode_mean_tokens"), ("cls", "pooling_mode_cls_token"),
                               ("max", "pooling_mode_max_tokens"), ("lasttoken", "pooling_mode_lasttoken"))
              if cfg.get(key)]
@@ -197,12 +266,12 @@ def _pooling_from_st(folder: str) -> str:
         raise ModelLoadError(
             f"{path}: sentjax supports exactly one of mean / cls / max / lasttoken pooling, got "
             f"{modes + unsupported}; edit the pooling config or pass pooling=... to load().")
-    return modes[0]
+    return modes[0], include_prompt
 
 
 def load(path_or_hub_id: str, *, max_length: int | None = None, pooling: str | None = None,
          normalize: bool | None = None, dtype: Any = jnp.float32,
-         truncate_dim: int | None = None) -> SentenceModel:
+         truncate_dim: int | None = None, include_prompt: bool | None = None) -> SentenceModel:
     """Loads a Hugging Face or sentence-transformers model folder (or hub id, online).
 
     Args:
@@ -213,17 +282,19 @@ def load(path_or_hub_id: str, *, max_length: int | None = None, pooling: str | N
       dtype: compute dtype (float32 or bfloat16); parameters stay float32.
       truncate_dim: embeddings keep their first this many coordinates; default: the folder's
         ``config_sentence_transformers.json`` ``truncate_dim`` (None: all).
+      include_prompt: override the Pooling module's ``include_prompt`` (False: prompt tokens are
+        left out of the pooling). The folder's prompts (config_sentence_transformers.json) load too.
     """
     folder = _resolve(path_or_hub_id)
     modules = _read_modules(folder)
     base = folder
-    pool_mode, do_norm, dense_dir = "mean", False, None
+    pool_mode, do_norm, dense_dir, incl = "mean", False, None, True
     for m in modules:
         mtype, mpath = m.get("type", ""), os.path.join(folder, m.get("path", ""))
         if mtype.endswith("Transformer"):
             base = mpath
         elif mtype.endswith("Pooling"):
-            pool_mode = _pooling_from_st(mpath)
+            pool_mode, incl = _pooling_from_st(mpath)
         elif mtype.endswith("Normalize"):
             do_norm = True
         elif mtype.endswith("Dense"):
@@ -245,7 +316,10 @@ def load(path_or_hub_id: str, *, max_length: int | None = None, pooling: str | N
         pool_mode = pooling
     if normalize is not None:
         do_norm = normalize
-    module = SentenceEncoderModule(config, pooling=pool_mode, normalize=do_norm, dtype=dtype)
+    if include_prompt is not None:
+        incl = include_prompt
+    module = SentenceEncoderModule(config, pooling=pool_mode, normalize=do_norm, dtype=dtype,
+                                   include_prompt=incl)
     abstract = abstract_params(module)
     params = {"encoder": hf_to_params(tensors, abstract["encoder"], source=weights_path,
                                       name_map=family.name_map)}
@@ -262,7 +336,9 @@ def load(path_or_hub_id: str, *, max_length: int | None = None, pooling: str | N
     params = jax.tree.map(jnp.asarray, params)
     if truncate_dim is None:
         truncate_dim = _saved_truncate_dim(folder)
-    return SentenceModel(module, params, tokenizer, source_dir=base, truncate_dim=truncate_dim)
+    prompts, default_prompt = _read_prompts(folder)
+    return SentenceModel(module, params, tokenizer, source_dir=base, truncate_dim=truncate_dim,
+                         prompts=prompts, default_prompt_name=default_prompt)
 
 
 def _saved_truncate_dim(folder: str) -> int | None:
@@ -286,10 +362,11 @@ def _read_dense(folder: str, dim: int) -> dict:
 
 def init_model(config: Any, tokenizer: Tokenizer, rng: jax.Array, *, pooling: str = "mean",
                normalize: bool = False, mlp_at_inference: bool = True,
-               dtype: Any = jnp.float32) -> SentenceModel:
+               dtype: Any = jnp.float32, include_prompt: bool = True) -> SentenceModel:
     """A randomly initialised model (training from scratch); ``config``: any registered family's."""
     module = SentenceEncoderModule(config, pooling=pooling, normalize=normalize,
-                                   mlp_at_inference=mlp_at_inference, dtype=dtype)
+                                   mlp_at_inference=mlp_at_inference, dtype=dtype,
+                                   include_prompt=include_prompt)
     return SentenceModel(module, init_params(module, rng), tokenizer)
 
 
@@ -316,8 +393,8 @@ def save(model: SentenceModel, path: str | os.PathLike, params: Any = None,
     _save_tokenizer(model, path)
     with open(os.path.join(path, "sentence_bert_config.json"), "w", encoding="utf-8") as f:
         json.dump({"max_seq_length": model.tokenizer.max_length, "do_lower_case": False}, f, indent=2)
-    st_config = {"__version__": {"sentjax": __version__}, "prompts": {},
-                 "default_prompt_name": None, "similarity_fn_name": "cosine"}
+    st_config = {"__version__": {"sentjax": __version__}, "prompts": dict(model.prompts),
+                 "default_prompt_name": model.default_prompt_name, "similarity_fn_name": "cosine"}
     if model.truncate_dim is not None:
         st_config["truncate_dim"] = model.truncate_dim
     with open(os.path.join(path, "config_sentence_transformers.json"), "w", encoding="utf-8") as f:
@@ -332,7 +409,8 @@ def save(model: SentenceModel, path: str | os.PathLike, params: Any = None,
                    "pooling_mode_mean_tokens": mode == "mean",
                    "pooling_mode_max_tokens": mode == "max",
                    "pooling_mode_lasttoken": mode == "lasttoken",
-                   "pooling_mode_mean_sqrt_len_tokens": False}, f, indent=2)
+                   "pooling_mode_mean_sqrt_len_tokens": False,
+                   "include_prompt": bool(module.include_prompt)}, f, indent=2)
     mods.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": _ST_POOLING})
     if module.pooling == "cls_mlp" and module.mlp_at_inference:
         dense_dir = os.path.join(path, "2_Dense")

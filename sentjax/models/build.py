@@ -5,6 +5,7 @@ at fault.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 import jax
@@ -28,13 +29,13 @@ def build_model(m: Mapping[str, Any], *, dtype: str = "float32", seed: int = 0) 
     (from ``seed``) with the architecture ``m["encoder"]`` and the tokenizer ``m["tokenizer"]``.
     ``dtype``: the compute dtype, "float32" or "bfloat16" (parameters stay float32)."""
     compute = _DTYPES.get(dtype, jnp.float32)
-    pooling = dict(pooling=m["pooling"], normalize=m["normalize"], mlp_at_inference=m["mlp_at_inference"])
+    pooling = dict(pooling=m["pooling"], normalize=m["normalize"], mlp_at_inference=m["mlp_at_inference"],
+                   include_prompt=m.get("include_prompt", True))
     if m["init_from"]:
         model = load(resolve_bundled(m["init_from"], "model.init_from"), max_length=m["max_length"],
                      dtype=compute)
         if any(getattr(model.module, k) != v for k, v in pooling.items()):
-            model = SentenceModel(model.module.clone(**pooling), model.params, model.tokenizer,
-                                  model.source_dir)
+            model = dataclasses.replace(model, module=model.module.clone(**pooling))
             if m["pooling"] == "cls_mlp" and "pooler" not in model.params:
                 # SimCSE's MLP is new on top of a pretrained encoder: initialise it from the seed.
                 fresh = init_params(model.module, jax.random.key(seed))

@@ -34,12 +34,15 @@ class SentenceEncoderModule(nn.Module):
       normalize: L2-normalise embeddings.
       mlp_at_inference: keep SimCSE's MLP when deterministic (cls_mlp only).
       dtype: compute dtype; parameters stay float32.
+      include_prompt: pool the prompt's tokens too; False leaves the first ``prompt_length`` tokens
+        (batch key ``prompt_length``: ``[batch]``, or ``[rows, k]`` packed) out of the pooling.
     """
     config: Any
     pooling: str = "mean"
     normalize: bool = False
     mlp_at_inference: bool = True
     dtype: Any = jnp.float32
+    include_prompt: bool = True
 
     @nn.compact
     def __call__(self, batch: Mapping[str, jax.Array], deterministic: bool = True) -> jax.Array:
@@ -49,9 +52,10 @@ class SentenceEncoderModule(nn.Module):
         mask = tokens.get("attention_mask")
         if mask is None:
             mask = jnp.ones_like(tokens["input_ids"])
-        return Pooler(self.pooling, self.normalize, self.mlp_at_inference, name="pooler")(
+        return Pooler(self.pooling, self.normalize, self.mlp_at_inference, self.include_prompt,
+                      name="pooler")(
             out["last_hidden_state"], mask, deterministic, tokens.get("segment_ids"),
-            batch.get("segment_starts"))
+            batch.get("segment_starts"), batch.get("prompt_length"))
 
 
 def init_batch() -> dict[str, jax.Array]:

@@ -88,5 +88,6 @@ def transfer_vocabulary(model: SentenceModel, tokenizer_dir: str, max_length: in
     new_emb, counts = transferred_embeddings(np.asarray(flat[path], np.float32), model.tokenizer, tok)
     cfg = dataclasses.replace(model.config, vocab_size=int(new_emb.shape[0]), pad_token_id=tok.pad_token_id)
     params = dict(model.params, encoder=traverse_util.unflatten_dict({**flat, path: new_emb}))
-    student = SentenceModel(model.module.clone(config=cfg), params, tok, tokenizer_dir)
+    student = SentenceModel(model.module.clone(config=cfg), params, tok, tokenizer_dir,
+                            prompts=model.prompts, default_prompt_name=model.default_prompt_name)
     return student, counts

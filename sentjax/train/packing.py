@@ -45,6 +45,11 @@ def check_packing(c: ml_collections.ConfigDict, objective) -> None:
         raise ConfigError(f"data.packing_row_length={c.data.packing_row_length} is shorter than "
                           f"model.max_length={c.model.max_length}: a long sentence would not fit a row. Set "
                           f"--config.data.packing_row_length=0 (= max_length) or >= {c.model.max_length}.")
+    if not c.model.include_prompt and any(c.data.prompts.values()):
+        # The pooling would need each packed segment's prompt length (packed_batch(prompt_lengths=)),
+        # which pack_column does not carry yet: refuse rather than pool the prompt tokens.
+        raise ConfigError("data.packing with model.include_prompt=false and data.prompts is not supported "
+                          f"yet; set --config.model.include_prompt=true {off}.")
     if c.data.packing_max_segments < 1:
         raise ConfigError(f"data.packing_max_segments must be >= 1, got {c.data.packing_max_segments}.")
 

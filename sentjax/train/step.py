@@ -148,8 +148,10 @@ def jit_train_step(train_step: Callable, mesh) -> Callable:
                    in_shardings=(rep, batch_sharded(mesh), rep), out_shardings=(rep, rep))
 
 
-def make_encoder(embed, tokenizer, mesh, batch_size: int):
-    """``encode(params, texts) -> np [n, dim]`` with replicated params and bucketed batches."""
+def make_encoder(embed, tokenizer, mesh, batch_size: int, prompt: str = "",
+                 prompt_length: int | None = None):
+    """``encode(params, texts) -> np [n, dim]`` with replicated params and bucketed batches;
+    ``prompt`` is prepended to every text (``prompt_length``: its tokens, left out of the pooling)."""
     rep = replicated(mesh)
     fwd = jax.jit(lambda p, b: embed(p, b, None), out_shardings=rep)
 
@@ -159,7 +161,9 @@ def make_encoder(embed, tokenizer, mesh, batch_size: int):
             chunk = list(texts[i:i + batch_size])
             n = len(chunk)
             chunk += [""] * (batch_size - n)  # one compiled shape per length bucket
-            tok = tokenizer(chunk)
+            tok = tokenizer([prompt + t for t in chunk] if prompt else chunk)
+            if prompt_length is not None:
+                tok["prompt_length"] = np.full(batch_size, prompt_length, np.int32)
             tok = {k: jax.make_array_from_callback(v.shape, rep, lambda idx, v=v: v[idx]) for k, v in tok.items()}
             outs.append(to_host(fwd(params, tok))[:n])
         return np.concatenate(outs).astype(np.float64)

@@ -11,6 +11,7 @@ step, rng, the best evaluation so far) and the data order is a pure function of 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -47,6 +48,8 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     for k in ("total_steps", "batch_size", "accum_steps", "log_every"):
         if c[k] <= 0:
             raise config_cli.ConfigError(f"config.{k} must be positive, got {c[k]}.")
+    from sentjax.data.prompts import column_prompts
+    column_prompts(dict(c.data.prompts))  # unknown column names are an error before any work
 
 
 # ============================================================================ mesh
@@ -75,7 +78,8 @@ def build_pipeline(c: ml_collections.ConfigDict, tokenizer, dedup: bool, teacher
         mesh = step_lib.make_data_mesh(c.mesh.data) if mesh is None else mesh
         rows = process_rows(step_lib.batch_sharded(mesh), c.batch_size)
     return Pipeline(sources, tokenizer, c.batch_size, c.seed, weights=tuple(c.data.weights),
-                    dedup=dedup and c.data.dedup, teacher_tokenizer=teacher_tokenizer, rows=rows)
+                    dedup=dedup and c.data.dedup, teacher_tokenizer=teacher_tokenizer, rows=rows,
+                    prompts=dict(c.data.prompts), prompt_lengths=not c.model.include_prompt)
 
 
 def global_batch(local: dict, mesh) -> dict:
@@ -213,8 +217,11 @@ class Evals:
                                          "one of them, or '' for none.")
         self.metrics = produced  # every <name>_<metric> logged (the model card's evaluation table)
         self.best = {"metric": metric or None, "step": None, "value": None, "first": None}
-        self.encoders = {b: step_lib.make_encoder(embed, tokenizer, mesh, b) for b in {e.batch_size for e in
-                                                                             self.evaluators.values()}}
+        # a run trained with prompts is evaluated as it will be used: texts under the anchor's (query) prompt
+        prompt = c.data.prompts.get("anchor", "")
+        plen = tokenizer.prompt_length(prompt) if prompt and not c.model.include_prompt else None
+        self.encoders = {b: step_lib.make_encoder(embed, tokenizer, mesh, b, prompt, plen)
+                         for b in {e.batch_size for e in self.evaluators.values()}}
 
     def due(self, step: int) -> list[str]:
         return [n for n, e in self.evaluators.items()
@@ -299,6 +306,11 @@ def _train(c: ml_collections.ConfigDict, resume: bool, progress: bool, cleanup: 
     mesh = make_mesh(c)
     objective = make_objective(c.objective)
     model = build_model(c)
+    from sentjax.data.prompts import column_prompts, exported_prompts
+    run_prompts = exported_prompts(column_prompts(dict(c.data.prompts)))
+    if run_prompts:  # exported with the prompts it was trained under; plain encode() = the anchors'
+        model = dataclasses.replace(model, prompts=run_prompts,
+                                    default_prompt_name="query" if "query" in run_prompts else None)
     teacher = load_teacher(c, model) if objective.needs_teacher else None
     if teacher is not None and teacher.module.normalize != model.module.normalize and is_main:
         # MSE to unit vectors from an unnormalised student (or the reverse) mostly trains the norm.
