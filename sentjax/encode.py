@@ -65,17 +65,6 @@ def read_prompts(folder: str) -> tuple[dict[str, str], str | None]:
     return prompts, default
 
 
-def _pooling_includes_prompt(folder: str) -> bool:
-    modules_path = os.path.join(folder, "modules.json")
-    modules = _read_json(modules_path) if os.path.isfile(modules_path) else []
-    for m in modules:
-        if str(m.get("type", "")).endswith("Pooling"):
-            path = os.path.join(folder, m.get("path", ""), "config.json")
-            if os.path.isfile(path):
-                return bool(_read_json(path).get("include_prompt", True))
-    return True
-
-
 def resolve_prompt(folder: str, name: str | None) -> tuple[str | None, str]:
     """``(prompt name, prompt text)`` to prepend: ``name`` from the folder's prompts, or its default
     prompt when ``name`` is None; ``name=""`` asks for no prompt. ``(None, "")`` when none applies."""
@@ -88,10 +77,6 @@ def resolve_prompt(folder: str, name: str | None) -> tuple[str | None, str]:
         have = ", ".join(repr(k) for k in sorted(prompts)) or "none (the folder's config_sentence_transformers.json " \
                                                                   "has no prompts)"
         raise ConfigError(f"--prompt-name {name!r} is not a prompt of {folder}; available: {have}.")
-    if prompts[name] and not _pooling_includes_prompt(folder):
-        raise ConfigError(f"{folder} pools without the prompt's tokens (include_prompt: false in its Pooling "
-                          "config), which sentjax does not support; pass --prompt-name '' to encode without "
-                          "a prompt, or use sentence-transformers for this model.")
     return name, prompts[name]
 
 
@@ -121,8 +106,11 @@ def encode_file(model: SentenceModel, input_path: str, output_path: str, *, colu
                  disable=None if show_progress is None else not show_progress) as bar:
 
         def flush(texts: list[str]) -> None:
-            emb = model.encode([prompt + t for t in texts] if prompt else texts, batch_size=batch_size,
-                               normalize=normalize, show_progress=False)
+            # prompt="" is an explicit "no prompt": the model's own default_prompt_name must not apply
+            # on top of the resolved one. model.encode also leaves the prompt's tokens out of the
+            # pooling when the model pools with include_prompt=False.
+            emb = model.encode(texts, batch_size=batch_size, normalize=normalize, show_progress=False,
+                               prompt=prompt)
             writer.write(np.asarray(emb, np.float32))
             bar.update(reader.position() - bar.n)
             bar.set_postfix(rows=writer.rows)

@@ -254,3 +254,19 @@ def test_prompts_match_sentence_transformers(tmp_path):
     from sentjax.encode import resolve_prompt
     assert resolve_prompt(folder, None) == (ref.default_prompt_name, ref.prompts[ref.default_prompt_name])
     assert resolve_prompt(folder, "") == (None, "")
+
+
+def test_prompt_left_out_of_pooling_when_the_model_says_so(model_dir, model, texts, tmp_path):
+    """include_prompt: false in the Pooling config: the CLI leaves the prompt's tokens out of the
+    pooling, as the model's own encode does (and sentence-transformers)."""
+    import shutil
+    folder = str(tmp_path / "no_prompt_pooling")
+    shutil.copytree(model_dir, folder)
+    path = os.path.join(folder, "1_Pooling", "config.json")
+    cfg = json.load(open(path, encoding="utf-8"))
+    json.dump({**cfg, "include_prompt": False}, open(path, "w", encoding="utf-8"))
+    src = write_input(tmp_path / "in.txt", texts[:9])
+    assert encode_cli("--model", folder, "--input", src, "--output", tmp_path / "x.npy", "--prompt-name", "query") == 0
+    got = np.load(tmp_path / "x.npy")
+    np.testing.assert_array_equal(got, sentjax.load(folder).encode(texts[:9], prompt_name="query"))
+    assert not np.allclose(got, model.encode(["query: " + t for t in texts[:9]]), atol=1e-4)
