@@ -1,5 +1,6 @@
 """The accelerator benchmark (experiments/bench/accelerator.py) runs end to end on the CPU with
 tiny sizes, so the one prepared GPU run does not die on a typo; its FLOP count is pinned."""
+import pytest
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(REPO, "experiments", "bench")
 
 
+@pytest.mark.slow
 def test_tiny_run_measures_every_row(tmp_path):
     out = tmp_path / "accelerator.md"
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", PYTHONPATH=REPO)

@@ -1,4 +1,5 @@
 """The persistent compilation cache: where it lives, and that a warm run gives the same numbers."""
+import pytest
 import os
 import subprocess
 
@@ -36,6 +37,7 @@ def _run(cfg, cache):
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+@pytest.mark.slow
 def test_training_fills_the_cache_and_a_warm_run_is_bitwise_equal(tmp_path):
     cache = tmp_path / "cache"
     runs = [tmp_path / f"run{i}" for i in range(3)]

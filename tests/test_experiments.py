@@ -31,6 +31,7 @@ def _smoke(tmp_path, name, rows):
 
 
 @needs_tok
+@pytest.mark.slow
 def test_smoke_simcse_unsup_with_augmentation_keeps_earlier_rows(tmp_path):
     """A --rows run adds its rows to the earlier results.json: the other rows keep their numbers,
     loss curve (from results.json, else from the row's metrics.jsonl) and command, in the experiment's
@@ -65,6 +66,7 @@ def test_smoke_simcse_unsup_with_augmentation_keeps_earlier_rows(tmp_path):
 
 
 @needs_tok
+@pytest.mark.slow
 def test_smoke_simcse_unsup_every_row_builds(tmp_path):
     import simcse_unsup
     from sentjax.data.pipeline import load_source
@@ -79,6 +81,7 @@ def test_smoke_simcse_unsup_every_row_builds(tmp_path):
 
 
 @needs_tok
+@pytest.mark.slow
 def test_smoke_sbert_nli_head_and_sts_stage(tmp_path):
     import sbert_nli
     rows = [sbert_nli.MAIN, "(u, v, |u-v|) then STS-B cosine"]
@@ -89,6 +92,7 @@ def test_smoke_sbert_nli_head_and_sts_stage(tmp_path):
 
 
 @needs_tok
+@pytest.mark.slow
 def test_smoke_simcse_sup_gradcache_row(tmp_path):
     import simcse_sup
     cfg = run.build_config(simcse_sup, "batch 256 (GradCache, chunk 64), 4 steps", 0, True, str(tmp_path))
@@ -97,6 +101,7 @@ def test_smoke_simcse_sup_gradcache_row(tmp_path):
 
 
 @needs_tok
+@pytest.mark.slow
 def test_smoke_infonce_ablation_rows(tmp_path):
     import infonce_ablation
     temps = {run.build_config(infonce_ablation, r, 0, True, str(tmp_path)).objective.temperature
@@ -143,6 +148,7 @@ def test_set_key_errors():
 
 
 @needs_tok
+@pytest.mark.slow
 def test_smoke_distill_student_with_new_vocabulary(tmp_path):
     """Tiny teacher -> tiny student under the XLM-R vocabulary (multilingual extra); the teacher
     reads its own tokens of the source (``teacher_anchor``)."""
@@ -157,6 +163,7 @@ def test_smoke_distill_student_with_new_vocabulary(tmp_path):
 
 
 @needs_tok
+@pytest.mark.slow
 def test_smoke_sigmoid_ablation_learned_scalars_reach_the_table(tmp_path):
     import sigmoid_ablation
     names = {run.build_config(sigmoid_ablation, r, 0, True, str(tmp_path)).objective.name

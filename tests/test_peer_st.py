@@ -84,6 +84,7 @@ def test_spread_check_and_concat_flags():
         peer_st._concat_flags(("|u-v|", "u", "v"))
 
 
+@pytest.mark.slow
 def test_peer_smoke_end_to_end(tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     # --threads 1: two torch threads on a machine whose 2 cores are shared run many times slower

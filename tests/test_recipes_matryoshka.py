@@ -11,6 +11,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.skipif(minilm_dir() is None, reason="smoke runs use MiniLM's tokenizer (models extra)")
+@pytest.mark.slow
 def test_matryoshka_recipe_smoke(tmp_path):
     sys.path.insert(0, os.path.join(REPO, "experiments"))
     try:

@@ -43,6 +43,7 @@ def _dev_subset(path: str) -> str:
     return path
 
 
+@pytest.mark.slow
 def test_short_real_run_loss_falls_and_sts_rises(tmp_path):
     from sentjax.configs.demo import get_config
     from sentjax.train.train import train

@@ -111,8 +111,8 @@ def _inner_spec(hp: Config) -> registry.Objective:
     # An inner objective's head is refused whether its shape follows the embedding size (softmax's
     # classifier) or not (a learned temperature / SigLIP's t and b): one head shared by every
     # truncation is a different objective from the papers', and nobody has pinned it with a test.
-    if inner.init_head is not None and jax.eval_shape(inner.init_head, jax.random.key(0), 8) is not None:
-        raise ValueError(f"objective.inner={name!r} has trainable parameters (params['head']), which "
+    if inner.init_head is not None and jax.eval_shape(lambda rng: inner.init_head(rng, 8), jax.random.key(0)) is not None:
+        raise ValueError(f"objective.inner={name!r} has a trainable head (params['head']), which "
                          "Matryoshka does not support; use an embedding-level objective without them "
                          "(infonce with learn_temperature=False, multipos, cosine, cosent).")
     if inner.needs_teacher:
