@@ -278,6 +278,7 @@ def test_spearman_matches_sentence_transformers_on_same_embeddings(minilm_dev):
     assert 80 < ours["spearman"] < 95  # a working MiniLM; a broken one lands near 0
 
 
+@pytest.mark.slow
 @needs_minilm
 @pytest.mark.slow
 def test_spearman_matches_sentence_transformers_end_to_end(minilm_dev):

@@ -74,6 +74,7 @@ def test_pipeline_batches_every_positive_column(tok, kpos_file):
     assert batch["positive_1"]["input_ids"].shape == batch["anchor"]["input_ids"].shape
 
 
+@pytest.mark.slow
 def test_trainer_matryoshka_multipos_8_devices_gradcache_equals_1_device(tmp_path, kpos_file):
     if jax.device_count() < 8:
         pytest.skip("needs 8 (fake) devices; see tests/conftest.py")

@@ -126,6 +126,7 @@ def test_no_recompiles_across_steps_with_different_lengths():
     assert shapes == {(8, ROW)}
 
 
+@pytest.mark.slow
 def test_dropout_statistics_match():
     """Dropout keys are per packed row, so a sentence's mask depends on its place in the layout:
     the packed step is not the padded step's sample, but the same distribution. Checked: the

@@ -189,6 +189,7 @@ def test_prompt_config_errors(ws, tmp_path):
     assert column_prompts({"anchor": "q: ", "positive": ""}) == {"anchor": "q: "}
 
 
+@pytest.mark.slow
 def test_trained_with_prompts_exports_them(ws, tmp_path):
     """A run with per-column prompts and include_prompt=False exports a folder that
     sentence-transformers reads with those prompts and encodes as sentjax does."""

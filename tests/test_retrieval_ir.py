@@ -156,6 +156,7 @@ def test_beir_by_name_downloads_once_from_the_url(tmp_path, monkeypatch):
         ir.load_task("beir:nope")
 
 
+@pytest.mark.slow
 def test_the_evaluator_logs_its_metrics_during_training(tmp_path):
     from sentjax.train.train import train
     from tiny import make_tiny_workspace, tiny_config

@@ -274,6 +274,7 @@ RUNS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", list(RUNS))
 def test_trained_head_moves_resumes_exactly_and_is_not_exported(tmp_path, run):
     """The loss parameters are trained (they move), checkpointed (a run resumed from step 3 ends
