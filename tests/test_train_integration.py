@@ -36,11 +36,13 @@ def reference(tmp_path_factory):
 
 @pytest.mark.parametrize("overrides", [
     {"gradient.method": "shard_map"},
-    {"gradient.method": "pmap"},
+    # pmap's step and the symmetric loss under jit are pinned at step level in test_parallel_grads.py;
+    # their whole-trainer runs are the slowest of this matrix (-m slow)
+    pytest.param({"gradient.method": "pmap"}, marks=pytest.mark.slow),
     {"gradient.method": "shard_map", "gradient.gradcache_chunk": 1},
-    {"gradient.method": "pmap", "gradient.gradcache_chunk": 2},
+    pytest.param({"gradient.method": "pmap", "gradient.gradcache_chunk": 2}, marks=pytest.mark.slow),
     {"gradient.method": "shard_map", "objective.impl": "tiled", "objective.tile_size": 1},
-    {"gradient.method": "jit", "objective.symmetric": True},
+    pytest.param({"gradient.method": "jit", "objective.symmetric": True}, marks=pytest.mark.slow),
 ], ids=lambda o: ",".join(f"{k.split('.')[-1]}={v}" for k, v in o.items()))
 def test_engines_match_single_device_jit(tmp_path, reference, overrides):
     got = _final_params(tmp_path, "run", **{"mesh.data": 8, **overrides})
