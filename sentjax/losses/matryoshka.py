@@ -111,7 +111,8 @@ def _inner_spec(hp: Config) -> registry.Objective:
     # An inner objective's head is refused whether its shape follows the embedding size (softmax's
     # classifier) or not (a learned temperature / SigLIP's t and b): one head shared by every
     # truncation is a different objective from the papers', and nobody has pinned it with a test.
-    if inner.init_head is not None and jax.eval_shape(lambda rng: inner.init_head(rng, 8), jax.random.key(0)) is not None:
+    init_head = inner.init_head
+    if init_head is not None and jax.eval_shape(lambda rng: init_head(rng, 8), jax.random.key(0)) is not None:
         raise ValueError(f"objective.inner={name!r} has a trainable head (params['head']), which "
                          "Matryoshka does not support; use an embedding-level objective without them "
                          "(infonce with learn_temperature=False, multipos, cosine, cosent).")
