@@ -45,3 +45,14 @@ def check_temperature(temperature) -> None:
     if not t > 0:
         raise ValueError(f"temperature must be > 0 (logits are divided by it), got {temperature}; "
                          "typical values are 0.01-0.1 (default 0.05).")
+
+
+def negatives_per_anchor(anchors: jax.Array, negatives: jax.Array | None) -> jax.Array | None:
+    """The ``negative`` column ``[b * k, d]`` (k per anchor, anchor-major) as ``[b, k, d]``; None stays None."""
+    if negatives is None:
+        return None
+    b = anchors.shape[0]
+    if negatives.shape[0] % b:
+        raise ValueError(f"the negative column has {negatives.shape[0]} rows, not a multiple of the "
+                         f"{b} anchors; give k negatives per anchor, anchor-major.")
+    return negatives.reshape(b, negatives.shape[0] // b, anchors.shape[1])

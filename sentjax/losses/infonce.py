@@ -50,7 +50,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sentjax.losses.checks import check_embedding_pair, check_negatives, check_temperature
+from sentjax.losses.checks import (check_embedding_pair, check_negatives, check_temperature,
+                                   negatives_per_anchor)
 from sentjax.losses.registry import ObjectiveSpec, need
 from sentjax.ops import l2_normalize
 
@@ -198,12 +199,7 @@ def column_loss(*, temperature: float = 0.05, symmetric: bool = False, hard_nega
 def _columns(kernel, embeddings, axis_name, **kw):
     """Runs ``kernel`` on the anchor / positive / negative columns (negatives reshaped to [b, k, d])."""
     a = need(embeddings, "anchor", "infonce")
-    n = embeddings.get("negative")
-    if n is not None:
-        if n.shape[0] % a.shape[0]:
-            raise ValueError(f"the negative column has {n.shape[0]} rows, not a multiple of the "
-                             f"{a.shape[0]} anchors; give k negatives per anchor, anchor-major.")
-        n = n.reshape(a.shape[0], n.shape[0] // a.shape[0], a.shape[1])
+    n = negatives_per_anchor(a, embeddings.get("negative"))
     return kernel(a, need(embeddings, "positive", "infonce"), n, axis_name, **kw)
 
 

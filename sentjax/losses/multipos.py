@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sentjax.losses.checks import check_negatives, check_temperature
+from sentjax.losses.checks import check_negatives, check_temperature, negatives_per_anchor
 from sentjax.losses.registry import ObjectiveSpec, need
 from sentjax.ops import l2_normalize
 
@@ -146,12 +146,7 @@ def column_loss(*, positives: int = 2, temperature: float = 0.05, form: str = "m
     def loss_fn(params, embeddings, axis_name=None):
         a = need(embeddings, "anchor", "multipos")
         p = jnp.stack([need(embeddings, c, "multipos") for c in cols], axis=1)
-        n = embeddings.get("negative")
-        if n is not None:
-            if n.shape[0] % a.shape[0]:
-                raise ValueError(f"the negative column has {n.shape[0]} rows, not a multiple of the "
-                                 f"{a.shape[0]} anchors; give m negatives per anchor, anchor-major.")
-            n = n.reshape(a.shape[0], n.shape[0] // a.shape[0], a.shape[1])
+        n = negatives_per_anchor(a, embeddings.get("negative"))
         return multipos_loss(a, p, n, temperature=temperature, form=form, axis_name=axis_name)
     return loss_fn
 

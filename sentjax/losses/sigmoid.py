@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sentjax.losses.checks import check_embedding_pair, check_negatives
+from sentjax.losses.checks import check_embedding_pair, check_negatives, negatives_per_anchor
 from sentjax.losses.registry import ObjectiveSpec, need
 from sentjax.ops import l2_normalize
 
@@ -134,12 +134,7 @@ def column_loss(*, init_scale: float = 10.0, init_bias: float = -10.0, impl: str
         head = params.get("head") if isinstance(params, dict) else None
         head = fixed if head is None else head
         a = need(embeddings, "anchor", "sigmoid")
-        n = embeddings.get("negative")
-        if n is not None:
-            if n.shape[0] % a.shape[0]:
-                raise ValueError(f"the negative column has {n.shape[0]} rows, not a multiple of the "
-                                 f"{a.shape[0]} anchors; give k negatives per anchor, anchor-major.")
-            n = n.reshape(a.shape[0], n.shape[0] // a.shape[0], a.shape[1])
+        n = negatives_per_anchor(a, embeddings.get("negative"))
         p = need(embeddings, "positive", "sigmoid")
         if impl == "tiled":
             from sentjax.losses.tiled_sigmoid import tiled_sigmoid_loss

@@ -57,6 +57,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from sentjax.losses import ring
 from sentjax.losses.checks import check_embedding_pair, check_negatives
 from sentjax.ops import l2_normalize
 
@@ -124,14 +125,6 @@ def _pad_rows(x: jax.Array, tile: int) -> jax.Array:
     return jnp.pad(x, ((0, pad), (0, 0))) if pad else x
 
 
-def _match_vma(x: jax.Array, ref: jax.Array) -> jax.Array:
-    """Marks a fresh constant as device-varying like ``ref``, so loop carries keep one type under shard_map."""
-    want = getattr(getattr(jax.typeof(ref), "manual_axis_type", None), "varying", frozenset())
-    have = getattr(getattr(jax.typeof(x), "manual_axis_type", None), "varying", frozenset())
-    missing = tuple(sorted(want - have))
-    return lax.pcast(x, missing, to="varying") if missing else x
-
-
 def _lse_update(m: jax.Array, s: jax.Array, x: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
     """Online log-sum-exp: (m, s) with lse = m + log(s) absorbs the block x along ``axis``."""
     m_new = jnp.maximum(m, jnp.max(x, axis=axis))
@@ -139,11 +132,6 @@ def _lse_update(m: jax.Array, s: jax.Array, x: jax.Array, axis: int) -> tuple[ja
     shift = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
     s_new = s * jnp.exp(m - shift) + jnp.sum(jnp.exp(x - jnp.expand_dims(shift, axis)), axis=axis)
     return m_new, s_new
-
-
-def _dot_nt(q: jax.Array, k: jax.Array) -> jax.Array:
-    """[tq, d] x [tc, d] -> [tq, tc] in float32 (accumulates in float32 for bfloat16 inputs)."""
-    return lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
 
 
 class _Layout(NamedTuple):
@@ -169,24 +157,9 @@ def _layout(a: jax.Array, p: jax.Array, n: jax.Array, cfg: _Config) -> _Layout:
                    n_pos)
 
 
-def _ring(cfg: _Config) -> tuple[int, jax.Array]:
-    """(number of devices on the axis, this device's index) - (1, 0) without an axis."""
-    if cfg.axis_name is None:
-        return 1, jnp.int32(0)
-    return lax.axis_size(cfg.axis_name), lax.axis_index(cfg.axis_name).astype(jnp.int32)
-
-
-def _rotate(tree, cfg: _Config, n_dev: int):
-    """Sends every array of ``tree`` to the next device on the ring (device r -> r + 1)."""
-    if n_dev == 1:
-        return tree
-    perm = [(i, (i + 1) % n_dev) for i in range(n_dev)]
-    return jax.tree.map(lambda x: lax.ppermute(x, cfg.axis_name, perm), tree)
-
-
 def _tile_logits(q, q_id, kblk, k_id, k_neg, k_valid, cfg: _Config):
     """One [tile, tile] block: raw scaled cosines S and the masked, biased logits L."""
-    s = _dot_nt(q, kblk) * cfg.inv_temperature
+    s = ring.dot_nt(q, kblk) * cfg.inv_temperature
     logits = s
     if cfg.hard_negative_weight != 0.0:
         own_neg = k_neg[None, :] & (k_id[None, :] == q_id[:, None])
@@ -205,7 +178,7 @@ def _forward_stats(a: jax.Array, p: jax.Array, n: jax.Array, cfg: _Config):
     The local share holds this device's anchor rows (and, symmetric, its positive columns) of the
     global mean, so the psum of the shares over the axis is the global loss."""
     b, t = a.shape[0], cfg.tile
-    n_dev, rank = _ring(cfg)
+    n_dev, rank = ring.size_and_index(cfg.axis_name)
     big_b = b * n_dev
     lay = _layout(a, p, n, cfg)
     nq, nc = lay.queries.shape[0] // t, lay.cands.shape[0] // t
@@ -214,7 +187,7 @@ def _forward_stats(a: jax.Array, p: jax.Array, n: jax.Array, cfg: _Config):
     q_ids_all = jnp.where(q_valid_all, rank * b + jnp.arange(nq * t, dtype=jnp.int32), -1)
 
     def full(shape, value, ref):
-        return _match_vma(jnp.full(shape, value, jnp.float32), ref)
+        return ring.match_vma(jnp.full(shape, value, jnp.float32), ref)
 
     # row state: running max, sum-exp, label logit, max over the candidates ranked before the label
     row = tuple(full((nq * t,), v, a) for v in (_NEG_INF, 0.0, _NEG_INF, _NEG_INF))
@@ -262,7 +235,7 @@ def _forward_stats(a: jax.Array, p: jax.Array, n: jax.Array, cfg: _Config):
             return row, col
 
         row, col = lax.fori_loop(0, nq, q_body, (row, col))
-        cands, col = _rotate((cands, col), cfg, n_dev)
+        cands, col = ring.rotate((cands, col), cfg.axis_name, n_dev)
         return row, cands, col
 
     n_col = lay.cands.shape[0] if cfg.symmetric else 0  # column statistics only for the symmetric term
@@ -297,7 +270,7 @@ def _backward(a, p, n, lse_row, lse_col, g, cfg: _Config):
     terms (positive j, symmetric) by that of the column's device, which travels with its block.
     """
     b, t = a.shape[0], cfg.tile
-    n_dev, rank = _ring(cfg)
+    n_dev, rank = ring.size_and_index(cfg.axis_name)
     big_b = b * n_dev
     sym = cfg.symmetric
     c_f = 0.5 / big_b if sym else 1.0 / big_b
@@ -310,10 +283,10 @@ def _backward(a, p, n, lse_row, lse_col, g, cfg: _Config):
     q_ids_all = jnp.where(q_valid_all, rank * b + jnp.arange(nq * t, dtype=jnp.int32), -1)
     lse_row_all = jnp.pad(lse_row, (0, nq * t - b))
     # per-candidate column lse (only the positives' entries are used); travels with the block
-    lse_col_all = _match_vma(jnp.pad(lse_col, (0, lay.cands.shape[0] - lse_col.shape[0])), a)
+    lse_col_all = ring.match_vma(jnp.pad(lse_col, (0, lay.cands.shape[0] - lse_col.shape[0])), a)
     d = a.shape[1]
-    d_q = _match_vma(jnp.zeros((nq * t, d), jnp.float32), a)
-    d_c = _match_vma(jnp.zeros(lay.cands.shape, jnp.float32), a)
+    d_q = ring.match_vma(jnp.zeros((nq * t, d), jnp.float32), a)
+    d_c = ring.match_vma(jnp.zeros(lay.cands.shape, jnp.float32), a)
     cdt = lay.cands.dtype
 
     def ring_step(step, carry):
@@ -349,7 +322,7 @@ def _backward(a, p, n, lse_row, lse_col, g, cfg: _Config):
             return lax.dynamic_update_slice_in_dim(d_q, dq_acc, qi * t, 0), d_c
 
         d_q, d_c = lax.fori_loop(0, nq, q_body, (d_q, d_c))
-        cands, c_lse, c_g, d_c = _rotate((cands, c_lse, c_g, d_c), cfg, n_dev)
+        cands, c_lse, c_g, d_c = ring.rotate((cands, c_lse, c_g, d_c), cfg.axis_name, n_dev)
         return d_q, cands, c_lse, c_g, d_c
 
     # the block owner's cotangent rides with the block (only the symmetric column term uses it)
@@ -451,7 +424,7 @@ def tiled_infonce_loss(anchors: jax.Array, positives: jax.Array, negatives: jax.
                                  out_specs=jax.sharding.PartitionSpec())(anchors, positives, negatives)
     a = _l2_normalize(anchors.astype(dtype))
     p = _l2_normalize(positives.astype(dtype))
-    n = (_match_vma(jnp.zeros((0, d), dtype), a) if negatives is None
+    n = (ring.match_vma(jnp.zeros((0, d), dtype), a) if negatives is None
          else _l2_normalize(negatives.astype(dtype).reshape(b * k, d)))
     cfg = _Config(1.0 / temperature, float(hard_negative_weight), bool(symmetric), axis_name,
                   int(tile_size), k)

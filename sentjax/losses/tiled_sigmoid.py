@@ -43,8 +43,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from sentjax.losses import ring
 from sentjax.losses.checks import check_embedding_pair, check_negatives
-from sentjax.losses.tiled_infonce import _match_vma
 from sentjax.ops import l2_normalize
 
 __all__ = ["tiled_sigmoid_loss", "DEFAULT_TILE_SIZE"]
@@ -57,25 +57,6 @@ class _Config(NamedTuple):
     axis_name: str | None
     tile: int
     k: int  # hard negatives per anchor
-
-
-def _ring(cfg: _Config) -> tuple[int, jax.Array]:
-    if cfg.axis_name is None:
-        return 1, jnp.int32(0)
-    return lax.axis_size(cfg.axis_name), lax.axis_index(cfg.axis_name).astype(jnp.int32)
-
-
-def _rotate(tree, cfg: _Config, n_dev: int):
-    """Every array of ``tree`` to the next device on the ring (r -> r + 1)."""
-    if n_dev == 1:
-        return tree
-    perm = [(i, (i + 1) % n_dev) for i in range(n_dev)]
-    return jax.tree.map(lambda x: lax.ppermute(x, cfg.axis_name, perm), tree)
-
-
-def _dot_nt(q: jax.Array, k: jax.Array) -> jax.Array:
-    """[b, d] x [t, d] -> [b, t], float32 accumulation."""
-    return lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
 
 
 class _Block(NamedTuple):
@@ -98,7 +79,7 @@ def _block(p: jax.Array, n: jax.Array, cfg: _Config) -> _Block:
 
 def _slice_logits(x, kblk, q_id, k_id, k_pos, k_valid, scale, bias):
     """One [b, tile] slice: the cosines S, the logits t S + b, the signs z and the live mask."""
-    s = _dot_nt(x, kblk)
+    s = ring.dot_nt(x, kblk)
     logits = scale * s + bias
     z = jnp.where(k_pos[None, :] & (k_id[None, :] == q_id[:, None]), 1.0, -1.0)
     return s, logits, z, jnp.broadcast_to(k_valid[None, :], s.shape)
@@ -107,14 +88,14 @@ def _slice_logits(x, kblk, q_id, k_id, k_pos, k_valid, scale, bias):
 def _forward(x, p, n, log_scale, bias, cfg: _Config):
     """(this device's loss share, its correct count) of normalised x [b, d], p [b, d], n [b*k, d]."""
     b = x.shape[0]
-    n_dev, rank = _ring(cfg)
+    n_dev, rank = ring.size_and_index(cfg.axis_name)
     big_b = b * n_dev
     blk = _block(p, n, cfg)
     t, nc = cfg.tile, blk.cands.shape[0] // cfg.tile
     q_id = rank * b + jnp.arange(b, dtype=jnp.int32)
     scale = jnp.exp(log_scale)
-    zero = _match_vma(jnp.zeros((), jnp.float32), x)
-    neg_inf = _match_vma(jnp.full((b,), -jnp.inf, jnp.float32), x)
+    zero = ring.match_vma(jnp.zeros((), jnp.float32), x)
+    neg_inf = ring.match_vma(jnp.full((b,), -jnp.inf, jnp.float32), x)
 
     def ring_step(step, carry):
         total, lab, other, cands = carry
@@ -132,7 +113,7 @@ def _forward(x, p, n, log_scale, bias, cfg: _Config):
             return total, lab, other
 
         total, lab, other = lax.fori_loop(0, nc, tile_body, (total, lab, other))
-        return total, lab, other, _rotate(cands, cfg, n_dev)
+        return total, lab, other, ring.rotate(cands, cfg.axis_name, n_dev)
 
     total, lab, other, _ = lax.fori_loop(0, n_dev, ring_step, (zero, neg_inf, neg_inf, blk.cands))
     return -total / big_b, jnp.sum((lab > other).astype(jnp.float32))
@@ -140,7 +121,7 @@ def _forward(x, p, n, log_scale, bias, cfg: _Config):
 
 def _backward(x, p, n, log_scale, bias, g, cfg: _Config):
     b, d = x.shape
-    n_dev, rank = _ring(cfg)
+    n_dev, rank = ring.size_and_index(cfg.axis_name)
     big_b = b * n_dev
     blk = _block(p, n, cfg)
     t, nc = cfg.tile, blk.cands.shape[0] // cfg.tile
@@ -148,9 +129,9 @@ def _backward(x, p, n, log_scale, bias, g, cfg: _Config):
     scale = jnp.exp(log_scale)
     cdt = blk.cands.dtype
     coef = -g / big_b
-    d_x = _match_vma(jnp.zeros((b, d), jnp.float32), x)
-    d_c = _match_vma(jnp.zeros(blk.cands.shape, jnp.float32), x)
-    zero = _match_vma(jnp.zeros((), jnp.float32), x)
+    d_x = ring.match_vma(jnp.zeros((b, d), jnp.float32), x)
+    d_c = ring.match_vma(jnp.zeros(blk.cands.shape, jnp.float32), x)
+    zero = ring.match_vma(jnp.zeros((), jnp.float32), x)
 
     def ring_step(step, carry):
         d_x, cands, d_c, d_ls, d_b = carry
@@ -172,7 +153,7 @@ def _backward(x, p, n, log_scale, bias, g, cfg: _Config):
             return d_x, d_c, d_ls, d_b
 
         d_x, d_c, d_ls, d_b = lax.fori_loop(0, nc, tile_body, (d_x, d_c, d_ls, d_b))
-        cands, d_c = _rotate((cands, d_c), cfg, n_dev)
+        cands, d_c = ring.rotate((cands, d_c), cfg.axis_name, n_dev)
         return d_x, cands, d_c, d_ls, d_b
 
     # after n rotations every block, and the gradient it collected on the way, is home again
@@ -228,11 +209,11 @@ def tiled_sigmoid_loss(anchors: jax.Array, positives: jax.Array, negatives: jax.
     k = 0 if negatives is None else negatives.shape[1]
     x = l2_normalize(jnp.asarray(anchors)).astype(dtype)
     p = l2_normalize(jnp.asarray(positives)).astype(dtype)
-    n = (_match_vma(jnp.zeros((0, d), dtype), x) if negatives is None
+    n = (ring.match_vma(jnp.zeros((0, d), dtype), x) if negatives is None
          else l2_normalize(jnp.asarray(negatives)).astype(dtype).reshape(b * k, d))
     # device-varying copies: the transpose of this cast sums the per-device gradient shares
-    log_scale = _match_vma(jnp.asarray(log_scale, jnp.float32), x)
-    bias = _match_vma(jnp.asarray(bias, jnp.float32), x)
+    log_scale = ring.match_vma(jnp.asarray(log_scale, jnp.float32), x)
+    bias = ring.match_vma(jnp.asarray(bias, jnp.float32), x)
     cfg = _Config(axis_name, int(min(tile_size, b * (1 + k))), k)
     loss, correct = _ring_core(x, p, n, log_scale, bias, cfg)
     n_dev = 1
