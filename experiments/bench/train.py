@@ -107,15 +107,31 @@ def child_sentjax(batch: int, steps: int, warmup: int, cached: int, devices: int
 
 
 def run_packing(a) -> None:
-    """Padded vs packed sentjax steps, batch 64, in one run (same-run ratio)."""
-    out = {}
-    for name, extra in (("padded", []), ("packed", ["--packing"])):
+    """sentence-transformers MNRL vs sentjax padded vs sentjax packed, batch 64, in one run (same-run
+    ratios); writes results/train-packing.md."""
+    out = {"sentence-transformers MNRL": common.run_child(
+        __file__, ["st", "--batch", "64", "--cached", "0", "--steps", str(a.steps), "--warmup", str(a.warmup)])}
+    print("st", out["sentence-transformers MNRL"], flush=True)
+    for name, extra in (("sentjax InfoNCE, padded to 32", []), ("sentjax InfoNCE, packed rows of 64", ["--packing"])):
         out[name] = common.run_child(__file__, ["sentjax", "--batch", "64", "--cached", "0", "--devices", "1",
                                                 "--steps", str(a.steps), "--warmup", str(a.warmup)] + extra)
         print(name, out[name], flush=True)
-    ratio = out["padded"]["seconds_per_step"] / out["packed"]["seconds_per_step"]
-    print(json.dumps({"padded_s_per_step": out["padded"]["seconds_per_step"],
-                      "packed_s_per_step": out["packed"]["seconds_per_step"], "speedup": ratio}))
+    import subprocess
+    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    peer = out["sentence-transformers MNRL"]["pairs_per_s"]
+    lines = ["# Training benchmark: packed vs padded sentjax steps, sentence-transformers side by side", "",
+             f"Command: `python experiments/bench/train.py --packing --steps {a.steps} --warmup {a.warmup}`  ",
+             f"Workload: all-MiniLM-L6-v2, batch 64, max length {MAX_LEN}, InfoNCE / MNRL (see train.md); packed: "
+             "the batch's sentences first-fit into rows of 64 tokens on the host inside the timed step.  ",
+             f"Machine: {json.dumps(common.machine())}  ", f"Load at the end of the run: `{load}`.", "",
+             "| engine | pairs/s | ratio vs ST | s/step | peak RSS MiB |", "|---|---|---|---|---|"]
+    for name, r in out.items():
+        lines.append(f"| {name} | {r['pairs_per_s']:.1f} | {r['pairs_per_s'] / peer:.2f} | "
+                     f"{r['seconds_per_step']:.2f} | {r['peak_rss_mib']:.0f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    with open(a.out or os.path.join(common.HERE, "results", "train-packing.md"), "w") as f:
+        f.write(text)
 
 
 def main() -> None:
