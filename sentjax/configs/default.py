@@ -34,6 +34,10 @@ def get_config() -> ml_collections.ConfigDict:
         "vocab_from": "",
         # False: prompt tokens are left out of the pooling (sentence-transformers' include_prompt)
         "include_prompt": True,
+        # LoRA (sentjax/models/lora.py, docs/lora.md): rank > 0 trains only low-rank adapters on the
+        # dense projections named by targets (e.g. ("query", "value"), ("q_proj", "v_proj")); the
+        # base stays frozen, out of the optimizer and out of the checkpoints. rank 0: off.
+        "lora": ml_collections.ConfigDict({"rank": 0, "alpha": 16.0, "dropout": 0.0, "targets": ()}),
     })
     # the objective's own fields (sentjax.losses.<name>.Config); --config.objective.name=X resets them
     c.objective = ml_collections.ConfigDict(registry.defaults("infonce"))

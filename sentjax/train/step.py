@@ -111,9 +111,14 @@ def accumulate(grad_fn: GradFn, accum: int, global_batch: int) -> GradFn:
 
 # ----------------------------------------------------------------------------- step
 
-def make_train_step(grad_fn: GradFn, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule | None = None) -> Callable:
+def make_train_step(grad_fn: GradFn | Callable[[Any], GradFn], tx: optax.GradientTransformation,
+                    schedule: optax.Schedule | None = None, frozen: bool = False) -> Callable:
     """Pure ``(state, batch, rng) -> (state, metrics)``; compile with ``jit_train_step``.
+
+    ``frozen=True`` (LoRA): ``state["frozen"]`` holds parameters that are used but never trained
+    (the base model) and ``grad_fn(state["frozen"])`` is the GradFn of ``state["params"]``; the
+    frozen tree is a traced argument (not a constant baked into the program), passes through
+    unchanged and gets neither gradients nor optimizer state.
 
     A step whose loss or gradient is not finite leaves parameters and optimizer state untouched
     and reports ``metrics["nonfinite"] = 1`` (the loop stops on it); it is never applied silently.
@@ -124,7 +129,8 @@ def make_train_step(grad_fn: GradFn, tx: optax.GradientTransformation,
 
     def train_step(state: dict, batch: dict, rng: jax.Array) -> tuple[dict, dict]:
         params, opt_state = state["params"], state["opt_state"]
-        (loss, metrics), grads = grad_fn(params, batch, rng)
+        fn = grad_fn(state["frozen"]) if frozen else grad_fn
+        (loss, metrics), grads = fn(params, batch, rng)
         metrics = dict(metrics)
         flag = metrics.pop("nonfinite", None)
         finite = all_finite(loss, grads) if flag is None else flag == 0
@@ -137,6 +143,8 @@ def make_train_step(grad_fn: GradFn, tx: optax.GradientTransformation,
             metrics["lr"] = schedule(state["step"])
         new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1,
                      "rng": state["rng"], "data_pos": state["data_pos"] + 1}
+        if frozen:
+            new_state["frozen"] = state["frozen"]
         return new_state, metrics
     return train_step
 

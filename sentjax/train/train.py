@@ -50,6 +50,7 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
             raise config_cli.ConfigError(f"config.{k} must be positive, got {c[k]}.")
     from sentjax.data.prompts import column_prompts
     column_prompts(dict(c.data.prompts))  # unknown column names are an error before any work
+    check_lora(c)
 
 
 # ============================================================================ mesh
@@ -102,8 +103,50 @@ def load_teacher(c, model):
     return model_build.load_teacher(c.objective.teacher, c.model, model)
 
 
+# ---------------------------------------------------------------- LoRA (sentjax/models/lora.py)
+# With model.lora.rank > 0 the trained params are {"lora": adapters, "head"?}; the base model rides
+# in state["frozen"] (a traced argument of the step, never in the optimizer nor in checkpoints).
+
+
+def lora_config(c: ml_collections.ConfigDict):
+    """``config.model.lora`` -> ``LoRAConfig``, or None when LoRA is off (rank 0)."""
+    from sentjax.models.lora import LoRAConfig
+    return LoRAConfig.from_mapping(c.model.lora)
+
+
+def check_lora(c: ml_collections.ConfigDict) -> None:
+    """Refuses the combinations LoRA does not support, before any work."""
+    if lora_config(c) is None:
+        return
+    if c.gradient.method == "pmap":
+        raise config_cli.ConfigError("model.lora with gradient.method='pmap' is not supported; use "
+                                     "'shard_map' (the default) or 'jit'.")
+    if c.model.pooling == "cls_mlp":
+        raise config_cli.ConfigError("model.lora with pooling='cls_mlp': the pooler's MLP is not a "
+                                     "dense projection of the encoder and would stay frozen (random for a "
+                                     "new head); use pooling 'mean' / 'cls' / 'lasttoken' with LoRA.")
+    if c.model.vocab_from:
+        raise config_cli.ConfigError("model.lora with model.vocab_from: the transferred word embeddings "
+                                     "would stay frozen; train the new vocabulary without LoRA.")
+
+
+def model_view(c: ml_collections.ConfigDict, state: dict) -> dict:
+    """``{"model": encoder params, "head"?}`` of a state: with LoRA the base with the adapters merged
+    in (``W + alpha/r A B``), for evaluation and export."""
+    if "frozen" not in state:
+        return state["params"]
+    from sentjax.models.lora import merge
+    merged = jax.jit(functools.partial(merge, cfg=lora_config(c)))(state["frozen"], state["params"]["lora"])
+    return {"model": merged, **{k: v for k, v in state["params"].items() if k != "lora"}}
+
+
 def init_params(c, model, objective) -> dict:
-    params = {"model": model.params}
+    lcfg = lora_config(c)
+    if lcfg is None:
+        params = {"model": model.params}
+    else:
+        from sentjax.models.lora import init_adapters
+        params = {"lora": init_adapters(model.params, lcfg, jax.random.fold_in(jax.random.key(c.seed), 11))}
     head = None if objective.init_head is None else \
         objective.init_head(jax.random.fold_in(jax.random.key(c.seed), 7), model.dim)
     if head is not None:  # None: these hyperparameters train nothing besides the encoder
@@ -140,18 +183,31 @@ def build_objective_and_grad(c, model, objective, mesh, teacher=None):
     chunk = c.gradient.gradcache_chunk or None
     if chunk is not None and c.accum_steps > 1:
         raise config_cli.ConfigError("Use either GradCache (gradient.gradcache_chunk) or accum_steps, not both.")
-    column_grads = make_grad_fn(functools.partial(_embed_params, embed), objective.loss_fn, mesh=mesh,
-                                backend=GRADIENT_METHODS[method], gradcache_chunk=chunk)
     teacher_embed = None
     if objective.needs_teacher:
         teacher = teacher or load_teacher(c, model)
         teacher_embed = functools.partial(_frozen_embed, embed_fn(teacher.module), teacher.params)
-    grad_fn = functools.partial(objective_grads, column_grads, objective, teacher_embed)
-    return embed, step_lib.accumulate(grad_fn, c.accum_steps, c.batch_size)
+
+    def grads_of(embed_params):
+        column_grads = make_grad_fn(embed_params, objective.loss_fn, mesh=mesh,
+                                    backend=GRADIENT_METHODS[method], gradcache_chunk=chunk)
+        grad_fn = functools.partial(objective_grads, column_grads, objective, teacher_embed)
+        return step_lib.accumulate(grad_fn, c.accum_steps, c.batch_size)
+    lcfg = lora_config(c)
+    if lcfg is None:
+        return embed, grads_of(functools.partial(_embed_params, embed))
+    # LoRA: a GradFn of {"lora", "head"?} per (traced) frozen base; make_train_step(frozen=True)
+    from sentjax.models.lora import lora_embed_fn
+    lora_embed = lora_embed_fn(model.module, lcfg)
+    return embed, lambda frozen: grads_of(functools.partial(_embed_lora, lora_embed, frozen))
 
 
 def _embed_params(embed, params, tokens, rng):
     return embed(params["model"], tokens, rng)  # params = {"model", "head"?}; the encoder uses "model"
+
+
+def _embed_lora(lora_embed, frozen, params, tokens, rng):
+    return lora_embed(frozen, params["lora"], tokens, rng)  # params = {"lora", "head"?}
 
 
 def _frozen_embed(embed, params, tokens):
@@ -180,7 +236,10 @@ def restore(ckpt, state: dict, resume: bool, best: dict) -> dict:
     if not resume:
         raise config_cli.ConfigError(f"{ckpt.directory} already holds checkpoints (step {ckpt.latest_step()}); "
                                      "pass --resume to continue that run or choose a new --config.workdir.")
-    state, data = ckpt.restore(state)
+    frozen = state.get("frozen")  # LoRA's base is not in checkpoints: it comes from model.init_from
+    state, data = ckpt.restore({k: v for k, v in state.items() if k != "frozen"})
+    if frozen is not None:
+        state = {**state, "frozen": frozen}
     if (data.get("best") or {}).get("metric") == best["metric"]:
         best.update(data["best"])
     if jax.process_index() == 0:
@@ -191,6 +250,7 @@ def restore(ckpt, state: dict, resume: bool, best: dict) -> dict:
 def save_checkpoint(ckpt, c, state: dict, step: int, best: dict, evaluated: dict) -> None:
     """Starts an (async) save of ``state`` at ``step`` with the best evaluation so far (JSON)."""
     metric = best["metric"]
+    state = {k: v for k, v in state.items() if k != "frozen"}  # LoRA: adapters + optimizer state only
     ckpt.save(step, state, {"step": step, "seed": c.seed, "best": dict(best)},
               {"config": c.to_json_best_effort()},
               metrics={metric: evaluated[metric]} if metric in evaluated else None)
@@ -326,8 +386,12 @@ def _train(c: ml_collections.ConfigDict, resume: bool, progress: bool, cleanup: 
     if objective.clip_head is not None and "head" in params:  # InfoNCE's learned 1/T <= 100 (CLIP)
         import optax
         tx = optax.chain(tx, project_head(objective.clip_head))
-    train_step = step_lib.jit_train_step(step_lib.make_train_step(grad_fn, tx, schedule), mesh)
-    state = jax.device_put(step_lib.init_state(params, tx, c.seed), step_lib.replicated(mesh))
+    lora = "lora" in params
+    train_step = step_lib.jit_train_step(step_lib.make_train_step(grad_fn, tx, schedule, frozen=lora), mesh)
+    state = step_lib.init_state(params, tx, c.seed)
+    if lora:
+        state["frozen"] = model.params
+    state = jax.device_put(state, step_lib.replicated(mesh))
     evals = Evals(c, embed, model.tokenizer, mesh)
     best = evals.best
     # retention: the last checkpoint.max_to_keep steps plus the best by best_metric
@@ -343,11 +407,12 @@ def _train(c: ml_collections.ConfigDict, resume: bool, progress: bool, cleanup: 
     def export(name: str, step: int) -> str:
         from sentjax.train.model_card import training_card
         card = training_card(c, objective, pipeline.sources, mesh, step, evals.metrics, best, name)
-        return atomic_export(lambda d: export_model(model, state["params"], d, card),
+        return atomic_export(lambda d: export_model(model, model_view(c, state), d, card),
                              os.path.join(c.workdir, name))
 
     def evaluate(step: int) -> dict:
-        evaluated, improved = evals.run(evals.due(step), step, state["params"])
+        due = evals.due(step)
+        evaluated, improved = evals.run(due, step, model_view(c, state) if due else state["params"])
         log.write(step, evaluated)
         summary.update(evaluated)
         if improved and c.export.best_model and is_main:
