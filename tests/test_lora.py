@@ -57,7 +57,7 @@ def test_step0_is_the_base_model_and_merge_equals_adapted(kind):
     paths = lora.adapter_paths(adapters)
     assert len(paths) == 4 and {p[-1] for p in paths} == set(cfg.targets)
     assert all(not np.any(lora._get(adapters, p)["lora_b"]) for p in paths)  # B = 0
-    f, base = lora.lora_embed_fn(module, cfg), embed_fn(module)
+    f, base = jax.jit(lora.lora_embed_fn(module, cfg)), jax.jit(embed_fn(module))
     b = _batch()
     np.testing.assert_array_equal(f(params, adapters, b), base(params, b))
     # with dropout on: the base keeps its own masks, so still exactly the base model
@@ -79,7 +79,7 @@ def test_adapter_gradient_equals_float64_reference():
     def loss32(ad):
         e = lora.lora_embed_fn(module, cfg)(params, ad, b)
         return jnp.sum(jnp.tanh(e) * jnp.arange(e.size, dtype=e.dtype).reshape(e.shape) / e.size)
-    got = jax.grad(loss32)(adapters)
+    got = jax.jit(jax.grad(loss32))(adapters)
 
     with jax.enable_x64(True):
         m64 = module.clone(dtype=jnp.float64)
@@ -90,7 +90,7 @@ def test_adapter_gradient_equals_float64_reference():
             e = embed_fn(m64)(p, b)
             return jnp.sum(jnp.tanh(e) * jnp.arange(e.size, dtype=e.dtype).reshape(e.shape) / e.size)
         merged = lora.merge(p64, a64, cfg)
-        g_w = jax.grad(loss64)(merged)
+        g_w = jax.jit(jax.grad(loss64))(merged)
         for path in lora.adapter_paths(adapters):
             a = np.asarray(lora._get(a64, path)["lora_a"])
             bb = np.asarray(lora._get(a64, path)["lora_b"])
@@ -168,12 +168,14 @@ def test_one_vs_eight_devices_adapter_gradients(tmp_path, tok, chunk):
         np.testing.assert_allclose(b, a, atol=2e-6, rtol=1e-4)
 
 
-def test_training_frozen_base_adapter_checkpoints_resume_and_merged_export(tmp_path):
+def test_training_frozen_base_adapter_checkpoints_resume_and_merged_export(tmp_path, ws):
     """A LoRA run: base bitwise unchanged, optimizer state only over the adapters, checkpoints
-    without the base, a run resumed from step 3 ends bitwise on the uninterrupted one, and the
-    merged final_model/ loads in sentence-transformers with sentjax's LoRA embeddings (1e-5)."""
+    without the base, a run resumed from step 2 ends bitwise on the uninterrupted one, and the
+    merged final_model/ loads in sentence-transformers with sentjax's LoRA embeddings (1e-5); the
+    evaluation during training scores the merged model."""
     from sentjax.train import train as tr
-    over = {"mesh.data": 2, "checkpoint.async_save": False}
+    over = {"mesh.data": 2, "checkpoint.async_save": False, "total_steps": 4, "checkpoint.every_steps": 2,
+            "evals.sts_dev.every_steps": 2, "evals.sts_dev.data": ws.sts}
     c = _lora_run(str(tmp_path / "a"), **over)
     base = tr.build_model(c)
     full = tr.train(c, progress=False)
@@ -188,13 +190,13 @@ def test_training_frozen_base_adapter_checkpoints_resume_and_merged_export(tmp_p
               for p in lora.adapter_paths(state["params"]["lora"])]
     assert min(b_vals) > 0  # the adapters trained
     ckpt_dir = os.path.join(full["workdir"], "checkpoints")
-    saved = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(os.path.join(ckpt_dir, "6"))
+    saved = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(os.path.join(ckpt_dir, "4"))
                 for f in fs)
     assert saved < 4 * lora.count_params(state["frozen"])  # the base (float32) is not in it
 
     c2 = _lora_run(str(tmp_path / "b"), **over)
     shutil.copytree(ckpt_dir, os.path.join(c2.workdir, "checkpoints"))
-    shutil.rmtree(os.path.join(c2.workdir, "checkpoints", "6"))
+    shutil.rmtree(os.path.join(c2.workdir, "checkpoints", "4"))
     resumed = tr.train(c2, resume=True, progress=False)
     for x, y in zip(jax.tree.leaves(resumed["state"]["params"]), jax.tree.leaves(state["params"])):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -211,3 +213,9 @@ def test_training_frozen_base_adapter_checkpoints_resume_and_merged_export(tmp_p
     theirs = st.SentenceTransformer(full["final_model"], device="cpu").encode(texts, convert_to_numpy=True)
     assert np.abs(ours - base.encode(texts)).max() > 1e-4  # the adapters changed the model
     np.testing.assert_allclose(theirs, ours, atol=1e-5)
+
+    import sentjax
+    from sentjax.eval.evaluators import build_evaluators
+    exported = sentjax.load(full["final_model"])
+    score = build_evaluators(c.evals)["sts_dev"](lambda t: exported.encode(list(t)), None)
+    assert abs(score["spearman"] - full["sts_dev_spearman"]) < 1e-6, (score, full["sts_dev_spearman"])

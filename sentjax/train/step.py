@@ -129,7 +129,7 @@ def make_train_step(grad_fn: GradFn | Callable[[Any], GradFn], tx: optax.Gradien
 
     def train_step(state: dict, batch: dict, rng: jax.Array) -> tuple[dict, dict]:
         params, opt_state = state["params"], state["opt_state"]
-        fn = grad_fn(state["frozen"]) if frozen else grad_fn
+        fn: GradFn = grad_fn(state["frozen"]) if frozen else grad_fn  # type: ignore[call-arg,assignment]
         (loss, metrics), grads = fn(params, batch, rng)
         metrics = dict(metrics)
         flag = metrics.pop("nonfinite", None)

@@ -135,9 +135,15 @@ def model_view(c: ml_collections.ConfigDict, state: dict) -> dict:
     in (``W + alpha/r A B``), for evaluation and export."""
     if "frozen" not in state:
         return state["params"]
-    from sentjax.models.lora import merge
-    merged = jax.jit(functools.partial(merge, cfg=lora_config(c)))(state["frozen"], state["params"]["lora"])
+    merged = _jit_merge(lora_config(c))(state["frozen"], state["params"]["lora"])
     return {"model": merged, **{k: v for k, v in state["params"].items() if k != "lora"}}
+
+
+@functools.lru_cache(maxsize=4)
+def _jit_merge(lcfg):
+    """One compiled merge per LoRA config (evaluations reuse it)."""
+    from sentjax.models.lora import merge
+    return jax.jit(functools.partial(merge, cfg=lcfg))
 
 
 def init_params(c, model, objective) -> dict:
