@@ -99,7 +99,8 @@ def build_model(c: ml_collections.ConfigDict):
 def load_teacher(c, model):
     """The frozen teacher of distillation: objective.teacher, else model.init_from (the student's
     starting point, before any vocabulary transfer)."""
-    return model_build.load_teacher(c.objective.teacher, c.model, model)
+    from sentjax.train.objectives import make_objective  # a multi objective's teacher is its term's
+    return model_build.load_teacher(getattr(make_objective(c.objective).hparams, "teacher", ""), c.model, model)
 
 
 def init_params(c, model, objective) -> dict:
@@ -108,6 +109,11 @@ def init_params(c, model, objective) -> dict:
         objective.init_head(jax.random.fold_in(jax.random.key(c.seed), 7), model.dim)
     if head is not None:  # None: these hyperparameters train nothing besides the encoder
         params["head"] = head
+    if objective.token_level:  # the MLM head: the checkpoint's (cls.predictions / lm_head) or fresh
+        from sentjax.models.mlm_head import load_mlm_head
+        params["mlm_head"], loaded = load_mlm_head(model.module.config, model.source_dir,
+                                                   jax.random.fold_in(jax.random.key(c.seed), 11))
+        logger.info(f"MLM head: {'loaded from ' + str(model.source_dir) if loaded else 'initialised'}.")
     return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
 
 
@@ -140,14 +146,28 @@ def build_objective_and_grad(c, model, objective, mesh, teacher=None):
     chunk = c.gradient.gradcache_chunk or None
     if chunk is not None and c.accum_steps > 1:
         raise config_cli.ConfigError("Use either GradCache (gradient.gradcache_chunk) or accum_steps, not both.")
-    column_grads = make_grad_fn(functools.partial(_embed_params, embed), objective.loss_fn, mesh=mesh,
+    embed_params = functools.partial(_embed_params, embed)
+    if objective.token_level:
+        from sentjax.train import mlm as mlm_lib
+        mlm_lib.check_mlm_config(c, objective)
+        settings = mlm_lib.mlm_settings(objective, model)
+        embed_params = functools.partial(mlm_lib.embed_with_mlm, embed, model.module)
+    column_grads = make_grad_fn(embed_params, objective.loss_fn, mesh=mesh,
                                 backend=GRADIENT_METHODS[method], gradcache_chunk=chunk)
     teacher_embed = None
     if objective.needs_teacher:
         teacher = teacher or load_teacher(c, model)
         teacher_embed = functools.partial(_frozen_embed, embed_fn(teacher.module), teacher.params)
     grad_fn = functools.partial(objective_grads, column_grads, objective, teacher_embed)
-    return embed, step_lib.accumulate(grad_fn, c.accum_steps, c.batch_size)
+    grad_fn = step_lib.accumulate(grad_fn, c.accum_steps, c.batch_size)
+    if objective.token_level:  # mask the mlm column of the global batch from the step's key
+        grad_fn = functools.partial(_with_mlm_column, grad_fn, settings)
+    return embed, grad_fn
+
+
+def _with_mlm_column(grad_fn, settings, params, batch, rng):
+    from sentjax.train.mlm import add_mlm_column
+    return grad_fn(params, add_mlm_column(batch, rng, settings), rng)
 
 
 def _embed_params(embed, params, tokens, rng):
@@ -163,6 +183,8 @@ def objective_grads(column_grads, objective, teacher_embed, params, batch, rng):
     the source text, for distillation) -> ``column_grads`` (``make_grad_fn``)."""
     from sentjax.train.objectives import select_columns
     columns = select_columns(objective, batch)
+    if objective.name == "mlm":  # alone, MLM reads only its masked column: embed nothing else
+        columns = {"mlm": columns["mlm"]}
     if teacher_embed is not None:
         # A student with another vocabulary passes the teacher's tokens of the source as ``teacher_anchor``.
         columns["teacher"] = teacher_embed(batch.get("teacher_anchor", batch["anchor"]))
