@@ -72,7 +72,7 @@ def build_terms(terms: Any) -> tuple[Term, ...]:
     if isinstance(terms, dict) or not hasattr(terms, "__iter__") or not len(terms):
         raise ValueError("objective.terms must be a non-empty list of objective blocks "
                          "[{name, weight, <its fields>}, ...].")
-    built = []
+    built: list[Term] = []
     for i, block in enumerate(terms):
         if not hasattr(block, "items"):
             raise ValueError(f"objective.terms[{i}] must be an objective block {{name, weight, ...}}, got {block!r}.")

@@ -102,7 +102,8 @@ def mlm_logits(module, model_params: dict, head_params: dict, tokens: Mapping[st
     """``[batch, length, vocab]`` logits of ``module``'s encoder (a ``SentenceEncoderModule``)."""
     h = _encoder_states(module, model_params, tokens, rng)
     words = model_params["encoder"]["embeddings"]["word_embeddings"]["embedding"]
-    return MLMHead(module.config).apply({"params": head_params}, h, words)
+    logits: jax.Array = MLMHead(module.config).apply({"params": head_params}, h, words)  # type: ignore[assignment]
+    return logits
 
 
 def mlm_rows(module, model_params: dict, head_params: dict, tokens: Mapping[str, jax.Array],
