@@ -1,6 +1,6 @@
 """Several objectives in one step: a weighted sum of registered objectives (e.g. contrastive +
-distillation, or contrastive + an MLM auxiliary loss, as multilingual recipes such as LaBSE /
-"Language-agnostic BERT Sentence Embedding" (Feng et al. 2022) train their encoders).
+distillation, or contrastive + an MLM / TLM auxiliary loss; LaBSE, Feng et al. 2022, "Language-agnostic
+BERT Sentence Embedding", builds its encoder from MLM / TLM and a translation ranking loss).
 
 With terms ``k = 1..K``, weights ``w_k`` and each term's own global mean loss ``L_k``::
 
@@ -161,5 +161,13 @@ OBJECTIVE = ObjectiveSpec(
     token_level=lambda hp: any(t.objective.token_level for t in build_terms(hp.terms)),
 )
 
-# Weighted sums of losses need no citation of their own; each term's objective is cited by its module.
-CITATION = ""
+# BibTeX quoted by model cards of runs that train with it (each term's own paper is cited too).
+CITATION = """\
+@inproceedings{feng-etal-2022-language,
+  title = "Language-agnostic {BERT} Sentence Embedding",
+  author = "Feng, Fangxiaoyu and Yang, Yinfei and Cer, Daniel and Arivazhagan, Naveen and Wang, Wei",
+  booktitle = "Proceedings of the 60th Annual Meeting of the Association for Computational Linguistics",
+  year = "2022",
+  url = "https://arxiv.org/abs/2007.01852",
+}
+"""
