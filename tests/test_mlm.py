@@ -230,7 +230,58 @@ def test_whole_trainer_infonce_plus_mlm(tmp_path):
         assert np.isfinite(r["loss_mlm"]) and r["masked_tokens_mlm"] > 0
     assert steps[0]["loss_mlm"] == pytest.approx(np.log(c_vocab(summary)), rel=0.3)  # fresh head ~ uniform
     assert "mlm_head" in summary["state"]["params"]
+    card = open(os.path.join(summary["final_model"], "README.md")).read()
+    assert "Cross-lingual Language Model Pretraining" in card and "Language-agnostic" in card  # term citations
 
 
 def c_vocab(summary):
     return summary["state"]["params"]["mlm_head"]["bias"].shape[0]
+
+
+def test_step_column_is_masked_per_example_and_step(tmp_path):
+    """add_mlm_column: TLM pairs joined, special tokens never masked, masks a function of
+    (step key, example): the same under the same key, for a row wherever it sits in a sub-batch."""
+    from sentjax.train import train
+    from sentjax.train.mlm import add_mlm_column, mlm_settings
+    from sentjax.train.objectives import make_objective
+    c = _cfg(tmp_path)
+    c.objective = {"name": "multi", "terms": [{"name": "infonce"}, {"name": "mlm", "source": "tlm", "mask_rate": 0.5}]}
+    model = train.build_model(c)
+    s = mlm_settings(make_objective(c.objective), model)
+    tok = model.tokenizer
+    assert {tok.backend.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]", "[MASK]")} <= set(s.special_ids)
+    assert (s.source, s.style, s.mask_id) == ("tlm", "bert", tok.backend.token_to_id("[MASK]"))
+    a = {k: jnp.asarray(v) for k, v in tok(["the cat plays in the park"] * 4 + ["a dog"] * 4).items()}
+    p = {k: jnp.asarray(v) for k, v in tok(["a bird sings now"] * 8).items()}
+    key = jax.random.key(0)
+    out = add_mlm_column({"anchor": a, "positive": p}, key, s)["mlm"]
+    joined = concat_pair(a, p, style="bert", sep_id=s.sep_id, type_vocab_size=2)
+    labels, ids = np.asarray(out["mlm_labels"]), np.asarray(joined["input_ids"])
+    sel = labels != IGNORE
+    assert sel.any() and not np.isin(ids[sel], s.special_ids).any()
+    np.testing.assert_array_equal(labels[sel], ids[sel])
+    np.testing.assert_array_equal(np.asarray(out["token_type_ids"]), np.asarray(joined["token_type_ids"]))
+    assert len({tuple(r) for r in labels[:4]}) > 1  # identical texts, different examples: other masks
+    again = add_mlm_column({"anchor": a, "positive": p}, key, s)["mlm"]
+    np.testing.assert_array_equal(np.asarray(again["input_ids"]), np.asarray(out["input_ids"]))
+    other = add_mlm_column({"anchor": a, "positive": p}, jax.random.fold_in(key, 1), s)["mlm"]
+    assert (np.asarray(other["mlm_labels"]) != labels).any()  # another step draws other masks
+    with pytest.raises(KeyError, match="needs a 'positive' column"):
+        add_mlm_column({"anchor": a}, key, s)
+
+
+def test_config_file_with_a_multi_objective(tmp_path):
+    from sentjax.train import config_cli
+    from sentjax.train.objectives import make_objective
+    f = tmp_path / "cfg.py"
+    f.write_text("from sentjax.configs.default import get_config as base\n"
+                 "def get_config():\n"
+                 "    c = base()\n"
+                 "    c.objective = {'name': 'multi', 'terms': [{'name': 'infonce', 'temperature': 0.05},\n"
+                 "                                              {'name': 'mlm', 'weight': 0.1, 'source': 'tlm'}]}\n"
+                 "    return c\n")
+    cfg, _ = config_cli.parse_config_args(["--config", str(f)])
+    obj = make_objective(cfg.objective)
+    assert obj.name == "multi" and obj.token_level and obj.fields == ("anchor", "positive", "negative", "mlm")
+    cfg, _ = config_cli.parse_config_args(["--config", str(f), "--config.objective.name=cosent"])
+    assert make_objective(cfg.objective).name == "cosent"
