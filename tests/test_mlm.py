@@ -173,9 +173,10 @@ def reference(module, params, cols, with_infonce):
     return jax.value_and_grad(loss)(params)
 
 
-@pytest.mark.parametrize("with_infonce", [False, True], ids=["mlm", "infonce+mlm"])
-@pytest.mark.parametrize("gradcache", [False, True], ids=["plain", "gradcache"])
-def test_8_devices_equal_single_device(with_infonce, gradcache):
+@pytest.mark.parametrize("backend, with_infonce, gradcache", [
+    ("shard_map", False, False), ("shard_map", False, True), ("shard_map", True, False), ("shard_map", True, True),
+    ("pmap", False, False), ("pmap", True, True)])
+def test_8_devices_equal_single_device(backend, with_infonce, gradcache):
     if jax.device_count() < 8:
         pytest.skip("needs 8 (fake) devices")
     module, params, cols = setup()
@@ -184,8 +185,8 @@ def test_8_devices_equal_single_device(with_infonce, gradcache):
     use = cols if with_infonce else {"mlm": cols["mlm"]}
     want_loss, want = jax.jit(functools.partial(reference, module, with_infonce=with_infonce))(params, cols)
     embed = functools.partial(embed_with_mlm, embed_fn(module), module)
-    f = jax.jit(make_grad_fn(embed, obj.loss_fn, mesh=make_mesh(8), backend="shard_map",
-                             gradcache_chunk=1 if gradcache else None))
+    f = make_grad_fn(embed, obj.loss_fn, mesh=make_mesh(8), backend=backend, gradcache_chunk=1 if gradcache else None)
+    f = jax.jit(f) if backend == "shard_map" else f  # pmap compiles itself
     (loss, metrics), grads = f(params, use, None)
     assert float(loss) == pytest.approx(float(want_loss), rel=1e-5)
     assert float(metrics["masked_tokens_mlm"]) == float(jnp.sum(cols["mlm"]["mlm_labels"] >= 0))
