@@ -286,3 +286,22 @@ def test_config_file_with_a_multi_objective(tmp_path):
     assert obj.name == "multi" and obj.token_level and obj.fields == ("anchor", "positive", "negative", "mlm")
     cfg, _ = config_cli.parse_config_args(["--config", str(f), "--config.objective.name=cosent"])
     assert make_objective(cfg.objective).name == "cosent"
+
+
+@pytest.mark.parametrize("block, match", [
+    ({"name": "mlm", "source": "xlm"}, "source='xlm'.*'mlm'.*'tlm'"),
+    ({"name": "mlm", "mask_rate": 1.5}, r"mask_rate must be in \(0, 1\)"),
+    ({"name": "multi", "terms": [{"name": "mlm", "temperature": 0.1}]}, "objective 'mlm' has no field 'temperature'"),
+])
+def test_bad_mlm_blocks_are_refused(block, match):
+    with pytest.raises(ConfigError, match=match):
+        registry.build(block)
+
+
+def test_other_encoder_families_are_refused():
+    from types import SimpleNamespace
+
+    from sentjax.models.mlm_head import check_mlm_model
+    with pytest.raises(ConfigError, match="supports the BERT family.*'mpnet'"):
+        check_mlm_model(SimpleNamespace(model_type="mpnet"))
+    check_mlm_model(EncoderConfig(**TINY))  # bert: accepted
