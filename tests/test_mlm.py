@@ -218,10 +218,12 @@ def test_trainer_refuses_inexact_combinations(tmp_path, override, match):
         train.build_objective_and_grad(c, model, make_objective(c.objective), train.make_mesh(c))
 
 
-@pytest.mark.slow  # ~2 min on a shared 2-core machine
-def test_whole_trainer_infonce_plus_mlm(tmp_path):
+@pytest.mark.slow  # ~1 min each on a shared 2-core machine
+@pytest.mark.parametrize("method, chunk", [("jit", 0), ("shard_map", 1)], ids=["jit", "shard_map-gradcache"])
+def test_whole_trainer_infonce_plus_mlm(tmp_path, method, chunk):
     from sentjax.train import train
-    c = _cfg(tmp_path, **{"total_steps": 3, "checkpoint.every_steps": 3})
+    c = _cfg(tmp_path, **{"total_steps": 3, "checkpoint.every_steps": 3, "gradient.method": method,
+                          "gradient.gradcache_chunk": chunk})
     summary = train.train(c, progress=False)
     rows = [json.loads(line) for line in open(os.path.join(c.workdir, "metrics.jsonl"))]
     steps = [r for r in rows if "loss_mlm" in r]
