@@ -307,3 +307,18 @@ def test_other_encoder_families_are_refused():
     with pytest.raises(ConfigError, match="supports the BERT family.*'mpnet'"):
         check_mlm_model(SimpleNamespace(model_type="mpnet"))
     check_mlm_model(EncoderConfig(**TINY))  # bert: accepted
+
+
+def test_chunked_logits_equal_the_whole_sequence():
+    """mlm_rows builds the logits a few positions at a time (rebuilt in the backward pass): same rows
+    and the same gradient as all positions at once."""
+    module, params, cols = setup()
+
+    def loss(p, chunk):
+        return mlm_loss(mlm_rows(module, p["model"], p["mlm_head"], cols["mlm"], chunk=chunk))[0]
+    (whole, g_whole), (parts, g_parts) = (jax.jit(jax.value_and_grad(functools.partial(loss, chunk=c)))(params)
+                                          for c in (L, 2))
+    assert float(parts) == pytest.approx(float(whole), rel=1e-6)
+    errs = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b)) / max(float(jnp.max(jnp.abs(b))), 1e-6)),
+                        g_parts, g_whole)
+    assert max(jax.tree.leaves(errs)) < 1e-5

@@ -107,12 +107,30 @@ def mlm_logits(module, model_params: dict, head_params: dict, tokens: Mapping[st
 
 
 def mlm_rows(module, model_params: dict, head_params: dict, tokens: Mapping[str, jax.Array],
-             rng=None) -> jax.Array:
+             rng=None, chunk: int = 32) -> jax.Array:
     """``[batch, 2]``: per example, the summed cross-entropy of its masked tokens
-    (``tokens["mlm_labels"]`` != -100) and their count (the ``mlm`` column of the loss)."""
-    logits = mlm_logits(module, model_params, head_params, tokens, rng).astype(jnp.float32)
+    (``tokens["mlm_labels"]`` != -100) and their count (the ``mlm`` column of the loss).
+
+    The ``[batch, chunk, vocab]`` logits are built ``chunk`` positions at a time and rebuilt in the
+    backward pass (``jax.checkpoint``), so the full ``[batch, length, vocab]`` tensor (8 GB for
+    XLM-R's 250k vocabulary at 64 x 128 tokens) never exists; lengths not divisible by ``chunk``
+    are done in one piece."""
+    h = _encoder_states(module, model_params, tokens, rng)
+    words = model_params["encoder"]["embeddings"]["word_embeddings"]["embedding"]
     labels = tokens["mlm_labels"]
-    masked = labels >= 0
-    logp = jax.nn.log_softmax(logits, -1)
-    ce = -jnp.take_along_axis(logp, jnp.maximum(labels, 0)[..., None], -1)[..., 0]
-    return jnp.stack([jnp.sum(jnp.where(masked, ce, 0.0), -1), jnp.sum(masked, -1).astype(jnp.float32)], -1)
+    head = MLMHead(module.config)
+
+    @jax.checkpoint
+    def part(head_params, words, h, labels):
+        logits = head.apply({"params": head_params}, h, words).astype(jnp.float32)
+        masked = labels >= 0
+        logp = jax.nn.log_softmax(logits, -1)
+        ce = -jnp.take_along_axis(logp, jnp.maximum(labels, 0)[..., None], -1)[..., 0]
+        return jnp.stack([jnp.sum(jnp.where(masked, ce, 0.0), -1), jnp.sum(masked, -1).astype(jnp.float32)], -1)
+
+    n, length = labels.shape
+    if length <= chunk or length % chunk:
+        return part(head_params, words, h, labels)
+    hs = jnp.swapaxes(h.reshape(n, length // chunk, chunk, h.shape[-1]), 0, 1)
+    ls = jnp.swapaxes(labels.reshape(n, length // chunk, chunk), 0, 1)
+    return jnp.sum(jax.lax.map(lambda xs: part(head_params, words, *xs), (hs, ls)), 0)
