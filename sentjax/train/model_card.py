@@ -113,6 +113,9 @@ def training_card(c: ml_collections.ConfigDict, objective, sources: Sequence, me
     if objective.needs_teacher:  # the frozen teacher: objective.teacher, else model.init_from
         teacher = [("teacher (frozen)", getattr(objective.hparams, "teacher", "") or c.model.init_from)]
     citations = [registry.citation(objective.name)]
+    if objective.name == "multi":  # a weighted sum cites each term's paper(s)
+        from sentjax.losses.multi import build_terms
+        citations += [registry.citation(t.objective.name) for t in build_terms(objective.hparams.terms)]
     if c.gradient.gradcache_chunk:
         citations.append(gradcache.CITATION)
     return TrainingCard(

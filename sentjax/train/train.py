@@ -100,7 +100,8 @@ def build_model(c: ml_collections.ConfigDict):
 def load_teacher(c, model):
     """The frozen teacher of distillation: objective.teacher, else model.init_from (the student's
     starting point, before any vocabulary transfer)."""
-    return model_build.load_teacher(c.objective.teacher, c.model, model)
+    from sentjax.train.objectives import make_objective  # a multi objective's teacher is its term's
+    return model_build.load_teacher(getattr(make_objective(c.objective).hparams, "teacher", ""), c.model, model)
 
 
 # ---------------------------------------------------------------- LoRA (sentjax/models/lora.py)
@@ -157,6 +158,11 @@ def init_params(c, model, objective) -> dict:
         objective.init_head(jax.random.fold_in(jax.random.key(c.seed), 7), model.dim)
     if head is not None:  # None: these hyperparameters train nothing besides the encoder
         params["head"] = head
+    if objective.token_level:  # the MLM head: the checkpoint's (cls.predictions / lm_head) or fresh
+        from sentjax.models.mlm_head import load_mlm_head
+        params["mlm_head"], loaded = load_mlm_head(model.module.config, model.source_dir,
+                                                   jax.random.fold_in(jax.random.key(c.seed), 11))
+        logger.info(f"MLM head: {'loaded from ' + str(model.source_dir) if loaded else 'initialised'}.")
     return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
 
 
@@ -189,6 +195,11 @@ def build_objective_and_grad(c, model, objective, mesh, teacher=None):
     chunk = c.gradient.gradcache_chunk or None
     if chunk is not None and c.accum_steps > 1:
         raise config_cli.ConfigError("Use either GradCache (gradient.gradcache_chunk) or accum_steps, not both.")
+    settings = None
+    if objective.token_level:
+        from sentjax.train import mlm as mlm_lib
+        mlm_lib.check_mlm_config(c, objective)
+        settings = mlm_lib.mlm_settings(objective, model)
     teacher_embed = None
     if objective.needs_teacher:
         teacher = teacher or load_teacher(c, model)
@@ -198,14 +209,27 @@ def build_objective_and_grad(c, model, objective, mesh, teacher=None):
         column_grads = make_grad_fn(embed_params, objective.loss_fn, mesh=mesh,
                                     backend=GRADIENT_METHODS[method], gradcache_chunk=chunk)
         grad_fn = functools.partial(objective_grads, column_grads, objective, teacher_embed)
-        return step_lib.accumulate(grad_fn, c.accum_steps, c.batch_size)
+        grad_fn = step_lib.accumulate(grad_fn, c.accum_steps, c.batch_size)
+        if settings is not None:  # mask the mlm column of the global batch from the step's key
+            grad_fn = functools.partial(_with_mlm_column, grad_fn, settings)
+        return grad_fn
     lcfg = lora_config(c)
     if lcfg is None:
+        if objective.token_level:
+            return embed, grads_of(functools.partial(mlm_lib.embed_with_mlm, embed, model.module))
         return embed, grads_of(functools.partial(_embed_params, embed))
+    if objective.token_level:
+        raise config_cli.ConfigError("model.lora with an mlm objective is not supported (the MLM head "
+                                     "reads the encoder's own parameters); train MLM without LoRA.")
     # LoRA: a GradFn of {"lora", "head"?} per (traced) frozen base; make_train_step(frozen=True)
     from sentjax.models.lora import lora_embed_fn
     lora_embed = lora_embed_fn(model.module, lcfg)
     return embed, lambda frozen: grads_of(functools.partial(_embed_lora, lora_embed, frozen))
+
+
+def _with_mlm_column(grad_fn, settings, params, batch, rng):
+    from sentjax.train.mlm import add_mlm_column
+    return grad_fn(params, add_mlm_column(batch, rng, settings), rng)
 
 
 def _embed_params(embed, params, tokens, rng):
@@ -225,6 +249,8 @@ def objective_grads(column_grads, objective, teacher_embed, params, batch, rng):
     the source text, for distillation) -> ``column_grads`` (``make_grad_fn``)."""
     from sentjax.train.objectives import select_columns
     columns = select_columns(objective, batch)
+    if objective.name == "mlm":  # alone, MLM reads only its masked column: embed nothing else
+        columns = {"mlm": columns["mlm"]}
     if teacher_embed is not None:
         # A student with another vocabulary passes the teacher's tokens of the source as ``teacher_anchor``.
         columns["teacher"] = teacher_embed(batch.get("teacher_anchor", batch["anchor"]))
