@@ -191,3 +191,22 @@ def test_trainer_two_sources_logs_the_dataset_of_each_step(tmp_path, files):
     assert all(np.isfinite(r["loss"]) for r in steps)
     card = open(os.path.join(s["final_model"], "README.md"), encoding="utf-8").read()
     assert files["tri"].split(":", 1)[1] in card
+
+
+def test_one_source_list_equals_the_single_dataset_path(files, tok):
+    """data.sources = (X,) trains on exactly the batches of data.datasets = (X,)."""
+    one = build_mixture_pipeline(_data([files["tri"]]), tok, 8, seed=4, dedup=True, process_index=0, process_count=1)
+    old = Pipeline([load_source(files["tri"])], tok, 8, seed=4, process_index=0, process_count=1)
+    for s in range(0, 30, 3):  # across epochs (56 // 8 = 7 batches per epoch)
+        np.testing.assert_array_equal(one.global_indices(s)[2], old.global_indices(s)[2])
+
+
+def test_process_rows_tile_the_homogeneous_global_batch(files, tok):
+    data = _data([files["pairs"], files["tri"]], "round_robin")
+    full = build_mixture_pipeline(data, tok, 8, seed=2, dedup=True, process_index=0, process_count=1)
+    parts = [build_mixture_pipeline(data, tok, 8, seed=2, dedup=True, process_index=i, process_count=2) for i in range(2)]
+    for s in (0, 1, 5):
+        fb, pb = full.batch(s), [q.batch(s) for q in parts]
+        assert sorted(fb) == sorted(pb[0]) == sorted(pb[1])
+        for col in fb:
+            np.testing.assert_array_equal(np.concatenate([b[col]["input_ids"] for b in pb]), fb[col]["input_ids"])
