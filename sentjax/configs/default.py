@@ -54,6 +54,13 @@ def get_config() -> ml_collections.ConfigDict:
     })
     c.data = ml_collections.ConfigDict({"datasets": ("text:bundled/commonvoice_en/jf99.txt",),
                                         "weights": (), "dedup": True})
+    # Multi-dataset training (sentjax/data/mixture.py; docs/train.md): non-empty sources replace
+    # datasets / weights. Entries: "kind:path" or {"spec": "kind:path", "weight": 2.0, "name": "nli"}.
+    # sampling: "proportional" (by weight, else by size) or "round_robin"; homogeneous: one dataset
+    # per global batch (False: every batch holds a fixed share of each dataset's rows).
+    c.data.sources = ()
+    c.data.sampling = "proportional"
+    c.data.homogeneous = True
     # Sequence packing in the train step (sentjax/train/packing.py): each device's sentences packed
     # into rows of packing_row_length tokens (0: model.max_length), at most packing_max_segments each.
     c.data.packing = False

@@ -102,8 +102,13 @@ def training_card(c: ml_collections.ConfigDict, objective, sources: Sequence, me
     from sentjax.parallel import gradcache
     text, hub_id = base_model(c.model)
     weights = list(c.data.weights)
+    specs = list(c.data.datasets)
+    if c.data.sources:  # several datasets (sentjax.data.mixture): the entries' specs and weights
+        from sentjax.data import mixture
+        entries = mixture.parse_sources(tuple(c.data.sources), c.data.sampling)
+        specs, weights = [e.spec for e in entries], list(mixture.mixture_weights(entries, sources, c.data.sampling))
     data = [DataRow(spec, s.kind, len(s), weights[i] / sum(weights) if weights else None)
-            for i, (spec, s) in enumerate(zip(c.data.datasets, sources))]
+            for i, (spec, s) in enumerate(zip(specs, sources))]
     when = (f"after step {step} of {c.total_steps}" if step else
             f"at step 0 of {c.total_steps} (before training)")
     checkpoint = f"`{which}/`: the parameters {when}"

@@ -51,6 +51,14 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     from sentjax.data.prompts import column_prompts
     column_prompts(dict(c.data.prompts))  # unknown column names are an error before any work
     check_lora(c)
+    from sentjax.data import mixture
+    if c.data.sources:  # multi-dataset: entries, weights and sampling checked before any work
+        mixture.parse_sources(tuple(c.data.sources), c.data.sampling)
+        if tuple(c.data.weights):
+            raise config_cli.ConfigError("config.data.weights applies to config.data.datasets; with "
+                                         "config.data.sources give each entry its own 'weight'.")
+    elif c.data.sampling not in mixture.SAMPLINGS:
+        mixture.parse_sources((), c.data.sampling)  # the unknown-sampling error
 
 
 # ============================================================================ mesh
@@ -68,16 +76,24 @@ def make_mesh(c: ml_collections.ConfigDict):
 # ============================================================================ data
 
 
-def build_pipeline(c: ml_collections.ConfigDict, tokenizer, dedup: bool, teacher_tokenizer=None, mesh=None):
+def build_pipeline(c: ml_collections.ConfigDict, tokenizer, dedup: bool, teacher_tokenizer=None, mesh=None,
+                   objective=None):
     """The data pipeline of config ``c``. With several processes each builds only the rows of the
-    global batch that its devices hold under ``batch_sharded(mesh)`` (default mesh: ``c.mesh.data``)."""
+    global batch that its devices hold under ``batch_sharded(mesh)`` (default mesh: ``c.mesh.data``).
+    ``config.data.sources`` (several datasets: ``sentjax.data.mixture``) checks each source's columns
+    against ``objective`` when given."""
     from sentjax.data.pipeline import Pipeline, process_rows
     from sentjax.data.sources import load_source
-    sources = [load_source(s) for s in c.data.datasets]
     rows = None
     if jax.process_count() > 1:
         mesh = step_lib.make_data_mesh(c.mesh.data) if mesh is None else mesh
         rows = process_rows(step_lib.batch_sharded(mesh), c.batch_size)
+    if c.data.sources:
+        from sentjax.data.mixture import build_mixture_pipeline
+        return build_mixture_pipeline(c.data, tokenizer, c.batch_size, c.seed, dedup=dedup and c.data.dedup,
+                                      objective=objective, teacher_tokenizer=teacher_tokenizer, rows=rows,
+                                      prompts=dict(c.data.prompts), prompt_lengths=not c.model.include_prompt)
+    sources = [load_source(s) for s in c.data.datasets]
     return Pipeline(sources, tokenizer, c.batch_size, c.seed, weights=tuple(c.data.weights),
                     dedup=dedup and c.data.dedup, teacher_tokenizer=teacher_tokenizer, rows=rows,
                     prompts=dict(c.data.prompts), prompt_lengths=not c.model.include_prompt)
@@ -412,7 +428,8 @@ def _train(c: ml_collections.ConfigDict, resume: bool, progress: bool, cleanup: 
     embed, grad_fn = build_objective_and_grad(c, model, objective, mesh, teacher)
     # The teacher reads the source text with its own tokenizer (the student's vocabulary may differ).
     pipeline = build_pipeline(c, model.tokenizer, dedup=objective.in_batch_negatives,
-                              teacher_tokenizer=teacher.tokenizer if teacher is not None else None)
+                              teacher_tokenizer=teacher.tokenizer if teacher is not None else None,
+                              objective=objective)
     params = init_params(c, model, objective)
     tx, schedule = make_optimizer(c.optim, c.total_steps)
     if objective.clip_head is not None and "head" in params:  # InfoNCE's learned 1/T <= 100 (CLIP)
@@ -432,13 +449,15 @@ def _train(c: ml_collections.ConfigDict, resume: bool, progress: bool, cleanup: 
     cleanup.callback(ckpt.close)
     state = restore(ckpt, state, resume, best)
     start = int(step_lib.to_host(state["step"]))
-    log = StepLog(c.workdir, start, c.total_steps, c.batch_size, c.log_every, progress)
+    log = StepLog(c.workdir, start, c.total_steps, c.batch_size, c.log_every, progress,
+                  source_names=pipeline.source_names if c.data.sources else None)
     cleanup.callback(log.close)
     summary: dict[str, Any] = {"workdir": c.workdir}
 
     def export(name: str, step: int) -> str:
         from sentjax.train.model_card import training_card
-        card = training_card(c, objective, pipeline.sources, mesh, step, evals.metrics, best, name)
+        card = training_card(c, objective, getattr(pipeline, "parts", pipeline.sources), mesh, step,
+                             evals.metrics, best, name)
         return atomic_export(lambda d: export_model(model, model_view(c, state), d, card),
                              os.path.join(c.workdir, name))
 
@@ -461,7 +480,7 @@ def _train(c: ml_collections.ConfigDict, resume: bool, progress: bool, cleanup: 
     for s, batch in batches:
         state, m = train_step(state, batch, step_lib.step_rng(state["rng"], s))
         step = s + 1
-        log.step(step, m)
+        log.step(step, m, pipeline.draws(s) if c.data.sources else None)
         if log.skipped >= c.nonfinite_limit:
             last = ckpt.latest_step()
             ckpt.wait()
