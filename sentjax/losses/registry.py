@@ -48,6 +48,9 @@ class ObjectiveSpec:
       clip_head: ``(Config, head) -> head`` projecting the head back into its allowed range after
         each optimizer update (CLIP's clipped logit scale), or None.
       needs_teacher: the step adds a ``teacher`` column (a frozen model's embeddings).
+      teacher_columns: ``Config -> text columns`` the frozen teacher (or guide) embeds in the step,
+        each passed to the loss as ``teacher:<column>`` (same rows, no gradient, once per step);
+        ``()`` for hyperparameters without one. Its path is the Config's ``teacher`` or ``guide``.
     """
     config: type
     loss: Callable[[Any], LossFn]
@@ -56,6 +59,7 @@ class ObjectiveSpec:
     init_head: Callable[[Any, Any, int], Any] | None = None
     needs_teacher: bool = False
     clip_head: Callable[[Any, Any], Any] | None = None
+    teacher_columns: Callable[[Any], tuple[str, ...]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +74,8 @@ class Objective:
       in_batch_negatives, needs_teacher: as in :class:`ObjectiveSpec`.
       init_head: ``(rng, dim) -> params`` of the trainable head, or None (it may also return None).
       clip_head: ``head -> head`` applied after each optimizer update, or None.
+      teacher_fields: text columns the frozen teacher embeds as ``teacher:<column>`` (``()``: none,
+        or only the legacy ``teacher`` column of the anchors when ``needs_teacher``).
     """
     name: str
     hparams: Any
@@ -79,6 +85,7 @@ class Objective:
     init_head: Callable[[Any, int], Any] | None = None
     needs_teacher: bool = False
     clip_head: Callable[[Any], Any] | None = None
+    teacher_fields: tuple[str, ...] = ()
 
 
 def names() -> tuple[str, ...]:
@@ -147,8 +154,9 @@ def build(config: Mapping[str, Any]) -> Objective:
     clip_head = None
     if spec.clip_head is not None:
         clip_head = lambda head: spec.clip_head(hp, head)  # noqa: E731
+    teacher_fields = tuple(spec.teacher_columns(hp)) if spec.teacher_columns is not None else ()
     return Objective(name, hp, spec.loss(hp), tuple(spec.columns(hp)), spec.in_batch_negatives,
-                     init_head, spec.needs_teacher, clip_head)
+                     init_head, spec.needs_teacher or bool(teacher_fields), clip_head, teacher_fields)
 
 
 def need(embeddings: Mapping[str, Any], column: str, objective: str):
