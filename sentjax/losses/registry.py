@@ -42,7 +42,8 @@ class ObjectiveSpec:
       loss: ``Config -> loss_fn(params, embeddings, axis_name) -> (loss, metrics)``.
       columns: ``Config -> text columns embedded``, e.g. ``("anchor", "positive")``.
       in_batch_negatives: the loss couples the examples of a batch (a contrastive denominator, a
-        ranking over pairs): gradient accumulation would change it, so it is refused.
+        ranking over pairs): gradient accumulation would change it, so it is refused. A
+        ``Config -> bool`` when that depends on the hyperparameters.
       init_head: ``(Config, rng, dim) -> params`` of a trainable head (``params["head"]``: trained,
         checkpointed, not exported), or None; it may return None for hyperparameters without one.
       clip_head: ``(Config, head) -> head`` projecting the head back into its allowed range after
@@ -55,7 +56,7 @@ class ObjectiveSpec:
     config: type
     loss: Callable[[Any], LossFn]
     columns: Callable[[Any], tuple[str, ...]]
-    in_batch_negatives: bool
+    in_batch_negatives: bool | Callable[[Any], bool]
     init_head: Callable[[Any, Any, int], Any] | None = None
     needs_teacher: bool = False
     clip_head: Callable[[Any, Any], Any] | None = None
@@ -155,7 +156,8 @@ def build(config: Mapping[str, Any]) -> Objective:
     if spec.clip_head is not None:
         clip_head = lambda head: spec.clip_head(hp, head)  # noqa: E731
     teacher_fields = tuple(spec.teacher_columns(hp)) if spec.teacher_columns is not None else ()
-    return Objective(name, hp, spec.loss(hp), tuple(spec.columns(hp)), spec.in_batch_negatives,
+    couples = spec.in_batch_negatives(hp) if callable(spec.in_batch_negatives) else spec.in_batch_negatives
+    return Objective(name, hp, spec.loss(hp), tuple(spec.columns(hp)), bool(couples),
                      init_head, spec.needs_teacher or bool(teacher_fields), clip_head, teacher_fields)
 
 
