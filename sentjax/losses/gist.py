@@ -68,7 +68,7 @@ def gist_loss(anchors: jax.Array, positives: jax.Array, negatives: jax.Array | N
     check_negatives(negatives, b, d)
     if (negatives is None) != (guide_negatives is None):
         raise ValueError("give the hard negatives of both the student and the guide, or of neither.")
-    if guide_negatives is not None:
+    if negatives is not None and guide_negatives is not None:
         check_negatives(guide_negatives, b, guide_anchors.shape[1])
         if guide_negatives.shape[1] != negatives.shape[1]:
             raise ValueError(f"the guide has {guide_negatives.shape[1]} negatives per anchor, the student "
@@ -92,29 +92,29 @@ def gist_loss(anchors: jax.Array, positives: jax.Array, negatives: jax.Array | N
     own = jnp.arange(p_all.shape[0])[None, :] == labels[:, None]  # [b, B]: the row's own positive / self
 
     # (student similarities, guide similarities, entries that are never candidates) per block
-    blocks = [(a @ p_all.T, ga @ gp_all.T, None)]
+    blocks: list[tuple[jax.Array, jax.Array, jax.Array | None]] = [(a @ p_all.T, ga @ gp_all.T, None)]
     if contrast_anchors:
         blocks.append((a @ gather(a).T, ga @ gather(ga).T, own))
     if contrast_positives:
         blocks.append((p @ p_all.T, gp @ gp_all.T, own))
-    if negatives is not None and negatives.shape[1] > 0:
+    if negatives is not None and guide_negatives is not None and negatives.shape[1] > 0:
         k = negatives.shape[1]
         n_all = gather(unit(negatives).reshape(b * k, d))  # [B * k, d], anchor-major
         gn_all = gather(lax.stop_gradient(unit(guide_negatives)).reshape(b * k, guide_negatives.shape[2]))
         blocks.append((a @ n_all.T, ga @ gn_all.T, None))
 
     inv_t = 1.0 / jnp.asarray(temperature, jnp.float32)
-    logits, masked, counted = [], jnp.float32(0), 0
+    parts, masked, counted = [], jnp.float32(0), 0
     for i, (sim, guide, self_entry) in enumerate(blocks):
         false_neg = guide > threshold
         if i == 0:
             false_neg = false_neg & ~own  # never mask the positive
         drop = false_neg if self_entry is None else false_neg | self_entry
-        logits.append(jnp.where(drop, -jnp.inf, sim * inv_t))
+        parts.append(jnp.where(drop, -jnp.inf, sim * inv_t))
         candidates = ~own if i == 0 or self_entry is not None else jnp.ones_like(false_neg)
         masked += jnp.sum(false_neg & candidates)
         counted += sim.shape[1] - (1 if i == 0 or self_entry is not None else 0)
-    logits = jnp.concatenate(logits, axis=1)
+    logits = jnp.concatenate(parts, axis=1)
     pos = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
     loss = jnp.mean(jax.nn.logsumexp(logits, axis=1) - pos)
     accuracy = jnp.mean((jnp.argmax(logits, axis=1) == labels).astype(jnp.float32))

@@ -31,7 +31,7 @@ from jax import lax
 from jax.scipy.special import xlogy
 
 from sentjax.losses.checks import check_temperature
-from sentjax.losses.margin_mse import SIMILARITIES, candidate_scores, split_negatives
+from sentjax.losses.margin_mse import SIMILARITIES, candidate_scores, split_negatives, teacher_candidate_scores
 from sentjax.losses import teacher_scores
 from sentjax.losses.registry import ObjectiveSpec, need
 
@@ -117,7 +117,7 @@ def column_loss(*, temperature: float = 1.0, student_temperature: float | None =
             return kl_from_scores(s, t, t_s, t_t, axis_name)
         a = need(embeddings, "anchor", "listwise_kl")
         n = split_negatives(a, need(embeddings, "negative", "listwise_kl"), "listwise_kl")
-        t = (teacher_scores.own_teacher_scores(embeddings, "listwise_kl", similarity) if scores == "teacher"
+        t = (teacher_candidate_scores(embeddings, "listwise_kl", similarity) if scores == "teacher"
              else need(embeddings, "score", "listwise_kl"))
         return listwise_kl_loss(a, need(embeddings, "positive", "listwise_kl"), n, t, temperature=temperature,
                                 student_temperature=student_temperature,

@@ -40,7 +40,7 @@ from sentjax.losses.registry import ObjectiveSpec, need
 from sentjax.ops import l2_normalize
 
 __all__ = ["Config", "OBJECTIVE", "CITATION", "SIMILARITIES", "column_loss", "margin_mse_loss",
-           "candidate_scores", "split_negatives", "margin_mse_in_batch"]
+           "candidate_scores", "split_negatives", "margin_mse_in_batch", "teacher_candidate_scores"]
 
 SIMILARITIES = ("dot", "cosine")
 
@@ -102,6 +102,13 @@ def margin_mse_loss(queries: jax.Array, positives: jax.Array, negatives: jax.Arr
     return loss, {"accuracy": accuracy}
 
 
+def teacher_candidate_scores(embeddings, objective: str, similarity: str) -> jax.Array:
+    """``[b, 1 + k]`` teacher scores ``[t(q, p), t(q, n_1), ...]`` from the ``teacher:*`` columns."""
+    tq = need(embeddings, "teacher:anchor", objective)
+    tn = split_negatives(tq, need(embeddings, "teacher:negative", objective), objective)
+    return lax.stop_gradient(candidate_scores(tq, need(embeddings, "teacher:positive", objective), tn, similarity))
+
+
 def margin_mse_in_batch(s: jax.Array, t: jax.Array, labels: jax.Array, axis_name: str | None = None
                         ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """MarginMSE over in-batch candidates: student / teacher scores ``[b, C]``, own positive ``labels``
@@ -147,7 +154,7 @@ def column_loss(*, similarity: str = "dot", scores: str = "data", candidates: st
                                                                        axis_name), axis_name)
         a = need(embeddings, "anchor", "margin_mse")
         n = split_negatives(a, need(embeddings, "negative", "margin_mse"), "margin_mse")
-        t = (teacher_scores.own_teacher_scores(embeddings, "margin_mse", similarity) if scores == "teacher"
+        t = (teacher_candidate_scores(embeddings, "margin_mse", similarity) if scores == "teacher"
              else need(embeddings, "score", "margin_mse"))
         return margin_mse_loss(a, need(embeddings, "positive", "margin_mse"), n, t, similarity=similarity,
                                axis_name=axis_name)

@@ -8,8 +8,10 @@ similarity ``sim`` and replace the data's ``score`` column.
     s_i = [sim(q_i, p_i), sim(q_i, n_i1), ..., sim(q_i, n_ik)]    t_i the same with the teacher's embeddings
 
 (``t`` is then exactly the ``[b, 1 + k]`` score layout of the data, so the loss equals the loss on
-scores precomputed with the same teacher). ``candidates='in_batch'``: with the teacher in the step
-every document of the global batch can be scored, so each query ranks all ``B (1 + k)`` candidates
+scores precomputed with the same teacher; :func:`sentjax.losses.margin_mse.teacher_candidate_scores`).
+
+``candidates='in_batch'``: with the teacher in the step every document of the global batch can be
+scored, so each query ranks all ``B (1 + k)`` candidates
 (the B positives in global order, then the B * k negatives, anchor-major; all-gathered across
 devices as in InfoNCE); its own positive is candidate ``label_i = device * b + i``.
 
@@ -21,11 +23,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from sentjax.losses.checks import negatives_per_anchor
 from sentjax.losses.registry import need
 from sentjax.ops import l2_normalize
 
-__all__ = ["SCORE_SOURCES", "CANDIDATES", "check_scores_config", "teacher_columns", "own_teacher_scores",
-           "in_batch_scores"]
+__all__ = ["SCORE_SOURCES", "CANDIDATES", "check_scores_config", "teacher_columns", "in_batch_scores"]
 
 SCORE_SOURCES = ("data", "teacher")
 CANDIDATES = ("own", "in_batch")
@@ -53,26 +55,16 @@ def _sim(x, similarity):
     return l2_normalize(x) if similarity == "cosine" else x
 
 
-def own_teacher_scores(embeddings, objective: str, similarity: str) -> jax.Array:
-    """``[b, 1 + k]`` teacher scores ``[t(q, p), t(q, n_1), ...]`` from the ``teacher:*`` columns."""
-    from sentjax.losses.margin_mse import candidate_scores, split_negatives
-    tq = need(embeddings, "teacher:anchor", objective)
-    tn = split_negatives(tq, need(embeddings, "teacher:negative", objective), objective)
-    return lax.stop_gradient(candidate_scores(tq, need(embeddings, "teacher:positive", objective), tn, similarity))
-
-
 def in_batch_scores(embeddings, objective: str, similarity: str, axis_name: str | None
                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(s, t, labels)``: student and teacher scores ``[b, B (1 + k)]`` of each local query against
     every candidate of the global batch, and the column of each query's own positive ``[b]``."""
-    from sentjax.losses.margin_mse import split_negatives
-
     def gather(x):
         return x if axis_name is None else lax.all_gather(x, axis_name, tiled=True)
 
     def scores(prefix):
         q = need(embeddings, f"{prefix}anchor", objective)
-        n = split_negatives(q, need(embeddings, f"{prefix}negative", objective), objective)
+        n = negatives_per_anchor(q, need(embeddings, f"{prefix}negative", objective))
         p = need(embeddings, f"{prefix}positive", objective)
         b, k, d = n.shape
         cands = jnp.concatenate([gather(_sim(p, similarity)), gather(_sim(n, similarity).reshape(b * k, d))])
