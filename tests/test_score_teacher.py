@@ -153,3 +153,27 @@ def test_8_devices_equal_one_device(case, engine, gradcache):
     assert float(loss) == pytest.approx(float(want_loss), rel=1e-5)
     assert float(metrics["nonfinite"]) == 0.0
     assert rel_err(grads, want) < 1e-5
+
+
+# ------------------------------------------------------------------- whole trainer
+
+
+@pytest.mark.slow  # ~40-80 s on 2 shared cores; the step's math is pinned by the tests above
+def test_trainer_runs_margin_mse_with_the_teacher_in_the_step(tmp_path, ws):
+    import sentjax
+    from tiny import tiny_config
+    teacher_dir = sentjax.save(train_lib.build_model(tiny_config(str(tmp_path / "t"))), str(tmp_path / "teacher"))
+    sents = open(ws.sentences).read().split("\n")[:48]
+    (tmp_path / "tri.tsv").write_text("sent0\tsent1\thard_neg\n" + "".join(
+        f"{sents[i]}\t{sents[(i + 1) % 48]}\t{sents[(i + 7) % 48]}\n" for i in range(48)))  # no score column
+    c = tiny_config(str(tmp_path / "run"), **{
+        "data.datasets": (f"triplets:{tmp_path / 'tri.tsv'}",), "objective.name": "margin_mse",
+        "objective.scores": "teacher", "objective.teacher": teacher_dir, "objective.candidates": "in_batch",
+        "total_steps": 2, "batch_size": 8, "checkpoint.every_steps": 2})
+    s = train_lib.train(c, progress=False)
+    assert np.isfinite(s["final"]["loss"]) and s["final"]["loss"] > 0
+    c = tiny_config(str(tmp_path / "run2"), **{"objective.name": "margin_mse", "objective.scores": "teacher",
+                                                "objective.teacher": teacher_dir, "objective.candidates": "in_batch",
+                                                "accum_steps": 2})
+    with pytest.raises(ConfigError, match="accum_steps=2 with objective 'margin_mse'"):
+        train_lib.train(c, progress=False)
