@@ -294,6 +294,7 @@ def test_config_file_with_a_multi_objective(tmp_path):
     ({"name": "mlm", "source": "xlm"}, "source='xlm'.*'mlm'.*'tlm'"),
     ({"name": "mlm", "mask_rate": 1.5}, r"mask_rate must be in \(0, 1\)"),
     ({"name": "multi", "terms": [{"name": "mlm", "temperature": 0.1}]}, "objective 'mlm' has no field 'temperature'"),
+    ({"name": "multi", "terms": [{"name": "infonce"}, {"name": "gist"}]}, "'gist' with a frozen guide"),
 ])
 def test_bad_mlm_blocks_are_refused(block, match):
     with pytest.raises(ConfigError, match=match):

@@ -16,7 +16,7 @@ NAMES = registry.names()
 
 def test_every_loss_module_is_registered():
     assert set(NAMES) == {"infonce", "softmax", "cosine", "cosent", "distill", "matryoshka", "multipos",
-                          "margin_mse", "listwise_kl", "sigmoid", "multi", "mlm"}
+                          "margin_mse", "listwise_kl", "sigmoid", "multi", "mlm", "gist"}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -43,6 +43,9 @@ def test_objective_builds_from_its_defaults_and_round_trips(name):
     if name in ("margin_mse", "listwise_kl"):  # score distillation: hard negatives + teacher scores [b, 1 + k]
         cols.update(negative=jnp.asarray(rng.normal(size=(4, d)), jnp.float32),
                     score=jnp.asarray(rng.normal(size=(4, 2)), jnp.float32))
+    for c in obj.teacher_fields:  # a frozen teacher's (guide's) embeddings of the same rows
+        if c in cols:
+            cols[f"teacher:{c}"] = jnp.asarray(rng.normal(size=cols[c].shape), jnp.float32)
     params = {"head": obj.init_head(jax.random.key(0), d)} if obj.init_head else {}
     loss, metrics = obj.loss_fn(params, cols)
     assert np.isfinite(float(loss)) and isinstance(metrics, dict)

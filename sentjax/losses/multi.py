@@ -23,8 +23,9 @@ pinned by tests/test_multi_objective.py). Each term's loss is reported as ``loss
 metrics as ``<metric>_<key>`` (metrics.jsonl / TensorBoard); ``loss`` is the weighted sum.
 
 Heads: a term with a trainable head keeps it under ``params["head"][<key>]``. Refused (ConfigError):
-no terms, a nested ``multi``, two terms with the same key, a negative or non-finite weight, and
-terms needing different distillation teachers.
+no terms, a nested ``multi``, two terms with the same key, a negative or non-finite weight,
+terms needing different distillation teachers, and terms with a frozen guide or in-step teacher scores
+(``gist``, ``margin_mse`` / ``listwise_kl`` with ``scores="teacher"``).
 """
 from __future__ import annotations
 
@@ -88,7 +89,11 @@ def build_terms(terms: Any) -> tuple[Term, ...]:
                              f"metrics), got {key!r}.")
         if key in {t.key for t in built}:
             raise ValueError(f"objective.terms has two terms named {key!r}; give one a distinct 'key'.")
-        built.append(Term(key, float(weight), registry.build(fields)))
+        term = registry.build(fields)
+        if term.teacher_fields:  # its teacher:<column> inputs and guide path are not routed through multi
+            raise ValueError(f"objective.terms[{i}] ({fields.get('name')!r} with a frozen guide / in-step teacher "
+                             "scores) cannot be a term of 'multi'; train it as the objective itself.")
+        built.append(Term(key, float(weight), term))
     teachers = {getattr(t.objective.hparams, "teacher", "") for t in built if t.objective.needs_teacher}
     if len(teachers) > 1:
         raise ValueError(f"objective.terms need different teachers {sorted(teachers)}; one frozen teacher "

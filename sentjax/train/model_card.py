@@ -116,7 +116,9 @@ def training_card(c: ml_collections.ConfigDict, objective, sources: Sequence, me
         checkpoint += f", the highest {best['metric']} ({best['value']:.4g})"
     teacher = []
     if objective.needs_teacher:  # the frozen teacher: objective.teacher, else model.init_from
-        teacher = [("teacher (frozen)", getattr(objective.hparams, "teacher", "") or c.model.init_from)]
+        path = getattr(objective.hparams, "teacher", "") or getattr(objective.hparams, "guide", "")
+        teacher = [("guide (frozen)" if hasattr(objective.hparams, "guide") else "teacher (frozen)",
+                    path or c.model.init_from)]
     citations = [registry.citation(objective.name)]
     if objective.name == "multi":  # a weighted sum cites each term's paper(s)
         from sentjax.losses.multi import build_terms

@@ -114,10 +114,27 @@ def build_model(c: ml_collections.ConfigDict):
 
 
 def load_teacher(c, model):
-    """The frozen teacher of distillation: objective.teacher, else model.init_from (the student's
-    starting point, before any vocabulary transfer)."""
+    """The frozen teacher of distillation (or GISTEmbed's guide): objective.teacher (objective.guide),
+    else model.init_from (the student's starting point, before any vocabulary transfer)."""
     from sentjax.train.objectives import make_objective  # a multi objective's teacher is its term's
-    return model_build.load_teacher(getattr(make_objective(c.objective).hparams, "teacher", ""), c.model, model)
+    hp = make_objective(c.objective).hparams
+    return model_build.load_teacher(getattr(hp, "teacher", "") or getattr(hp, "guide", ""), c.model, model)
+
+
+def check_teacher_vocabulary(objective, teacher, model) -> None:
+    """A teacher that embeds the student's own token columns (``teacher_fields``) must share its
+    vocabulary: the pipeline tokenizes only the anchors a second time (``teacher_anchor``)."""
+    if not objective.teacher_fields:
+        return
+    same = (teacher.tokenizer.backend.get_vocab() == model.tokenizer.backend.get_vocab()
+            and teacher.tokenizer.pad_token_id == model.tokenizer.pad_token_id)
+    if not same:
+        field = "guide" if hasattr(objective.hparams, "guide") else "teacher"
+        raise config_cli.ConfigError(
+            f"objective {objective.name!r}: the frozen {field} reads the student's tokens of "
+            f"{list(objective.teacher_fields)}, but its tokenizer has another vocabulary. Choose a "
+            f"{field} with the student's tokenizer (objective.{field}, default model.init_from), or "
+            "train without model.vocab_from.")
 
 
 # ---------------------------------------------------------------- LoRA (sentjax/models/lora.py)
@@ -267,7 +284,13 @@ def objective_grads(column_grads, objective, teacher_embed, params, batch, rng):
     columns = select_columns(objective, batch)
     if objective.name == "mlm":  # alone, MLM reads only its masked column: embed nothing else
         columns = {"mlm": columns["mlm"]}
-    if teacher_embed is not None:
+    if teacher_embed is not None and objective.teacher_fields:
+        # teacher:<column>: the teacher's embeddings of the student's rows, computed once here (not
+        # in GradCache's per-chunk recompute) and split over the devices like the student's columns
+        for name in objective.teacher_fields:
+            if name in columns:
+                columns[f"teacher:{name}"] = teacher_embed(columns[name])
+    elif teacher_embed is not None:
         # A student with another vocabulary passes the teacher's tokens of the source as ``teacher_anchor``.
         columns["teacher"] = teacher_embed(batch.get("teacher_anchor", batch["anchor"]))
     return column_grads(params, columns, rng)
@@ -425,10 +448,14 @@ def _train(c: ml_collections.ConfigDict, resume: bool, progress: bool, cleanup: 
         logger.warning(f"the distillation teacher {'does' if teacher.module.normalize else 'does not'} "
                        f"L2-normalise its embeddings but the student {'does' if model.module.normalize else 'does not'}; "
                        f"set --config.model.normalize={teacher.module.normalize} to match.")
+    if teacher is not None:
+        check_teacher_vocabulary(objective, teacher, model)
     embed, grad_fn = build_objective_and_grad(c, model, objective, mesh, teacher)
-    # The teacher reads the source text with its own tokenizer (the student's vocabulary may differ).
+    # The teacher reads the source text with its own tokenizer (the student's vocabulary may differ);
+    # one that embeds the student's columns (teacher_fields) reads the student's tokens.
+    own_tokens = teacher is not None and not objective.teacher_fields
     pipeline = build_pipeline(c, model.tokenizer, dedup=objective.in_batch_negatives,
-                              teacher_tokenizer=teacher.tokenizer if teacher is not None else None,
+                              teacher_tokenizer=teacher.tokenizer if own_tokens else None,
                               objective=objective)
     params = init_params(c, model, objective)
     tx, schedule = make_optimizer(c.optim, c.total_steps)
