@@ -50,6 +50,7 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
             raise config_cli.ConfigError(f"config.{k} must be positive, got {c[k]}.")
     from sentjax.data.prompts import column_prompts
     column_prompts(dict(c.data.prompts))  # unknown column names are an error before any work
+    check_parallel(c)
 
 
 # ============================================================================ mesh
@@ -148,6 +149,37 @@ def build_objective_and_grad(c, model, objective, mesh, teacher=None):
         teacher_embed = functools.partial(_frozen_embed, embed_fn(teacher.module), teacher.params)
     grad_fn = functools.partial(objective_grads, column_grads, objective, teacher_embed)
     return embed, step_lib.accumulate(grad_fn, c.accum_steps, c.batch_size)
+
+
+def build_param_sharding(c, params: dict, mesh):
+    """``config.parallel``: None (replicated parameters) or the NamedShardings of ``params`` under
+    the FSDP preset or the configured rules (sentjax.parallel.sharding, docs/fsdp.md)."""
+    from sentjax.parallel.sharding import param_shardings
+    check_parallel(c)
+    if c.parallel.param_sharding == "replicated":
+        return None
+    from sentjax.parallel.sharding import resolve_rules
+    rules = resolve_rules(c.parallel.param_sharding, tuple(c.parallel.rules))
+    return param_shardings(params, mesh, rules, min_size=c.parallel.fsdp_min_size)
+
+
+def check_parallel(c: ml_collections.ConfigDict) -> None:
+    """Refuses parameter-sharding settings that cannot run (ConfigError), before any work."""
+    from sentjax.parallel.sharding import resolve_rules
+    p = c.parallel
+    resolve_rules(p.param_sharding, tuple(p.rules))
+    if p.param_sharding == "replicated":
+        return
+    if c.gradient.method == "pmap":
+        raise config_cli.ConfigError(
+            f"parallel.param_sharding={p.param_sharding!r} with gradient.method='pmap': pmap keeps a full "
+            "replica of the parameters on every device; use gradient.method='shard_map' or 'jit' for FSDP.")
+    if jax.process_count() > 1:
+        raise config_cli.ConfigError(
+            f"parallel.param_sharding={p.param_sharding!r} is single-process for now (exports and "
+            "evaluations gather the parameters on process 0 only); use 'replicated' for multi-process runs.")
+    if p.fsdp_min_size < 0:
+        raise config_cli.ConfigError(f"parallel.fsdp_min_size must be >= 0, got {p.fsdp_min_size}.")
 
 
 def _embed_params(embed, params, tokens, rng):
@@ -326,8 +358,12 @@ def _train(c: ml_collections.ConfigDict, resume: bool, progress: bool, cleanup: 
     if objective.clip_head is not None and "head" in params:  # InfoNCE's learned 1/T <= 100 (CLIP)
         import optax
         tx = optax.chain(tx, project_head(objective.clip_head))
-    train_step = step_lib.jit_train_step(step_lib.make_train_step(grad_fn, tx, schedule), mesh)
-    state = jax.device_put(step_lib.init_state(params, tx, c.seed), step_lib.replicated(mesh))
+    state = step_lib.init_state(params, tx, c.seed)
+    param_sharding = build_param_sharding(c, params, mesh)  # None: replicated
+    shardings = step_lib.state_sharding(state, mesh, tx, param_sharding)
+    train_step = step_lib.jit_train_step(step_lib.make_train_step(grad_fn, tx, schedule, param_sharding),
+                                         mesh, shardings)
+    state = jax.device_put(state, shardings)
     evals = Evals(c, embed, model.tokenizer, mesh)
     best = evals.best
     # retention: the last checkpoint.max_to_keep steps plus the best by best_metric
