@@ -58,8 +58,10 @@ def setup():
 
 
 @functools.lru_cache(maxsize=None)  # one compile per configuration for the whole file
-def make_step(mesh, method, chunk, fsdp):
-    """(jitted train step, grad fn, state shardings) of the tiny model on ``mesh``."""
+def make_step(n_devices, method, chunk, fsdp):
+    """(jitted train step, grad fn, state shardings, param shardings) of the tiny model on the
+    first ``n_devices`` devices (a mesh is not a stable cache key: its hash changes per instance)."""
+    mesh = make_mesh(n_devices)
     embed, params, _, tx = setup()
     loss = make_column_loss("infonce", temperature=0.05)
     backend = {"shard_map": "shard_map", "jit": "none"}[method]
@@ -152,8 +154,8 @@ def test_fsdp_step_equals_replicated(method, chunk):
     clipped gradient), updated parameters and optimizer state of FSDP = the replicated step."""
     mesh = make_mesh(8)
     _, params, _, _ = setup()
-    rep_step, _, rep_sh, _ = make_step(mesh, method, chunk, fsdp=False)
-    fsdp_step, _, fsdp_sh, ps = make_step(mesh, method, chunk, fsdp=True)
+    rep_step, _, rep_sh, _ = make_step(8, method, chunk, fsdp=False)
+    fsdp_step, _, fsdp_sh, ps = make_step(8, method, chunk, fsdp=True)
     want, got = fresh_state(rep_sh), fresh_state(fsdp_sh)
     assert_sharded(got["params"], ps, 8)
     assert_sharded(got["opt_state"], fsdp_sh["opt_state"], 8)
@@ -179,8 +181,8 @@ def test_checkpoint_8_to_4_devices_resumes_exactly(tmp_path):
     the uninterrupted 8-device run, and the restored leaves are split 4 ways."""
     from sentjax.train.checkpoint import Checkpointer
     mesh8, mesh4 = make_mesh(8), make_mesh(4)
-    step8, _, sh8, _ = make_step(mesh8, "shard_map", None, fsdp=True)
-    step4, _, sh4, _ = make_step(mesh4, "shard_map", None, fsdp=True)
+    step8, _, sh8, _ = make_step(8, "shard_map", None, fsdp=True)
+    step4, _, sh4, _ = make_step(4, "shard_map", None, fsdp=True)
     want, want_losses = run(step8, fresh_state(sh8), mesh8, range(4))
 
     state, first = run(step8, fresh_state(sh8), mesh8, range(2))
@@ -210,3 +212,30 @@ def test_unsupported_combinations_refused(tmp_path, overrides, match):
     from tiny import tiny_config
     with pytest.raises(ConfigError, match=match):
         train(tiny_config(str(tmp_path), **overrides), progress=False)
+
+
+@pytest.mark.slow
+def test_trainer_fsdp_preempted_on_8_resumed_on_4_equals_replicated(tmp_path, monkeypatch):
+    """The whole trainer: an FSDP run on 8 devices stopped (SIGTERM path) after step 2, resumed
+    with --resume on mesh.data=4, ends on the parameters of an uninterrupted replicated run."""
+    import itertools
+
+    from sentjax.train import train as train_mod
+    from tiny import tiny_config
+    common = {"total_steps": 4, "checkpoint.every_steps": 2}
+    fsdp = {"parallel.param_sharding": "fsdp", "parallel.fsdp_min_size": MIN_SIZE}
+    want = train_mod.train(tiny_config(str(tmp_path / "rep"), **common, **{"mesh.data": 8}), progress=False)
+    c8 = tiny_config(str(tmp_path / "fsdp"), **common, **fsdp, **{"mesh.data": 8})
+    stops = itertools.count()
+    with monkeypatch.context() as m:
+        m.setattr(train_mod._Stop, "everywhere", classmethod(lambda cls: next(stops) >= 1))
+        first = train_mod.train(c8, progress=False)
+    assert first["preempted_at"] == 2
+    state = first["state"]
+    assert assert_sharded(state["params"], jax.tree.map(lambda x: x.sharding, state["params"]), 8) > 0
+    c4 = tiny_config(str(tmp_path / "fsdp"), **common, **fsdp, **{"mesh.data": 4})
+    got = train_mod.train(c4, resume=True, progress=False)
+    assert int(step_lib.to_host(got["state"]["step"])) == 4
+    assert assert_sharded(got["state"]["opt_state"], jax.tree.map(lambda x: x.sharding, got["state"]["opt_state"]), 4)
+    assert max_rel(step_lib.to_host(got["state"]["params"]), step_lib.to_host(want["state"]["params"])) < 2e-5
+    assert max_rel(step_lib.to_host(got["state"]["params"]), step_lib.to_host(first["state"]["params"])) > 1e-5
