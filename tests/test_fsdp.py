@@ -161,6 +161,13 @@ def test_fsdp_step_equals_replicated(method, chunk):
     want, got = fresh_state(rep_sh), fresh_state(fsdp_sh)
     assert_sharded(got["params"], ps, 8)
     assert_sharded(got["opt_state"], fsdp_sh["opt_state"], 8)
+    if method == "shard_map" and chunk is None:
+        # ZeRO-3's collectives in the compiled step: parameters all-gathered, the gradient
+        # reduce-scattered onto the shards (not all-reduced and then sliced)
+        _, _, batches, _ = setup()
+        hlo = fsdp_step.lower(got, jax.device_put(batches[0], step_lib.batch_sharded(mesh)),
+                              step_lib.step_rng(got["rng"], 0)).compile().as_text()
+        assert " all-gather(" in hlo and " reduce-scatter(" in hlo
     for s in range(2):
         want, want_loss = run(rep_step, want, mesh, [s])
         got, got_loss = run(fsdp_step, got, mesh, [s])

@@ -3,7 +3,7 @@
 One file, read top to bottom (big_vision style), in bannered sections: config, mesh, data,
 model + state, step, checkpoint, evals, loop, CLI. The train step is a pure
 ``(state, batch, rng) -> (state, metrics)`` compiled once with ``jax.jit`` (state donated,
-parameters replicated, batch sharded on the mesh's ``data`` axis); ``sentjax.train.step`` holds
+parameters replicated or FSDP-sharded by ``config.parallel``, batch sharded on the mesh's ``data`` axis); ``sentjax.train.step`` holds
 its pieces. Everything a resumed run needs is in the checkpoint (parameters, optimizer state,
 step, rng, the best evaluation so far) and the data order is a pure function of (seed, step), so
 ``--resume`` continues exactly.
