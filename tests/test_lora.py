@@ -121,6 +121,7 @@ def test_targets_and_config_errors():
 
 @pytest.mark.parametrize("over, msg", [({"gradient.method": "pmap"}, "pmap"),
                                        ({"model.pooling": "cls_mlp"}, "cls_mlp"),
+                                       ({"parallel.param_sharding": "fsdp"}, "param_sharding"),
                                        ({"model.lora.targets": ("nope",)}, "nope")])
 def test_unsupported_combinations_are_refused(tmp_path, over, msg):
     from sentjax.train.train import train

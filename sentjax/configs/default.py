@@ -44,6 +44,11 @@ def get_config() -> ml_collections.ConfigDict:
     # method: "shard_map" (explicit all-gather of candidates), "pmap", or "jit" (global-batch loss,
     # XLA picks the collectives); gradcache_chunk > 0: GradCache with that many rows per chunk/device.
     c.gradient = ml_collections.ConfigDict({"method": "shard_map", "gradcache_chunk": 0})
+    # Parameter + optimizer-state placement (sentjax/parallel/sharding.py, docs/fsdp.md): "replicated",
+    # "fsdp" (ZeRO-3: every parameter of >= fsdp_min_size elements split over the data axis), or
+    # "rules" (parallel.rules: ((regex, "fsdp" | "replicated" | (axis or None, ...)), ...), first match wins).
+    c.parallel = ml_collections.ConfigDict({"param_sharding": "replicated", "rules": (),
+                                            "fsdp_min_size": 2 ** 16})
     c.optim = ml_collections.ConfigDict({
         "lr": 3e-5, "warmup_steps": -1, "warmup_ratio": 0.1, "weight_decay": 0.01,
         "b1": 0.9, "b2": 0.999, "eps": 1e-6, "clip_norm": 1.0,

@@ -91,12 +91,12 @@ def _key(path) -> str:
 
 
 def state_digest(state: Any) -> dict[str, str]:
-    """``{leaf path: sha256 hex of its bytes, shape and dtype}`` of a (replicated) state pytree."""
+    """``{leaf path: sha256 hex of its bytes, shape and dtype}`` of a state pytree; a sharded
+    (FSDP) leaf is hashed as its whole global value, so the digest does not depend on the mesh."""
+    from sentjax.parallel.sharding import host_array
     out = {}
     for path, x in jax.tree_util.tree_leaves_with_path(state):
-        if isinstance(x, jax.Array):
-            x = x.addressable_data(0)
-        a = np.ascontiguousarray(np.asarray(x))
+        a = np.ascontiguousarray(host_array(x))
         h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
         h.update(memoryview(a).cast("B") if a.size else b"")
         out[_key(path)] = h.hexdigest()[:32]

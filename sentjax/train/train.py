@@ -3,7 +3,7 @@
 One file, read top to bottom (big_vision style), in bannered sections: config, mesh, data,
 model + state, step, checkpoint, evals, loop, CLI. The train step is a pure
 ``(state, batch, rng) -> (state, metrics)`` compiled once with ``jax.jit`` (state donated,
-parameters replicated, batch sharded on the mesh's ``data`` axis); ``sentjax.train.step`` holds
+parameters replicated or FSDP-sharded by ``config.parallel``, batch sharded on the mesh's ``data`` axis); ``sentjax.train.step`` holds
 its pieces. Everything a resumed run needs is in the checkpoint (parameters, optimizer state,
 step, rng, the best evaluation so far) and the data order is a pure function of (seed, step), so
 ``--resume`` continues exactly.
@@ -59,6 +59,7 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
                                          "config.data.sources give each entry its own 'weight'.")
     elif c.data.sampling not in mixture.SAMPLINGS:
         mixture.parse_sources((), c.data.sampling)  # the unknown-sampling error
+    check_parallel(c)
 
 
 # ============================================================================ mesh
@@ -159,6 +160,10 @@ def check_lora(c: ml_collections.ConfigDict) -> None:
         raise config_cli.ConfigError("model.lora with pooling='cls_mlp': the pooler's MLP is not a "
                                      "dense projection of the encoder and would stay frozen (random for a "
                                      "new head); use pooling 'mean' / 'cls' / 'lasttoken' with LoRA.")
+    if c.parallel.param_sharding != "replicated":
+        raise config_cli.ConfigError("model.lora with parallel.param_sharding="
+                                     f"{c.parallel.param_sharding!r} is not supported: the adapters are small; "
+                                     "keep parameters replicated (parallel.param_sharding='replicated').")
     if c.model.vocab_from:
         raise config_cli.ConfigError("model.lora with model.vocab_from: the transferred word embeddings "
                                      "would stay frozen; train the new vocabulary without LoRA.")
@@ -263,6 +268,37 @@ def build_objective_and_grad(c, model, objective, mesh, teacher=None):
 def _with_mlm_column(grad_fn, settings, params, batch, rng):
     from sentjax.train.mlm import add_mlm_column
     return grad_fn(params, add_mlm_column(batch, rng, settings), rng)
+
+
+def build_param_sharding(c, params: dict, mesh):
+    """``config.parallel``: None (replicated parameters) or the NamedShardings of ``params`` under
+    the FSDP preset or the configured rules (sentjax.parallel.sharding, docs/fsdp.md)."""
+    from sentjax.parallel.sharding import param_shardings
+    check_parallel(c)
+    if c.parallel.param_sharding == "replicated":
+        return None
+    from sentjax.parallel.sharding import resolve_rules
+    rules = resolve_rules(c.parallel.param_sharding, tuple(c.parallel.rules))
+    return param_shardings(params, mesh, rules, min_size=c.parallel.fsdp_min_size)
+
+
+def check_parallel(c: ml_collections.ConfigDict) -> None:
+    """Refuses parameter-sharding settings that cannot run (ConfigError), before any work."""
+    from sentjax.parallel.sharding import resolve_rules
+    p = c.parallel
+    resolve_rules(p.param_sharding, tuple(p.rules))
+    if p.param_sharding == "replicated":
+        return
+    if c.gradient.method == "pmap":
+        raise config_cli.ConfigError(
+            f"parallel.param_sharding={p.param_sharding!r} with gradient.method='pmap': pmap keeps a full "
+            "replica of the parameters on every device; use gradient.method='shard_map' or 'jit' for FSDP.")
+    if jax.process_count() > 1:
+        raise config_cli.ConfigError(
+            f"parallel.param_sharding={p.param_sharding!r} is single-process for now (exports and "
+            "evaluations gather the parameters on process 0 only); use 'replicated' for multi-process runs.")
+    if p.fsdp_min_size < 0:
+        raise config_cli.ConfigError(f"parallel.fsdp_min_size must be >= 0, got {p.fsdp_min_size}.")
 
 
 def _embed_params(embed, params, tokens, rng):
@@ -463,11 +499,14 @@ def _train(c: ml_collections.ConfigDict, resume: bool, progress: bool, cleanup: 
         import optax
         tx = optax.chain(tx, project_head(objective.clip_head))
     lora = "lora" in params
-    train_step = step_lib.jit_train_step(step_lib.make_train_step(grad_fn, tx, schedule, frozen=lora), mesh)
     state = step_lib.init_state(params, tx, c.seed)
-    if lora:
+    if lora:  # the frozen base rides replicated (LoRA with FSDP is refused in check_lora)
         state["frozen"] = model.params
-    state = jax.device_put(state, step_lib.replicated(mesh))
+    param_sharding = build_param_sharding(c, params, mesh)  # None: replicated
+    shardings = step_lib.state_sharding(state, mesh, tx, param_sharding)
+    train_step = step_lib.jit_train_step(
+        step_lib.make_train_step(grad_fn, tx, schedule, frozen=lora, param_sharding=param_sharding), mesh, shardings)
+    state = jax.device_put(state, shardings)
     evals = Evals(c, embed, model.tokenizer, mesh)
     best = evals.best
     # retention: the last checkpoint.max_to_keep steps plus the best by best_metric
