@@ -133,7 +133,9 @@ def make_train_step(grad_fn: GradFn | Callable[[Any], GradFn], tx: optax.Gradien
     """
     from sentjax.parallel.finite import all_finite, select_if_finite
     if param_sharding is not None:
-        grad_fn = sharded_grads(grad_fn, param_sharding)
+        if frozen:
+            raise ValueError("a frozen base (LoRA) with sharded parameters is not supported.")
+        grad_fn = sharded_grads(grad_fn, param_sharding)  # type: ignore[arg-type]
 
     def train_step(state: dict, batch: dict, rng: jax.Array) -> tuple[dict, dict]:
         params, opt_state = state["params"], state["opt_state"]
