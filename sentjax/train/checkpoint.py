@@ -64,12 +64,17 @@ class _Damaged(Exception):
 
 class _QuietOrbaxSaves(logging.Filter):
     """Orbax warns on every save without metrics when a best metric is tracked (evaluations are rarer
-    than saves, so on almost every step of every host), and logs the traceback of a failed
-    background write, whose exception reaches the caller anyway and is reported there in one line."""
+    than saves, so on almost every step of every host), warns when a save waited for the previous
+    one (routine on a busy machine: the wait is the point of async saves; it goes to this module's
+    debug log), and logs the traceback of a failed background write, whose exception reaches the
+    caller anyway and is reported there in one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
         if "did not provide metrics" in msg:
+            return False
+        if msg.startswith("Waiting for previous save to complete"):
+            logger.debug(msg)
             return False
         return not ("orbax" in record.pathname and record.levelno >= logging.ERROR
                     and (record.exc_info or "raised an exception" in msg or "failed" in msg.lower()))
