@@ -113,3 +113,25 @@ def test_resume_without_checkpoint_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="drop --resume"):
         ck.restore({"x": np.zeros(2)})
     ck.close()
+
+
+def test_orbax_routine_warnings_are_dropped_and_others_kept():
+    """Orbax's 'Waiting for previous save' (routine under load) must not reach the user's stderr;
+    other absl warnings still do."""
+    import logging
+    import sentjax.train.checkpoint  # noqa: F401  (installs the filter)
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+    absl = logging.getLogger("absl")
+    h = Keep(level=logging.DEBUG)
+    absl.addHandler(h)
+    try:
+        absl.warning("Waiting for previous save to complete took 1.208707 seconds. If this number is high, "
+                     "consider checkpointing less frequently.")
+        absl.warning("something else")
+    finally:
+        absl.removeHandler(h)
+    assert seen == ["something else"]

@@ -96,7 +96,9 @@ def test_every_trainer_objective_is_in_a_matrix():
     # listwise_kl (hard negatives + teacher scores) are the matrix of test_score_distill.py; sigmoid
     # (dense and tiled, trainable t and b) is the trainable-head matrix of test_parallel_grads.py
     assert set(train_objectives.OBJECTIVES) == set(OBJECTIVES) | {"infonce", "multipos", "matryoshka",
-                                                                  "margin_mse", "listwise_kl", "sigmoid"}
+                                                                  "margin_mse", "listwise_kl", "sigmoid",
+                                                                  # multi: test_multi_objective.py; mlm: test_mlm.py
+                                                                  "multi", "mlm"}
     assert set(train_objectives.GRADIENT_METHODS.values()) <= set(BACKENDS)
 
 

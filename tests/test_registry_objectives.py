@@ -16,7 +16,7 @@ NAMES = registry.names()
 
 def test_every_loss_module_is_registered():
     assert set(NAMES) == {"infonce", "softmax", "cosine", "cosent", "distill", "matryoshka", "multipos",
-                          "margin_mse", "listwise_kl", "sigmoid"}
+                          "margin_mse", "listwise_kl", "sigmoid", "multi", "mlm", "gist"}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -38,9 +38,14 @@ def test_objective_builds_from_its_defaults_and_round_trips(name):
             "positive": jnp.asarray(rng.normal(size=(4, d)), jnp.float32),
             "label": jnp.asarray([0, 1, 2, 0]), "score": jnp.asarray([0.1, 0.9, 0.5, 0.3], jnp.float32),
             "teacher": jnp.asarray(rng.normal(size=(4, d)), jnp.float32)})
+    if name == "mlm":  # per-example (CE sum, masked count) rows, built by sentjax.models.mlm_head.mlm_rows
+        cols["mlm"] = jnp.asarray([[2.0, 1.0], [0.0, 0.0], [6.0, 2.0], [1.0, 1.0]], jnp.float32)
     if name in ("margin_mse", "listwise_kl"):  # score distillation: hard negatives + teacher scores [b, 1 + k]
         cols.update(negative=jnp.asarray(rng.normal(size=(4, d)), jnp.float32),
                     score=jnp.asarray(rng.normal(size=(4, 2)), jnp.float32))
+    for c in obj.teacher_fields:  # a frozen teacher's (guide's) embeddings of the same rows
+        if c in cols:
+            cols[f"teacher:{c}"] = jnp.asarray(rng.normal(size=cols[c].shape), jnp.float32)
     params = {"head": obj.init_head(jax.random.key(0), d)} if obj.init_head else {}
     loss, metrics = obj.loss_fn(params, cols)
     assert np.isfinite(float(loss)) and isinstance(metrics, dict)

@@ -34,12 +34,21 @@ def get_config() -> ml_collections.ConfigDict:
         "vocab_from": "",
         # False: prompt tokens are left out of the pooling (sentence-transformers' include_prompt)
         "include_prompt": True,
+        # LoRA (sentjax/models/lora.py, docs/lora.md): rank > 0 trains only low-rank adapters on the
+        # dense projections named by targets (e.g. ("query", "value"), ("q_proj", "v_proj")); the
+        # base stays frozen, out of the optimizer and out of the checkpoints. rank 0: off.
+        "lora": ml_collections.ConfigDict({"rank": 0, "alpha": 16.0, "dropout": 0.0, "targets": ()}),
     })
     # the objective's own fields (sentjax.losses.<name>.Config); --config.objective.name=X resets them
     c.objective = ml_collections.ConfigDict(registry.defaults("infonce"))
     # method: "shard_map" (explicit all-gather of candidates), "pmap", or "jit" (global-batch loss,
     # XLA picks the collectives); gradcache_chunk > 0: GradCache with that many rows per chunk/device.
     c.gradient = ml_collections.ConfigDict({"method": "shard_map", "gradcache_chunk": 0})
+    # Parameter + optimizer-state placement (sentjax/parallel/sharding.py, docs/fsdp.md): "replicated",
+    # "fsdp" (ZeRO-3: every parameter of >= fsdp_min_size elements split over the data axis), or
+    # "rules" (parallel.rules: ((regex, "fsdp" | "replicated" | (axis or None, ...)), ...), first match wins).
+    c.parallel = ml_collections.ConfigDict({"param_sharding": "replicated", "rules": (),
+                                            "fsdp_min_size": 2 ** 16})
     c.optim = ml_collections.ConfigDict({
         "lr": 3e-5, "warmup_steps": -1, "warmup_ratio": 0.1, "weight_decay": 0.01,
         "b1": 0.9, "b2": 0.999, "eps": 1e-6, "clip_norm": 1.0,
@@ -50,6 +59,13 @@ def get_config() -> ml_collections.ConfigDict:
     })
     c.data = ml_collections.ConfigDict({"datasets": ("text:bundled/commonvoice_en/jf99.txt",),
                                         "weights": (), "dedup": True})
+    # Multi-dataset training (sentjax/data/mixture.py; docs/train.md): non-empty sources replace
+    # datasets / weights. Entries: "kind:path" or {"spec": "kind:path", "weight": 2.0, "name": "nli"}.
+    # sampling: "proportional" (by weight, else by size) or "round_robin"; homogeneous: one dataset
+    # per global batch (False: every batch holds a fixed share of each dataset's rows).
+    c.data.sources = ()
+    c.data.sampling = "proportional"
+    c.data.homogeneous = True
     # Sequence packing in the train step (sentjax/train/packing.py): each device's sentences packed
     # into rows of packing_row_length tokens (0: model.max_length), at most packing_max_segments each.
     c.data.packing = False

@@ -290,8 +290,15 @@ class Pipeline:
     _BLOCK = 1024
 
     def _block_choices(self, block: int) -> np.ndarray:
+        with self._lock:  # one draw per block of steps, not one per step
+            cached = getattr(self, "_choices", None)
+            if cached is not None and cached[0] == block:
+                return cached[1]
         key = jax.random.fold_in(jax.random.key(self.seed), block)
-        return np.asarray(jax.random.choice(key, len(self.sources), (self._BLOCK,), p=self.weights))
+        choices = np.asarray(jax.random.choice(key, len(self.sources), (self._BLOCK,), p=self.weights))
+        with self._lock:
+            self._choices = (block, choices)
+        return choices
 
     def locate(self, step: int) -> tuple[int, int]:
         """(source index, k-th batch of that source) used at global step ``step``."""
@@ -313,6 +320,15 @@ class Pipeline:
         choices = self._block_choices(block)
         src = int(choices[off])
         return src, int(counts[src] + np.sum(choices[:off] == src))
+
+    @property
+    def source_names(self) -> list[str]:
+        """The datasets, in the order of :meth:`draws`' indices."""
+        return [s.name for s in self.sources]
+
+    def draws(self, step: int) -> dict[int, int]:
+        """``{source index: rows}`` of step ``step``'s global batch (one source: the whole batch)."""
+        return {self.locate(step)[0]: self.batch_size}
 
     def global_indices(self, step: int) -> tuple[int, int, np.ndarray]:
         """(source, epoch of that source, example indices [B]) of step ``step``."""

@@ -15,6 +15,11 @@ Also ``multipos`` (:func:`multipos.multipos_loss` (a, p [b, k, d], n=None); colu
 positive_1, ..., negative?: k positives per anchor) and ``matryoshka`` (a wrapper applying an inner
 objective at several truncated dimensions; the inner objective's columns).
 
+``gist`` (:func:`gist.gist_loss`: InfoNCE with a frozen guide's false negatives masked) takes the
+guide's embeddings as ``teacher:anchor`` / ``teacher:positive`` / ``teacher:negative?``: an
+objective's ``teacher_columns`` are embedded by the frozen teacher in the train step (also
+``margin_mse`` / ``listwise_kl`` with ``scores='teacher'``).
+
 Every loss takes an optional ``axis_name``: the inputs are then the local shards of a batch split
 over that mesh / pmap axis and the returned loss is the global mean, identical on every device.
 Each module also holds its ``Config`` (hyperparameters) and ``OBJECTIVE`` (how the trainer builds

@@ -14,6 +14,12 @@ The candidate list of a query is its OWN 1 + k candidates: precomputed data hold
 those only, so other queries' documents (in-batch candidates, on this or another device) cannot be
 scored by the teacher and are not used. Across devices the loss is therefore the ``pmean`` of
 equal-sized per-device means (the global mean). The teacher scores get no gradient.
+
+``scores='teacher'``: the frozen ``teacher`` model embeds query, positive and negatives in the step
+and its similarities (the student's ``similarity``) replace the ``score`` column
+(:mod:`sentjax.losses.teacher_scores`). With ``candidates='in_batch'`` ``j`` runs over all
+``B (1 + k)`` candidates of the global batch (all-gathered across devices), as in Lin et al.'s
+in-batch distillation.
 """
 from __future__ import annotations
 
@@ -25,10 +31,11 @@ from jax import lax
 from jax.scipy.special import xlogy
 
 from sentjax.losses.checks import check_temperature
-from sentjax.losses.margin_mse import SIMILARITIES, candidate_scores, split_negatives
+from sentjax.losses.margin_mse import SIMILARITIES, candidate_scores, split_negatives, teacher_candidate_scores
+from sentjax.losses import teacher_scores
 from sentjax.losses.registry import ObjectiveSpec, need
 
-__all__ = ["Config", "OBJECTIVE", "CITATION", "column_loss", "listwise_kl_loss"]
+__all__ = ["Config", "OBJECTIVE", "CITATION", "column_loss", "listwise_kl_loss", "kl_from_scores"]
 
 
 def listwise_kl_loss(queries: jax.Array, positives: jax.Array, negatives: jax.Array, scores: jax.Array, *,
@@ -49,6 +56,13 @@ def listwise_kl_loss(queries: jax.Array, positives: jax.Array, negatives: jax.Ar
     if t.shape != s.shape:
         raise ValueError(f"listwise_kl: teacher scores of shape {tuple(t.shape)}; expected {tuple(s.shape)} "
                          "= [queries, 1 + k]: [t(q, positive), t(q, negative_1), ..., t(q, negative_k)].")
+    return kl_from_scores(s, t, t_s, t_t, axis_name)
+
+
+def kl_from_scores(s: jax.Array, t: jax.Array, t_s: float, t_t: float, axis_name: str | None = None
+                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The loss of the module doc from student / teacher scores ``[b, C]`` over the same candidates."""
+    t = lax.stop_gradient(t).astype(jnp.float32)
     log_q = jax.nn.log_softmax(s / t_s, axis=1)
     log_p = jax.nn.log_softmax(t / t_t, axis=1)
     p = jnp.exp(log_p)
@@ -71,10 +85,14 @@ class Config:
     student_temperature: float = 0.0  # T_s override (0 = temperature); the loss is scaled by T_s^2
     teacher_temperature: float = 0.0  # T_t override (0 = temperature)
     similarity: str = "dot"           # student score s(q, d): "dot" or "cosine"
+    scores: str = "data"              # teacher scores: the batch's "score" column, or "teacher" (in the step)
+    teacher: str = ""                 # scores="teacher": model folder, hub id or "minilm"; "" = model.init_from
+    candidates: str = "own"           # scores="teacher": each query's "own" 1 + k candidates, or all "in_batch"
 
     def __post_init__(self):
         if self.similarity not in SIMILARITIES:
             raise ValueError(f"objective.similarity={self.similarity!r}: use one of {SIMILARITIES}.")
+        teacher_scores.check_scores_config(self.scores, self.candidates)
         check_temperature(self.temperature)
         for name in ("student_temperature", "teacher_temperature"):
             if getattr(self, name) < 0:
@@ -83,14 +101,25 @@ class Config:
 
 
 def column_loss(*, temperature: float = 1.0, student_temperature: float | None = None,
-                teacher_temperature: float | None = None, similarity: str = "dot"):
+                teacher_temperature: float | None = None, similarity: str = "dot", scores: str = "data",
+                candidates: str = "own"):
     """``loss_fn(params, embeddings, axis_name)``: columns ``anchor`` / ``positive`` ``[b, d]``,
-    ``negative`` ``[b * k, d]`` (anchor-major) and the teacher's ``score`` ``[b, 1 + k]``."""
+    ``negative`` ``[b * k, d]`` (anchor-major) and the teacher's ``score`` ``[b, 1 + k]``, or with
+    ``scores='teacher'`` the teacher's embeddings ``teacher:anchor`` / ``teacher:positive`` /
+    ``teacher:negative`` instead of ``score``."""
+    teacher_scores.check_scores_config(scores, candidates)
+
     def loss_fn(params, embeddings, axis_name=None):
+        if candidates == "in_batch":
+            t_s = temperature if student_temperature is None else student_temperature
+            t_t = temperature if teacher_temperature is None else teacher_temperature
+            s, t, _ = teacher_scores.in_batch_scores(embeddings, "listwise_kl", similarity, axis_name)
+            return kl_from_scores(s, t, t_s, t_t, axis_name)
         a = need(embeddings, "anchor", "listwise_kl")
         n = split_negatives(a, need(embeddings, "negative", "listwise_kl"), "listwise_kl")
-        return listwise_kl_loss(a, need(embeddings, "positive", "listwise_kl"), n,
-                                need(embeddings, "score", "listwise_kl"), temperature=temperature,
+        t = (teacher_candidate_scores(embeddings, "listwise_kl", similarity) if scores == "teacher"
+             else need(embeddings, "score", "listwise_kl"))
+        return listwise_kl_loss(a, need(embeddings, "positive", "listwise_kl"), n, t, temperature=temperature,
                                 student_temperature=student_temperature,
                                 teacher_temperature=teacher_temperature, similarity=similarity,
                                 axis_name=axis_name)
@@ -114,7 +143,8 @@ OBJECTIVE = ObjectiveSpec(
     loss=lambda hp: column_loss(temperature=hp.temperature,
                                 student_temperature=hp.student_temperature or None,
                                 teacher_temperature=hp.teacher_temperature or None,
-                                similarity=hp.similarity),
+                                similarity=hp.similarity, scores=hp.scores, candidates=hp.candidates),
     columns=lambda hp: ("anchor", "positive", "negative"),
-    in_batch_negatives=False,  # precomputed scores: each query's own candidates only (module doc)
+    in_batch_negatives=lambda hp: hp.candidates == "in_batch",  # else each query's own candidates only
+    teacher_columns=lambda hp: teacher_scores.teacher_columns(hp.scores),
 )

@@ -18,6 +18,13 @@ optional) and ``m_ij`` the teacher margins::
 
 No in-batch interaction: each query sees only its own candidates, so across devices the loss is the
 ``pmean`` of equal-sized per-device means (the global mean). The teacher scores get no gradient.
+
+``scores='teacher'``: the frozen ``teacher`` model embeds query, positive and negatives in the step
+and its similarities (the student's ``similarity``) replace the ``score`` column
+(:mod:`sentjax.losses.teacher_scores`). With ``candidates='in_batch'`` each query's margins are taken
+against every candidate ``c_j`` of the global batch (its own positive ``p_i`` excluded)::
+
+    loss = mean_{i, j != label_i} ( s(q_i, p_i) - s(q_i, c_j) - (t(q_i, p_i) - t(q_i, c_j)) )^2
 """
 from __future__ import annotations
 
@@ -28,11 +35,12 @@ import jax.numpy as jnp
 from jax import lax
 
 from sentjax.losses.checks import check_embedding_pair, check_negatives
+from sentjax.losses import teacher_scores
 from sentjax.losses.registry import ObjectiveSpec, need
 from sentjax.ops import l2_normalize
 
 __all__ = ["Config", "OBJECTIVE", "CITATION", "SIMILARITIES", "column_loss", "margin_mse_loss",
-           "candidate_scores", "split_negatives"]
+           "candidate_scores", "split_negatives", "margin_mse_in_batch", "teacher_candidate_scores"]
 
 SIMILARITIES = ("dot", "cosine")
 
@@ -94,6 +102,28 @@ def margin_mse_loss(queries: jax.Array, positives: jax.Array, negatives: jax.Arr
     return loss, {"accuracy": accuracy}
 
 
+def teacher_candidate_scores(embeddings, objective: str, similarity: str) -> jax.Array:
+    """``[b, 1 + k]`` teacher scores ``[t(q, p), t(q, n_1), ...]`` from the ``teacher:*`` columns."""
+    tq = need(embeddings, "teacher:anchor", objective)
+    tn = split_negatives(tq, need(embeddings, "teacher:negative", objective), objective)
+    return lax.stop_gradient(candidate_scores(tq, need(embeddings, "teacher:positive", objective), tn, similarity))
+
+
+def margin_mse_in_batch(s: jax.Array, t: jax.Array, labels: jax.Array, axis_name: str | None = None
+                        ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """MarginMSE over in-batch candidates: student / teacher scores ``[b, C]``, own positive ``labels``
+    ``[b]`` (:func:`sentjax.losses.teacher_scores.in_batch_scores`); the module doc's last formula."""
+    b, c = s.shape
+    others = jnp.arange(c)[None, :] != labels[:, None]  # [b, C]: every candidate but the own positive
+    margins = jnp.take_along_axis(s, labels[:, None], axis=1) - s
+    t_margins = jnp.take_along_axis(t, labels[:, None], axis=1) - t
+    loss = jnp.sum(jnp.where(others, jnp.square(margins - t_margins), 0.0)) / (b * (c - 1))
+    accuracy = jnp.sum(jnp.where(others, margins > 0, False)) / (b * (c - 1))
+    if axis_name is not None:
+        loss, accuracy = lax.pmean((loss, accuracy), axis_name)
+    return loss, {"accuracy": accuracy}
+
+
 # ============================================================================ the objective
 
 
@@ -101,20 +131,32 @@ def margin_mse_loss(queries: jax.Array, positives: jax.Array, negatives: jax.Arr
 class Config:
     """Hyperparameters of the ``margin_mse`` objective (``config.objective``)."""
     similarity: str = "dot"  # student score s(q, d): "dot" (sentence-transformers' default) or "cosine"
+    scores: str = "data"     # teacher scores: the batch's "score" column, or "teacher" (embedded in the step)
+    teacher: str = ""        # scores="teacher": model folder, hub id or "minilm"; "" = model.init_from
+    candidates: str = "own"  # scores="teacher": each query's "own" 1 + k candidates, or all "in_batch"
 
     def __post_init__(self):
         if self.similarity not in SIMILARITIES:
             raise ValueError(f"objective.similarity={self.similarity!r}: use one of {SIMILARITIES}.")
+        teacher_scores.check_scores_config(self.scores, self.candidates)
 
 
-def column_loss(*, similarity: str = "dot"):
+def column_loss(*, similarity: str = "dot", scores: str = "data", candidates: str = "own"):
     """``loss_fn(params, embeddings, axis_name)``: columns ``anchor`` / ``positive`` ``[b, d]``,
-    ``negative`` ``[b * k, d]`` (anchor-major) and ``score`` (the teacher's; see the module doc)."""
+    ``negative`` ``[b * k, d]`` (anchor-major) and ``score`` (the teacher's; see the module doc), or
+    with ``scores='teacher'`` the teacher's embeddings ``teacher:anchor`` / ``teacher:positive`` /
+    ``teacher:negative`` instead of ``score``."""
+    teacher_scores.check_scores_config(scores, candidates)
+
     def loss_fn(params, embeddings, axis_name=None):
+        if candidates == "in_batch":
+            return margin_mse_in_batch(*teacher_scores.in_batch_scores(embeddings, "margin_mse", similarity,
+                                                                       axis_name), axis_name)
         a = need(embeddings, "anchor", "margin_mse")
         n = split_negatives(a, need(embeddings, "negative", "margin_mse"), "margin_mse")
-        return margin_mse_loss(a, need(embeddings, "positive", "margin_mse"), n,
-                               need(embeddings, "score", "margin_mse"), similarity=similarity,
+        t = (teacher_candidate_scores(embeddings, "margin_mse", similarity) if scores == "teacher"
+             else need(embeddings, "score", "margin_mse"))
+        return margin_mse_loss(a, need(embeddings, "positive", "margin_mse"), n, t, similarity=similarity,
                                axis_name=axis_name)
     return loss_fn
 
@@ -133,7 +175,8 @@ CITATION = """\
 
 OBJECTIVE = ObjectiveSpec(
     config=Config,
-    loss=lambda hp: column_loss(similarity=hp.similarity),
+    loss=lambda hp: column_loss(similarity=hp.similarity, scores=hp.scores, candidates=hp.candidates),
     columns=lambda hp: ("anchor", "positive", "negative"),
-    in_batch_negatives=False,  # each query is scored against its own candidates only
+    in_batch_negatives=lambda hp: hp.candidates == "in_batch",  # else each query's own candidates only
+    teacher_columns=lambda hp: teacher_scores.teacher_columns(hp.scores),
 )

@@ -42,20 +42,31 @@ class ObjectiveSpec:
       loss: ``Config -> loss_fn(params, embeddings, axis_name) -> (loss, metrics)``.
       columns: ``Config -> text columns embedded``, e.g. ``("anchor", "positive")``.
       in_batch_negatives: the loss couples the examples of a batch (a contrastive denominator, a
-        ranking over pairs): gradient accumulation would change it, so it is refused.
+        ranking over pairs): gradient accumulation would change it, so it is refused. A
+        ``Config -> bool`` when that depends on the hyperparameters.
       init_head: ``(Config, rng, dim) -> params`` of a trainable head (``params["head"]``: trained,
         checkpointed, not exported), or None; it may return None for hyperparameters without one.
       clip_head: ``(Config, head) -> head`` projecting the head back into its allowed range after
         each optimizer update (CLIP's clipped logit scale), or None.
       needs_teacher: the step adds a ``teacher`` column (a frozen model's embeddings).
+      teacher_columns: ``Config -> text columns`` the frozen teacher (or guide) embeds in the step,
+        each passed to the loss as ``teacher:<column>`` (same rows, no gradient, once per step);
+        ``()`` for hyperparameters without one. Its path is the Config's ``teacher`` or ``guide``.
+      token_level: the objective reads token-level encoder outputs (an MLM column, see
+        :mod:`sentjax.losses.mlm`): the trainer masks its column and refuses packing.
+
+    ``in_batch_negatives``, ``needs_teacher`` and ``token_level`` may also be ``Config -> bool``
+    (a wrapper objective such as ``multi`` inherits them from its terms).
     """
     config: type
     loss: Callable[[Any], LossFn]
     columns: Callable[[Any], tuple[str, ...]]
-    in_batch_negatives: bool
+    in_batch_negatives: bool | Callable[[Any], bool]
     init_head: Callable[[Any, Any, int], Any] | None = None
-    needs_teacher: bool = False
+    needs_teacher: bool | Callable[[Any], bool] = False
     clip_head: Callable[[Any, Any], Any] | None = None
+    token_level: bool | Callable[[Any], bool] = False
+    teacher_columns: Callable[[Any], tuple[str, ...]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,9 +78,11 @@ class Objective:
       hparams: the ``Config`` instance.
       loss_fn: ``(params, embeddings: dict, axis_name | None) -> (loss, metrics)``.
       fields: text columns of the batch it embeds (the other columns are passed through).
-      in_batch_negatives, needs_teacher: as in :class:`ObjectiveSpec`.
+      in_batch_negatives, needs_teacher, token_level: as in :class:`ObjectiveSpec`.
       init_head: ``(rng, dim) -> params`` of the trainable head, or None (it may also return None).
       clip_head: ``head -> head`` applied after each optimizer update, or None.
+      teacher_fields: text columns the frozen teacher embeds as ``teacher:<column>`` (``()``: none,
+        or only the legacy ``teacher`` column of the anchors when ``needs_teacher``).
     """
     name: str
     hparams: Any
@@ -79,6 +92,8 @@ class Objective:
     init_head: Callable[[Any, int], Any] | None = None
     needs_teacher: bool = False
     clip_head: Callable[[Any], Any] | None = None
+    token_level: bool = False
+    teacher_fields: tuple[str, ...] = ()
 
 
 def names() -> tuple[str, ...]:
@@ -147,8 +162,11 @@ def build(config: Mapping[str, Any]) -> Objective:
     clip_head = None
     if spec.clip_head is not None:
         clip_head = lambda head: spec.clip_head(hp, head)  # noqa: E731
-    return Objective(name, hp, spec.loss(hp), tuple(spec.columns(hp)), spec.in_batch_negatives,
-                     init_head, spec.needs_teacher, clip_head)
+    flag = lambda v: bool(v(hp)) if callable(v) else v  # noqa: E731
+    teacher_fields = tuple(spec.teacher_columns(hp)) if spec.teacher_columns is not None else ()
+    return Objective(name, hp, spec.loss(hp), tuple(spec.columns(hp)), flag(spec.in_batch_negatives),
+                     init_head, flag(spec.needs_teacher) or bool(teacher_fields), clip_head,
+                     flag(spec.token_level), teacher_fields)
 
 
 def need(embeddings: Mapping[str, Any], column: str, objective: str):

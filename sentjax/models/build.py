@@ -67,6 +67,6 @@ def load_teacher(teacher: str, m: Mapping[str, Any], student: SentenceModel | No
     if path:
         path = resolve_bundled(path, "objective.teacher" if teacher else "model.init_from")
     if not path:
-        raise ConfigError("objective 'distill' needs a teacher: set objective.teacher to a model "
-                          "folder (or 'minilm').")
+        raise ConfigError("this objective needs a frozen teacher model: set objective.teacher (gist: "
+                          "objective.guide) or model.init_from to a model folder (or 'minilm').")
     return load(path, max_length=m["max_length"])

@@ -64,12 +64,17 @@ class _Damaged(Exception):
 
 class _QuietOrbaxSaves(logging.Filter):
     """Orbax warns on every save without metrics when a best metric is tracked (evaluations are rarer
-    than saves, so on almost every step of every host), and logs the traceback of a failed
-    background write, whose exception reaches the caller anyway and is reported there in one line."""
+    than saves, so on almost every step of every host), warns when a save waited for the previous
+    one (routine on a busy machine: the wait is the point of async saves; it goes to this module's
+    debug log), and logs the traceback of a failed background write, whose exception reaches the
+    caller anyway and is reported there in one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
         if "did not provide metrics" in msg:
+            return False
+        if msg.startswith("Waiting for previous save to complete"):
+            logger.debug(msg)
             return False
         return not ("orbax" in record.pathname and record.levelno >= logging.ERROR
                     and (record.exc_info or "raised an exception" in msg or "failed" in msg.lower()))
@@ -91,12 +96,12 @@ def _key(path) -> str:
 
 
 def state_digest(state: Any) -> dict[str, str]:
-    """``{leaf path: sha256 hex of its bytes, shape and dtype}`` of a (replicated) state pytree."""
+    """``{leaf path: sha256 hex of its bytes, shape and dtype}`` of a state pytree; a sharded
+    (FSDP) leaf is hashed as its whole global value, so the digest does not depend on the mesh."""
+    from sentjax.parallel.sharding import host_array
     out = {}
     for path, x in jax.tree_util.tree_leaves_with_path(state):
-        if isinstance(x, jax.Array):
-            x = x.addressable_data(0)
-        a = np.ascontiguousarray(np.asarray(x))
+        a = np.ascontiguousarray(host_array(x))
         h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
         h.update(memoryview(a).cast("B") if a.size else b"")
         out[_key(path)] = h.hexdigest()[:32]

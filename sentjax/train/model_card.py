@@ -102,8 +102,13 @@ def training_card(c: ml_collections.ConfigDict, objective, sources: Sequence, me
     from sentjax.parallel import gradcache
     text, hub_id = base_model(c.model)
     weights = list(c.data.weights)
+    specs = list(c.data.datasets)
+    if c.data.sources:  # several datasets (sentjax.data.mixture): the entries' specs and weights
+        from sentjax.data import mixture
+        entries = mixture.parse_sources(tuple(c.data.sources), c.data.sampling)
+        specs, weights = [e.spec for e in entries], list(mixture.mixture_weights(entries, sources, c.data.sampling))
     data = [DataRow(spec, s.kind, len(s), weights[i] / sum(weights) if weights else None)
-            for i, (spec, s) in enumerate(zip(c.data.datasets, sources))]
+            for i, (spec, s) in enumerate(zip(specs, sources))]
     when = (f"after step {step} of {c.total_steps}" if step else
             f"at step 0 of {c.total_steps} (before training)")
     checkpoint = f"`{which}/`: the parameters {when}"
@@ -111,8 +116,13 @@ def training_card(c: ml_collections.ConfigDict, objective, sources: Sequence, me
         checkpoint += f", the highest {best['metric']} ({best['value']:.4g})"
     teacher = []
     if objective.needs_teacher:  # the frozen teacher: objective.teacher, else model.init_from
-        teacher = [("teacher (frozen)", getattr(objective.hparams, "teacher", "") or c.model.init_from)]
+        path = getattr(objective.hparams, "teacher", "") or getattr(objective.hparams, "guide", "")
+        teacher = [("guide (frozen)" if hasattr(objective.hparams, "guide") else "teacher (frozen)",
+                    path or c.model.init_from)]
     citations = [registry.citation(objective.name)]
+    if objective.name == "multi":  # a weighted sum cites each term's paper(s)
+        from sentjax.losses.multi import build_terms
+        citations += [registry.citation(t.objective.name) for t in build_terms(objective.hparams.terms)]
     if c.gradient.gradcache_chunk:
         citations.append(gradcache.CITATION)
     return TrainingCard(

@@ -12,6 +12,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sentjax.train import step as step_lib
 
@@ -30,7 +31,7 @@ class StepLog:
     """
 
     def __init__(self, workdir: str, start: int, total: int, batch_size: int, log_every: int,
-                 progress: bool = True):
+                 progress: bool = True, source_names: list[str] | None = None):
         from sentjax.train.workdir import MetricsLog
         self.is_main = jax.process_index() == 0
         self.total, self.batch_size, self.log_every = total, batch_size, log_every
@@ -43,14 +44,24 @@ class StepLog:
         self.t0, self.n0 = None, start  # pairs/s counts from the end of the first step: it compiles
         self.skipped = 0                # steps whose update was skipped (non-finite loss / gradient)
         self.latest: dict = {}          # the last row of step metrics
+        # several datasets (config.data.sources): rows drawn from each in the window -> data_<name>,
+        # its share of the window's examples, and data_last_source, the index the row's step drew
+        self.source_names = source_names
+        self.drawn = np.zeros(len(source_names or ()), np.int64)
+        self.last_draw: dict[int, int] = {}
 
     def write(self, step: int, metrics: dict) -> None:
         if self.file is not None and metrics:
             self.file.write(step, metrics)
 
-    def step(self, step: int, m: dict) -> None:
+    def step(self, step: int, m: dict, draws: dict[int, int] | None = None) -> None:
         """Adds the metrics ``m`` of ``step`` (device arrays); at a log step writes their means over
-        the window (``lr``: the current rate) and reports steps that were skipped."""
+        the window (``lr``: the current rate) and reports steps that were skipped. ``draws``:
+        ``{source index: rows}`` of the step's batch (``Pipeline.draws``)."""
+        if draws is not None and self.source_names:
+            for i, n in draws.items():
+                self.drawn[i] += n
+            self.last_draw = draws
         if self.t0 is None:
             jax.block_until_ready(m)
             self.t0, self.n0 = time.perf_counter(), step
@@ -66,6 +77,12 @@ class StepLog:
         self.sums, self.n = None, 0
         if "lr" in self.last:
             metrics["lr"] = float(step_lib.to_host(self.last["lr"]))
+        if self.source_names and self.drawn.sum():
+            metrics.update({f"data_{name}": float(k) / float(self.drawn.sum())
+                            for name, k in zip(self.source_names, self.drawn)})
+            if len(self.last_draw) == 1:  # homogeneous batches: which dataset this row's step drew
+                metrics["data_source"] = float(next(iter(self.last_draw)))
+            self.drawn[:] = 0
         if step > self.n0:
             metrics["pairs_per_s"] = (step - self.n0) * self.batch_size / max(time.perf_counter() - self.t0, 1e-9)
         self.latest = metrics

@@ -6,9 +6,12 @@ State is a plain dict (big_vision style)::
    "opt_state": optax state, "step": int32 [], "rng": uint32 [2] raw key,
    "data_pos": int32 [] global batches consumed}
 
-Parameters and optimizer state are replicated (``P()``), the batch is sharded over
-``data`` (``P("data")``); the loss is written on the global batch, so XLA's collectives
-give each device every in-batch negative and the exact gradient.
+The batch is sharded over ``data`` (``P("data")``); the loss is written on the global batch, so
+XLA's collectives give each device every in-batch negative and the exact gradient. Parameters and
+optimizer state are replicated (``P()``), or placed by ``state_sharding`` (FSDP / ZeRO-3,
+:mod:`sentjax.parallel.sharding`): stored sharded between steps, all-gathered for the
+forward/backward, the gradient constrained back to the parameter shards (a reduce-scatter) and
+AdamW applied shard by shard. Same arithmetic as the replicated step (docs/fsdp.md).
 """
 from __future__ import annotations
 
@@ -111,20 +114,33 @@ def accumulate(grad_fn: GradFn, accum: int, global_batch: int) -> GradFn:
 
 # ----------------------------------------------------------------------------- step
 
-def make_train_step(grad_fn: GradFn, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule | None = None) -> Callable:
+def make_train_step(grad_fn: GradFn | Callable[[Any], GradFn], tx: optax.GradientTransformation,
+                    schedule: optax.Schedule | None = None, frozen: bool = False,
+                    param_sharding: Any = None) -> Callable:
     """Pure ``(state, batch, rng) -> (state, metrics)``; compile with ``jit_train_step``.
+
+    ``frozen=True`` (LoRA): ``state["frozen"]`` holds parameters that are used but never trained
+    (the base model) and ``grad_fn(state["frozen"])`` is the GradFn of ``state["params"]``; the
+    frozen tree is a traced argument (not a constant baked into the program), passes through
+    unchanged and gets neither gradients nor optimizer state.
 
     A step whose loss or gradient is not finite leaves parameters and optimizer state untouched
     and reports ``metrics["nonfinite"] = 1`` (the loop stops on it); it is never applied silently.
     The check is ``grad_fn``'s own ``metrics["nonfinite"]`` where it reports one
     (``sentjax.parallel.global_grads.make_grad_fn`` does), so it runs once per step.
+    ``param_sharding``: the parameters' NamedShardings when they are stored sharded (FSDP); the
+    gradient is then computed by :func:`sharded_grads`.
     """
     from sentjax.parallel.finite import all_finite, select_if_finite
+    if param_sharding is not None:
+        if frozen:
+            raise ValueError("a frozen base (LoRA) with sharded parameters is not supported.")
+        grad_fn = sharded_grads(grad_fn, param_sharding)  # type: ignore[arg-type]
 
     def train_step(state: dict, batch: dict, rng: jax.Array) -> tuple[dict, dict]:
         params, opt_state = state["params"], state["opt_state"]
-        (loss, metrics), grads = grad_fn(params, batch, rng)
+        fn: GradFn = grad_fn(state["frozen"]) if frozen else grad_fn  # type: ignore[call-arg,assignment]
+        (loss, metrics), grads = fn(params, batch, rng)
         metrics = dict(metrics)
         flag = metrics.pop("nonfinite", None)
         finite = all_finite(loss, grads) if flag is None else flag == 0
@@ -137,15 +153,44 @@ def make_train_step(grad_fn: GradFn, tx: optax.GradientTransformation,
             metrics["lr"] = schedule(state["step"])
         new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1,
                      "rng": state["rng"], "data_pos": state["data_pos"] + 1}
+        if frozen:
+            new_state["frozen"] = state["frozen"]
         return new_state, metrics
     return train_step
 
 
-def jit_train_step(train_step: Callable, mesh) -> Callable:
-    """jit with the state donated, replicated in and out, and the batch sharded on ``data``."""
+def sharded_grads(grad_fn: GradFn, param_sharding: Any) -> GradFn:
+    """ZeRO-3 around ``grad_fn``: the stored parameter shards are all-gathered (a replicated
+    sharding constraint) for the forward/backward, and the gradient is constrained to the
+    parameters' shards, so XLA reduce-scatters it and the optimizer runs on shards."""
+    def fn(params, batch, rng):
+        full = jax.tree.map(lambda x, s: jax.lax.with_sharding_constraint(x, replicated(s.mesh)),
+                            params, param_sharding)
+        (loss, metrics), grads = grad_fn(full, batch, rng)
+        return (loss, metrics), jax.lax.with_sharding_constraint(grads, param_sharding)
+    return fn
+
+
+def state_sharding(state: dict, mesh, tx: optax.GradientTransformation | None = None,
+                   param_sharding: Any = None) -> dict:
+    """NamedShardings of a state dict: ``param_sharding`` for the parameters (None: replicated),
+    the optimizer state like its parameters (needs ``tx``), everything else replicated."""
     rep = replicated(mesh)
+    out = jax.tree.map(lambda _: rep, state)
+    if param_sharding is not None:
+        from sentjax.parallel.sharding import opt_state_shardings
+        out["params"] = param_sharding
+        out["opt_state"] = opt_state_shardings(tx, state["opt_state"], param_sharding, mesh)
+    return out
+
+
+def jit_train_step(train_step: Callable, mesh, state_sharding: Any = None) -> Callable:
+    """jit with the state donated and the batch sharded on ``data``; the state replicated in and
+    out, or placed by ``state_sharding`` (a pytree of NamedSharding, :func:`state_sharding`)."""
+    rep = replicated(mesh)
+    st = rep if state_sharding is None else state_sharding
     return jax.jit(train_step, donate_argnames=("state",),
-                   in_shardings=(rep, batch_sharded(mesh), rep), out_shardings=(rep, rep))
+                   in_shardings=(st, batch_sharded(mesh), rep), out_shardings=(st, rep))
 
 
 def make_encoder(embed, tokenizer, mesh, batch_size: int, prompt: str = "",
@@ -171,6 +216,6 @@ def make_encoder(embed, tokenizer, mesh, batch_size: int, prompt: str = "",
 
 
 def to_host(tree: Any) -> Any:
-    """Fully-replicated device arrays -> NumPy (works in multi-process runs)."""
-    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array)
-                        else np.asarray(x), tree)
+    """Device arrays (replicated or sharded) -> NumPy (works in multi-process runs)."""
+    from sentjax.parallel.sharding import host_array
+    return jax.tree.map(host_array, tree)

@@ -3,7 +3,7 @@
 One file, read top to bottom (big_vision style), in bannered sections: config, mesh, data,
 model + state, step, checkpoint, evals, loop, CLI. The train step is a pure
 ``(state, batch, rng) -> (state, metrics)`` compiled once with ``jax.jit`` (state donated,
-parameters replicated, batch sharded on the mesh's ``data`` axis); ``sentjax.train.step`` holds
+parameters replicated or FSDP-sharded by ``config.parallel``, batch sharded on the mesh's ``data`` axis); ``sentjax.train.step`` holds
 its pieces. Everything a resumed run needs is in the checkpoint (parameters, optimizer state,
 step, rng, the best evaluation so far) and the data order is a pure function of (seed, step), so
 ``--resume`` continues exactly.
@@ -50,6 +50,16 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
             raise config_cli.ConfigError(f"config.{k} must be positive, got {c[k]}.")
     from sentjax.data.prompts import column_prompts
     column_prompts(dict(c.data.prompts))  # unknown column names are an error before any work
+    check_lora(c)
+    from sentjax.data import mixture
+    if c.data.sources:  # multi-dataset: entries, weights and sampling checked before any work
+        mixture.parse_sources(tuple(c.data.sources), c.data.sampling)
+        if tuple(c.data.weights):
+            raise config_cli.ConfigError("config.data.weights applies to config.data.datasets; with "
+                                         "config.data.sources give each entry its own 'weight'.")
+    elif c.data.sampling not in mixture.SAMPLINGS:
+        mixture.parse_sources((), c.data.sampling)  # the unknown-sampling error
+    check_parallel(c)
 
 
 # ============================================================================ mesh
@@ -67,16 +77,24 @@ def make_mesh(c: ml_collections.ConfigDict):
 # ============================================================================ data
 
 
-def build_pipeline(c: ml_collections.ConfigDict, tokenizer, dedup: bool, teacher_tokenizer=None, mesh=None):
+def build_pipeline(c: ml_collections.ConfigDict, tokenizer, dedup: bool, teacher_tokenizer=None, mesh=None,
+                   objective=None):
     """The data pipeline of config ``c``. With several processes each builds only the rows of the
-    global batch that its devices hold under ``batch_sharded(mesh)`` (default mesh: ``c.mesh.data``)."""
+    global batch that its devices hold under ``batch_sharded(mesh)`` (default mesh: ``c.mesh.data``).
+    ``config.data.sources`` (several datasets: ``sentjax.data.mixture``) checks each source's columns
+    against ``objective`` when given."""
     from sentjax.data.pipeline import Pipeline, process_rows
     from sentjax.data.sources import load_source
-    sources = [load_source(s) for s in c.data.datasets]
     rows = None
     if jax.process_count() > 1:
         mesh = step_lib.make_data_mesh(c.mesh.data) if mesh is None else mesh
         rows = process_rows(step_lib.batch_sharded(mesh), c.batch_size)
+    if c.data.sources:
+        from sentjax.data.mixture import build_mixture_pipeline
+        return build_mixture_pipeline(c.data, tokenizer, c.batch_size, c.seed, dedup=dedup and c.data.dedup,
+                                      objective=objective, teacher_tokenizer=teacher_tokenizer, rows=rows,
+                                      prompts=dict(c.data.prompts), prompt_lengths=not c.model.include_prompt)
+    sources = [load_source(s) for s in c.data.datasets]
     return Pipeline(sources, tokenizer, c.batch_size, c.seed, weights=tuple(c.data.weights),
                     dedup=dedup and c.data.dedup, teacher_tokenizer=teacher_tokenizer, rows=rows,
                     prompts=dict(c.data.prompts), prompt_lengths=not c.model.include_prompt)
@@ -97,17 +115,92 @@ def build_model(c: ml_collections.ConfigDict):
 
 
 def load_teacher(c, model):
-    """The frozen teacher of distillation: objective.teacher, else model.init_from (the student's
-    starting point, before any vocabulary transfer)."""
-    return model_build.load_teacher(c.objective.teacher, c.model, model)
+    """The frozen teacher of distillation (or GISTEmbed's guide): objective.teacher (objective.guide),
+    else model.init_from (the student's starting point, before any vocabulary transfer)."""
+    from sentjax.train.objectives import make_objective  # a multi objective's teacher is its term's
+    hp = make_objective(c.objective).hparams
+    return model_build.load_teacher(getattr(hp, "teacher", "") or getattr(hp, "guide", ""), c.model, model)
+
+
+def check_teacher_vocabulary(objective, teacher, model) -> None:
+    """A teacher that embeds the student's own token columns (``teacher_fields``) must share its
+    vocabulary: the pipeline tokenizes only the anchors a second time (``teacher_anchor``)."""
+    if not objective.teacher_fields:
+        return
+    same = (teacher.tokenizer.backend.get_vocab() == model.tokenizer.backend.get_vocab()
+            and teacher.tokenizer.pad_token_id == model.tokenizer.pad_token_id)
+    if not same:
+        field = "guide" if hasattr(objective.hparams, "guide") else "teacher"
+        raise config_cli.ConfigError(
+            f"objective {objective.name!r}: the frozen {field} reads the student's tokens of "
+            f"{list(objective.teacher_fields)}, but its tokenizer has another vocabulary. Choose a "
+            f"{field} with the student's tokenizer (objective.{field}, default model.init_from), or "
+            "train without model.vocab_from.")
+
+
+# ---------------------------------------------------------------- LoRA (sentjax/models/lora.py)
+# With model.lora.rank > 0 the trained params are {"lora": adapters, "head"?}; the base model rides
+# in state["frozen"] (a traced argument of the step, never in the optimizer nor in checkpoints).
+
+
+def lora_config(c: ml_collections.ConfigDict):
+    """``config.model.lora`` -> ``LoRAConfig``, or None when LoRA is off (rank 0)."""
+    from sentjax.models.lora import LoRAConfig
+    return LoRAConfig.from_mapping(c.model.lora)
+
+
+def check_lora(c: ml_collections.ConfigDict) -> None:
+    """Refuses the combinations LoRA does not support, before any work."""
+    if lora_config(c) is None:
+        return
+    if c.gradient.method == "pmap":
+        raise config_cli.ConfigError("model.lora with gradient.method='pmap' is not supported; use "
+                                     "'shard_map' (the default) or 'jit'.")
+    if c.model.pooling == "cls_mlp":
+        raise config_cli.ConfigError("model.lora with pooling='cls_mlp': the pooler's MLP is not a "
+                                     "dense projection of the encoder and would stay frozen (random for a "
+                                     "new head); use pooling 'mean' / 'cls' / 'lasttoken' with LoRA.")
+    if c.parallel.param_sharding != "replicated":
+        raise config_cli.ConfigError("model.lora with parallel.param_sharding="
+                                     f"{c.parallel.param_sharding!r} is not supported: the adapters are small; "
+                                     "keep parameters replicated (parallel.param_sharding='replicated').")
+    if c.model.vocab_from:
+        raise config_cli.ConfigError("model.lora with model.vocab_from: the transferred word embeddings "
+                                     "would stay frozen; train the new vocabulary without LoRA.")
+
+
+def model_view(c: ml_collections.ConfigDict, state: dict) -> dict:
+    """``{"model": encoder params, "head"?}`` of a state: with LoRA the base with the adapters merged
+    in (``W + alpha/r A B``), for evaluation and export."""
+    if "frozen" not in state:
+        return state["params"]
+    merged = _jit_merge(lora_config(c))(state["frozen"], state["params"]["lora"])
+    return {"model": merged, **{k: v for k, v in state["params"].items() if k != "lora"}}
+
+
+@functools.lru_cache(maxsize=4)
+def _jit_merge(lcfg):
+    """One compiled merge per LoRA config (evaluations reuse it)."""
+    from sentjax.models.lora import merge
+    return jax.jit(functools.partial(merge, cfg=lcfg))
 
 
 def init_params(c, model, objective) -> dict:
-    params = {"model": model.params}
+    lcfg = lora_config(c)
+    if lcfg is None:
+        params = {"model": model.params}
+    else:
+        from sentjax.models.lora import init_adapters
+        params = {"lora": init_adapters(model.params, lcfg, jax.random.fold_in(jax.random.key(c.seed), 11))}
     head = None if objective.init_head is None else \
         objective.init_head(jax.random.fold_in(jax.random.key(c.seed), 7), model.dim)
     if head is not None:  # None: these hyperparameters train nothing besides the encoder
         params["head"] = head
+    if objective.token_level:  # the MLM head: the checkpoint's (cls.predictions / lm_head) or fresh
+        from sentjax.models.mlm_head import load_mlm_head
+        params["mlm_head"], loaded = load_mlm_head(model.module.config, model.source_dir,
+                                                   jax.random.fold_in(jax.random.key(c.seed), 11))
+        logger.info(f"MLM head: {'loaded from ' + str(model.source_dir) if loaded else 'initialised'}.")
     return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
 
 
@@ -140,18 +233,80 @@ def build_objective_and_grad(c, model, objective, mesh, teacher=None):
     chunk = c.gradient.gradcache_chunk or None
     if chunk is not None and c.accum_steps > 1:
         raise config_cli.ConfigError("Use either GradCache (gradient.gradcache_chunk) or accum_steps, not both.")
-    column_grads = make_grad_fn(functools.partial(_embed_params, embed), objective.loss_fn, mesh=mesh,
-                                backend=GRADIENT_METHODS[method], gradcache_chunk=chunk)
+    settings = None
+    if objective.token_level:
+        from sentjax.train import mlm as mlm_lib
+        mlm_lib.check_mlm_config(c, objective)
+        settings = mlm_lib.mlm_settings(objective, model)
     teacher_embed = None
     if objective.needs_teacher:
         teacher = teacher or load_teacher(c, model)
         teacher_embed = functools.partial(_frozen_embed, embed_fn(teacher.module), teacher.params)
-    grad_fn = functools.partial(objective_grads, column_grads, objective, teacher_embed)
-    return embed, step_lib.accumulate(grad_fn, c.accum_steps, c.batch_size)
+
+    def grads_of(embed_params):
+        column_grads = make_grad_fn(embed_params, objective.loss_fn, mesh=mesh,
+                                    backend=GRADIENT_METHODS[method], gradcache_chunk=chunk)
+        grad_fn = functools.partial(objective_grads, column_grads, objective, teacher_embed)
+        grad_fn = step_lib.accumulate(grad_fn, c.accum_steps, c.batch_size)
+        if settings is not None:  # mask the mlm column of the global batch from the step's key
+            grad_fn = functools.partial(_with_mlm_column, grad_fn, settings)
+        return grad_fn
+    lcfg = lora_config(c)
+    if lcfg is None:
+        if objective.token_level:
+            return embed, grads_of(functools.partial(mlm_lib.embed_with_mlm, embed, model.module))
+        return embed, grads_of(functools.partial(_embed_params, embed))
+    if objective.token_level:
+        raise config_cli.ConfigError("model.lora with an mlm objective is not supported (the MLM head "
+                                     "reads the encoder's own parameters); train MLM without LoRA.")
+    # LoRA: a GradFn of {"lora", "head"?} per (traced) frozen base; make_train_step(frozen=True)
+    from sentjax.models.lora import lora_embed_fn
+    lora_embed = lora_embed_fn(model.module, lcfg)
+    return embed, lambda frozen: grads_of(functools.partial(_embed_lora, lora_embed, frozen))
+
+
+def _with_mlm_column(grad_fn, settings, params, batch, rng):
+    from sentjax.train.mlm import add_mlm_column
+    return grad_fn(params, add_mlm_column(batch, rng, settings), rng)
+
+
+def build_param_sharding(c, params: dict, mesh):
+    """``config.parallel``: None (replicated parameters) or the NamedShardings of ``params`` under
+    the FSDP preset or the configured rules (sentjax.parallel.sharding, docs/fsdp.md)."""
+    from sentjax.parallel.sharding import param_shardings
+    check_parallel(c)
+    if c.parallel.param_sharding == "replicated":
+        return None
+    from sentjax.parallel.sharding import resolve_rules
+    rules = resolve_rules(c.parallel.param_sharding, tuple(c.parallel.rules))
+    return param_shardings(params, mesh, rules, min_size=c.parallel.fsdp_min_size)
+
+
+def check_parallel(c: ml_collections.ConfigDict) -> None:
+    """Refuses parameter-sharding settings that cannot run (ConfigError), before any work."""
+    from sentjax.parallel.sharding import resolve_rules
+    p = c.parallel
+    resolve_rules(p.param_sharding, tuple(p.rules))
+    if p.param_sharding == "replicated":
+        return
+    if c.gradient.method == "pmap":
+        raise config_cli.ConfigError(
+            f"parallel.param_sharding={p.param_sharding!r} with gradient.method='pmap': pmap keeps a full "
+            "replica of the parameters on every device; use gradient.method='shard_map' or 'jit' for FSDP.")
+    if jax.process_count() > 1:
+        raise config_cli.ConfigError(
+            f"parallel.param_sharding={p.param_sharding!r} is single-process for now (exports and "
+            "evaluations gather the parameters on process 0 only); use 'replicated' for multi-process runs.")
+    if p.fsdp_min_size < 0:
+        raise config_cli.ConfigError(f"parallel.fsdp_min_size must be >= 0, got {p.fsdp_min_size}.")
 
 
 def _embed_params(embed, params, tokens, rng):
     return embed(params["model"], tokens, rng)  # params = {"model", "head"?}; the encoder uses "model"
+
+
+def _embed_lora(lora_embed, frozen, params, tokens, rng):
+    return lora_embed(frozen, params["lora"], tokens, rng)  # params = {"lora", "head"?}
 
 
 def _frozen_embed(embed, params, tokens):
@@ -163,7 +318,15 @@ def objective_grads(column_grads, objective, teacher_embed, params, batch, rng):
     the source text, for distillation) -> ``column_grads`` (``make_grad_fn``)."""
     from sentjax.train.objectives import select_columns
     columns = select_columns(objective, batch)
-    if teacher_embed is not None:
+    if objective.name == "mlm":  # alone, MLM reads only its masked column: embed nothing else
+        columns = {"mlm": columns["mlm"]}
+    if teacher_embed is not None and objective.teacher_fields:
+        # teacher:<column>: the teacher's embeddings of the student's rows, computed once here (not
+        # in GradCache's per-chunk recompute) and split over the devices like the student's columns
+        for name in objective.teacher_fields:
+            if name in columns:
+                columns[f"teacher:{name}"] = teacher_embed(columns[name])
+    elif teacher_embed is not None:
         # A student with another vocabulary passes the teacher's tokens of the source as ``teacher_anchor``.
         columns["teacher"] = teacher_embed(batch.get("teacher_anchor", batch["anchor"]))
     return column_grads(params, columns, rng)
@@ -180,7 +343,10 @@ def restore(ckpt, state: dict, resume: bool, best: dict) -> dict:
     if not resume:
         raise config_cli.ConfigError(f"{ckpt.directory} already holds checkpoints (step {ckpt.latest_step()}); "
                                      "pass --resume to continue that run or choose a new --config.workdir.")
-    state, data = ckpt.restore(state)
+    frozen = state.get("frozen")  # LoRA's base is not in checkpoints: it comes from model.init_from
+    state, data = ckpt.restore({k: v for k, v in state.items() if k != "frozen"})
+    if frozen is not None:
+        state = {**state, "frozen": frozen}
     if (data.get("best") or {}).get("metric") == best["metric"]:
         best.update(data["best"])
     if jax.process_index() == 0:
@@ -191,6 +357,7 @@ def restore(ckpt, state: dict, resume: bool, best: dict) -> dict:
 def save_checkpoint(ckpt, c, state: dict, step: int, best: dict, evaluated: dict) -> None:
     """Starts an (async) save of ``state`` at ``step`` with the best evaluation so far (JSON)."""
     metric = best["metric"]
+    state = {k: v for k, v in state.items() if k != "frozen"}  # LoRA: adapters + optimizer state only
     ckpt.save(step, state, {"step": step, "seed": c.seed, "best": dict(best)},
               {"config": c.to_json_best_effort()},
               metrics={metric: evaluated[metric]} if metric in evaluated else None)
@@ -317,17 +484,29 @@ def _train(c: ml_collections.ConfigDict, resume: bool, progress: bool, cleanup: 
         logger.warning(f"the distillation teacher {'does' if teacher.module.normalize else 'does not'} "
                        f"L2-normalise its embeddings but the student {'does' if model.module.normalize else 'does not'}; "
                        f"set --config.model.normalize={teacher.module.normalize} to match.")
+    if teacher is not None:
+        check_teacher_vocabulary(objective, teacher, model)
     embed, grad_fn = build_objective_and_grad(c, model, objective, mesh, teacher)
-    # The teacher reads the source text with its own tokenizer (the student's vocabulary may differ).
+    # The teacher reads the source text with its own tokenizer (the student's vocabulary may differ);
+    # one that embeds the student's columns (teacher_fields) reads the student's tokens.
+    own_tokens = teacher is not None and not objective.teacher_fields
     pipeline = build_pipeline(c, model.tokenizer, dedup=objective.in_batch_negatives,
-                              teacher_tokenizer=teacher.tokenizer if teacher is not None else None)
+                              teacher_tokenizer=teacher.tokenizer if own_tokens else None,
+                              objective=objective)
     params = init_params(c, model, objective)
     tx, schedule = make_optimizer(c.optim, c.total_steps)
     if objective.clip_head is not None and "head" in params:  # InfoNCE's learned 1/T <= 100 (CLIP)
         import optax
         tx = optax.chain(tx, project_head(objective.clip_head))
-    train_step = step_lib.jit_train_step(step_lib.make_train_step(grad_fn, tx, schedule), mesh)
-    state = jax.device_put(step_lib.init_state(params, tx, c.seed), step_lib.replicated(mesh))
+    lora = "lora" in params
+    state = step_lib.init_state(params, tx, c.seed)
+    if lora:  # the frozen base rides replicated (LoRA with FSDP is refused in check_lora)
+        state["frozen"] = model.params
+    param_sharding = build_param_sharding(c, params, mesh)  # None: replicated
+    shardings = step_lib.state_sharding(state, mesh, tx, param_sharding)
+    train_step = step_lib.jit_train_step(
+        step_lib.make_train_step(grad_fn, tx, schedule, frozen=lora, param_sharding=param_sharding), mesh, shardings)
+    state = jax.device_put(state, shardings)
     evals = Evals(c, embed, model.tokenizer, mesh)
     best = evals.best
     # retention: the last checkpoint.max_to_keep steps plus the best by best_metric
@@ -336,18 +515,21 @@ def _train(c: ml_collections.ConfigDict, resume: bool, progress: bool, cleanup: 
     cleanup.callback(ckpt.close)
     state = restore(ckpt, state, resume, best)
     start = int(step_lib.to_host(state["step"]))
-    log = StepLog(c.workdir, start, c.total_steps, c.batch_size, c.log_every, progress)
+    log = StepLog(c.workdir, start, c.total_steps, c.batch_size, c.log_every, progress,
+                  source_names=pipeline.source_names if c.data.sources else None)
     cleanup.callback(log.close)
     summary: dict[str, Any] = {"workdir": c.workdir}
 
     def export(name: str, step: int) -> str:
         from sentjax.train.model_card import training_card
-        card = training_card(c, objective, pipeline.sources, mesh, step, evals.metrics, best, name)
-        return atomic_export(lambda d: export_model(model, state["params"], d, card),
+        card = training_card(c, objective, getattr(pipeline, "parts", pipeline.sources), mesh, step,
+                             evals.metrics, best, name)
+        return atomic_export(lambda d: export_model(model, model_view(c, state), d, card),
                              os.path.join(c.workdir, name))
 
     def evaluate(step: int) -> dict:
-        evaluated, improved = evals.run(evals.due(step), step, state["params"])
+        due = evals.due(step)
+        evaluated, improved = evals.run(due, step, model_view(c, state) if due else state["params"])
         log.write(step, evaluated)
         summary.update(evaluated)
         if improved and c.export.best_model and is_main:
@@ -364,7 +546,7 @@ def _train(c: ml_collections.ConfigDict, resume: bool, progress: bool, cleanup: 
     for s, batch in batches:
         state, m = train_step(state, batch, step_lib.step_rng(state["rng"], s))
         step = s + 1
-        log.step(step, m)
+        log.step(step, m, pipeline.draws(s) if c.data.sources else None)
         if log.skipped >= c.nonfinite_limit:
             last = ckpt.latest_step()
             ckpt.wait()
