@@ -217,11 +217,15 @@ def train_step_grads(engine, chunk):
         calls.append(tokens["input_ids"].shape)  # at trace time: one call per column and step
         return train_lib._frozen_embed(embed, guide, tokens)
     f = functools.partial(train_lib.objective_grads, column_grads, objective, guide_embed)
+    if engine == "jit":  # the train step's jit: replicated parameters, the batch sharded on "data"
+        from jax.sharding import NamedSharding, PartitionSpec as P
+        batch = jax.device_put(batch, NamedSharding(mesh, P("data")))
+        params = jax.device_put(params, NamedSharding(mesh, P()))
     out = f(params, batch, None) if engine == "pmap" else jax.jit(f)(params, batch, None)
     return out, calls
 
 
-@pytest.mark.parametrize("engine", ["shard_map", "pmap"])
+@pytest.mark.parametrize("engine", ["shard_map", "pmap", "jit"])
 @pytest.mark.parametrize("gradcache", [False, True], ids=["plain", "gradcache"])
 def test_8_devices_equal_one_device(engine, gradcache):
     if jax.device_count() < N_DEV:

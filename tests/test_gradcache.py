@@ -97,8 +97,9 @@ def test_every_trainer_objective_is_in_a_matrix():
     # (dense and tiled, trainable t and b) is the trainable-head matrix of test_parallel_grads.py
     assert set(train_objectives.OBJECTIVES) == set(OBJECTIVES) | {"infonce", "multipos", "matryoshka",
                                                                   "margin_mse", "listwise_kl", "sigmoid",
-                                                                  # multi: test_multi_objective.py; mlm: test_mlm.py
-                                                                  "multi", "mlm"}
+                                                                  # multi: test_multi_objective.py; mlm: test_mlm.py;
+                                                                  # gist: test_gist.py (every engine x GradCache)
+                                                                  "multi", "mlm", "gist"}
     assert set(train_objectives.GRADIENT_METHODS.values()) <= set(BACKENDS)
 
 

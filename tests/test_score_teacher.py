@@ -133,18 +133,27 @@ def reference(case):
 def step_grads(case, engine, chunk):
     embed, params, teacher, batch = setup()
     obj = make_objective(CASES[case])
-    column_grads = make_grad_fn(functools.partial(train_lib._embed_params, embed), obj.loss_fn, mesh=make_mesh(8),
+    mesh = make_mesh(8)
+    column_grads = make_grad_fn(functools.partial(train_lib._embed_params, embed), obj.loss_fn, mesh=mesh,
                                 backend=GRADIENT_METHODS.get(engine, engine), gradcache_chunk=chunk)
     f = functools.partial(train_lib.objective_grads, column_grads, obj,
                           functools.partial(train_lib._frozen_embed, embed, teacher))
+    if engine == "jit":  # the train step's jit: replicated parameters, the batch sharded on "data"
+        from jax.sharding import NamedSharding, PartitionSpec as P
+        batch = jax.device_put(batch, NamedSharding(mesh, P("data")))
+        params = jax.device_put(params, NamedSharding(mesh, P()))
     return f(params, batch, None) if engine == "pmap" else jax.jit(f)(params, batch, None)
 
 
-# every case and engine once, GradCache on and off (each row compiles the tiny encoder twice)
+# every case x engine once, GradCache on in half of them per engine (each row compiles the tiny
+# encoder twice); the losses' own engine x GradCache matrix is test_score_distill.py's
 @pytest.mark.parametrize("case,engine,gradcache", [
     ("margin_mse-own", "shard_map", False), ("margin_mse-in_batch", "shard_map", True),
-    ("listwise_kl-own", "pmap", True), ("listwise_kl-in_batch", "shard_map", False),
-    ("listwise_kl-in_batch", "pmap", True)])
+    ("listwise_kl-own", "shard_map", True), ("listwise_kl-in_batch", "shard_map", False),
+    ("margin_mse-own", "pmap", True), ("margin_mse-in_batch", "pmap", False),
+    ("listwise_kl-own", "pmap", True), ("listwise_kl-in_batch", "pmap", True),
+    ("margin_mse-own", "jit", True), ("margin_mse-in_batch", "jit", False),
+    ("listwise_kl-own", "jit", False), ("listwise_kl-in_batch", "jit", True)])
 def test_8_devices_equal_one_device(case, engine, gradcache):
     if jax.device_count() < 8:
         pytest.skip("needs 8 (fake) devices; see tests/conftest.py")
