@@ -1,30 +1,50 @@
-"""Peer comparison (issue 5, item 6): the same run in sentjax and in sentence-transformers.
+"""Peer comparison (issue 5, item 6; issue 16): the same run in sentjax and in sentence-transformers.
 
   python experiments/peer_st.py simcse_unsup --seeds 0,1,2
   python experiments/peer_st.py sbert_nli --seeds 0,1,2
+  python experiments/peer_st.py gist --seeds 0,1,2 --threads 1        (recipes_distill's GIST row)
+  python experiments/peer_st.py margin_mse --seeds 0,1,2 --threads 1  (recipes_distill's MarginMSE row)
+  python experiments/peer_st.py matryoshka --seeds 0,1,2 --threads 1  (experiments/matryoshka.py's main row)
   python experiments/peer_st.py simcse_unsup --seeds 0 --smoke --out /tmp/o --workroot /tmp/w   (test)
 
 ``--threads N`` sets torch's CPU threads (default 2). On a machine whose cores are busy with other
 jobs use ``--threads 1``: two spinning OpenMP threads on an oversubscribed CPU made an AdamW step of
 MiniLM ~40x slower (4 s instead of 0.1 s) here, while one thread is unaffected.
 
-For the main row of the experiment (simcse_unsup: "None (dropout only = unsup. SimCSE)";
-sbert_nli: ``sbert_nli.MAIN``, the (u, v, |u-v|) softmax row) and each seed, both engines train
+For one row of an experiment module (``PEERS``: simcse_unsup: "None (dropout only = unsup. SimCSE)";
+sbert_nli: ``sbert_nli.MAIN``, the (u, v, |u-v|) softmax row; gist / margin_mse: those rows of
+``recipes_distill``; matryoshka: ``matryoshka.MAIN``) and each seed, both engines train
 from one config, ``run.build_config(mod, row, seed, smoke, workroot)``, and are evaluated by one
 function, ``run.evaluate_model`` (STS-B dev, SICK-R trial; Spearman x100 of cosine), plus for
-sbert_nli the SNLI dev accuracy of the trained softmax head (``sbert_nli.extra_eval``).
+sbert_nli the SNLI dev accuracy of the trained softmax head (``sbert_nli.extra_eval``) and for
+matryoshka STS-B dev at every truncation 256..32 (``matryoshka.extra_eval``).
 
   sentjax                ``sentjax.train.train.train(cfg)``, the exported final model.
   sentence-transformers  an explicit PyTorch loop (CPU, ``torch.set_num_threads(2)``) over
                          ``Transformer -> Pooling [-> Dense(tanh)]`` and the ST loss module
-                         (``MultipleNegativesRankingLoss(scale=1/T)`` or ``SoftmaxLoss``):
-                         forward, backward, clip, AdamW step, scheduler step; ``model.train()``.
+                         (``make_st_loss``: ``MultipleNegativesRankingLoss(scale=1/T)``,
+                         ``SoftmaxLoss``, ``GISTEmbedLoss``, ``MarginMSELoss``,
+                         ``MatryoshkaLoss(MultipleNegativesRankingLoss)``): forward, backward, clip, AdamW
+                         step, scheduler step; ``model.train()`` (GIST's guide stays in eval mode).
 
 Matched exactly:
-  * initial encoder weights: the model folder of ``cfg.model.init_from`` (all-MiniLM-L6-v2);
+  * initial encoder weights: the model folder of ``cfg.model.init_from`` (all-MiniLM-L6-v2), or for a
+    random init (recipes_distill's 2-layer width-128 student, every smoke run) sentjax's seeded initial
+    encoder exported by ``sentjax.save`` to ``<workdir>_st_init`` and loaded by ST (``model_dir``);
     ``initial_check`` in peer.json is the largest |difference| between the two untrained
     encoders' embeddings of the first batch (float rounding, ~1e-6) and whether both tokenizers
     give the same token ids;
+  * the loss: ``loss_check`` (also in ``initial_check``) evaluates sentjax's objective and the ST loss
+    module on the first 8 rows of batch 0 with fresh models and dropout off; they agree to float32
+    printing (smoke runs of gist, margin_mse, matryoshka: |diff| 0, tests/test_peer_st.py). The columns
+    are (anchor, positive[, negative]) in that order for both. GIST: the guide (all-MiniLM-L6-v2) embeds
+    the student's tokens in both (same vocabulary, so ST does not re-tokenize), and both mask a
+    candidate when its guide score is > the guide's anchor-positive score minus the margin (absolute,
+    0: GISTEmbedLoss's default rule, which sentjax's gist implements; the positive itself never), over
+    the same blocks (ap, aa, pp, an). MarginMSE: ST gets the data's teacher scores [b, 2] in float32
+    and takes the margin t(q, p) - t(q, n) itself, as sentjax does; student score = dot product of
+    the unit-norm (Normalize) embeddings in both. Matryoshka: the sum, weights 1, of MNRL(scale 20)
+    over the embeddings cut to 384..32 (ST re-normalises in cos_sim, sentjax in the inner InfoNCE);
   * the trainable heads' initial values: SimCSE's MLP (CLS -> Dense 384 -> tanh, training only)
     and the Sentence-BERT classifier are copied from sentjax's seeded init
     (``train.init_params``) into ``Dense(init_weight=...)`` / ``SoftmaxLoss.classifier``;
@@ -50,13 +70,14 @@ Not matched (cannot be):
     same update, rounded differently);
   * padding: sentjax pads a batch to a length bucket (multiple of 8) and ST merges the anchor
     and positive columns into one forward padded to the longest text; masked, so only rounding;
-  * smoke mode (``--smoke``): the sentjax side is run.py's tiny random encoder, the ST side
-    still all-MiniLM-L6-v2 (3 steps of batch 8 each, first 64 STS-B dev pairs): it checks the
-    path, not the numbers; its heads are not copied (the sizes differ).
+  * smoke mode (``--smoke``): both sides start from run.py's tiny random encoder (sentjax's seeded
+    init, exported for ST), 3 steps of batch 8 each, first 64 STS-B dev pairs: it checks the path
+    and the start / loss agreement, not the numbers.
 
 Outputs: ``<out>/peer.json`` (per-seed numbers, losses per step, wall times, versions),
 ``<out>/peer.md`` (the table) and, not in smoke mode, the ``<name>-peer`` section of
-``experiments/RESULTS.md``. Defaults: ``--out experiments/results/<name>``, ``--workroot
+``experiments/RESULTS.md``. Defaults: ``--out experiments/results/<module>`` for a module's main row,
+``experiments/results/<module>/peer_<name>`` for another row (``default_out``), ``--workroot
 runs/peer/<name>``.
 """
 from __future__ import annotations
@@ -80,13 +101,45 @@ if HERE not in sys.path:
 
 import run  # noqa: E402  (experiments/run.py)
 
-EXPERIMENTS = ("simcse_unsup", "sbert_nli")
+# peer name -> (experiment module, row; None = the module's main row)
+PEERS: dict[str, tuple[str, str | None]] = {
+    "simcse_unsup": ("simcse_unsup", None),
+    "sbert_nli": ("sbert_nli", None),
+    "gist": ("recipes_distill", "GIST, guide all-MiniLM-L6-v2, T = 0.05"),
+    "margin_mse": ("recipes_distill", "MarginMSE"),
+    "matryoshka": ("matryoshka", None),
+}
+EXPERIMENTS = tuple(PEERS)
 METRICS = ("stsb_dev", "sickr_trial", "snli_dev_acc")
 ENGINES = ("sentjax", "sentence-transformers")
 
 
 def main_row(mod) -> str:
     return getattr(mod, "MAIN", next(iter(mod.ROWS)))
+
+
+def peer_of(name: str) -> tuple[Any, str]:
+    """(experiment module, row) of peer ``name`` (a key of ``PEERS``)."""
+    module, row = PEERS[name]
+    mod = importlib.import_module(module)
+    return mod, row or main_row(mod)
+
+
+def default_out(name: str) -> str:
+    """``experiments/results/<module>`` for a module's main row (beside run.py's results.json), else
+    ``experiments/results/<module>/peer_<name>`` (two peers of one module must not share peer.json)."""
+    module, row = PEERS[name]
+    return os.path.join(HERE, "results", module) if row is None else os.path.join(HERE, "results", module,
+                                                                                   f"peer_{name}")
+
+
+def metrics_of(mod) -> tuple[str, ...]:
+    """The table's columns: METRICS plus the module's ``EXTRA_METRICS`` (e.g. STS-B dev per truncation)."""
+    return METRICS + tuple(getattr(mod, "EXTRA_METRICS", ()))
+
+
+def metric_names(mod) -> dict[str, str]:
+    return {**run.METRIC_NAMES, **getattr(mod, "METRIC_NAMES", {})}
 
 
 # ----------------------------------------------------------------------------- data
@@ -113,11 +166,97 @@ def batch_texts(pipeline, step: int) -> dict[str, Any]:
     return out
 
 
-def model_dir(cfg) -> str:
-    """The folder both engines start from (``cfg.model.init_from``; smoke runs: MiniLM for ST)."""
-    from sentjax.testing import minilm_dir
-    path = cfg.model.init_from or "minilm"
-    return minilm_dir() if path == "minilm" else path
+def model_dir(cfg, sj_model=None) -> str:
+    """The folder both engines start from: ``cfg.model.init_from``, or (a random init: the distillation
+    students, every smoke run) sentjax's seeded initial encoder ``sj_model`` exported by ``sentjax.save``
+    to ``<cfg.workdir>_st_init`` as a Hugging Face / sentence-transformers folder, so ST loads the very
+    same random weights (``initial_check`` measures it)."""
+    from sentjax.models.bundled import resolve_bundled
+    if cfg.model.init_from:
+        return resolve_bundled(cfg.model.init_from, "model.init_from")
+    if sj_model is None:
+        raise ValueError("a random init (model.init_from='') needs sentjax's initial model to export.")
+    import sentjax
+    path = cfg.workdir.rstrip("/") + "_st_init"
+    shutil.rmtree(path, ignore_errors=True)
+    sentjax.save(sj_model, path)
+    return path
+
+
+def guide_dir(cfg) -> str:
+    """GIST's frozen guide folder: ``objective.guide``, else ``model.init_from`` (sentjax's rule)."""
+    from sentjax.models.bundled import resolve_bundled
+    path = cfg.objective.guide or cfg.model.init_from
+    if not path:
+        raise ValueError("objective 'gist' needs objective.guide (or model.init_from) for the peer's guide.")
+    return resolve_bundled(path, "objective.guide")
+
+
+def make_st_loss(cfg, model, losses, SentenceTransformer, dim: int):
+    """The sentence-transformers loss module of ``cfg.objective`` (the objectives the peer covers):
+
+      infonce     MultipleNegativesRankingLoss(scale=1/T)  (plain: not symmetric, no hard-negative weight)
+      softmax     SoftmaxLoss(concatenation flags of objective.concat)
+      gist        GISTEmbedLoss(guide, temperature=T, margin_strategy, margin, contrast_anchors/positives);
+                  the guide frozen and in eval mode (sentjax's guide is deterministic, no gradient)
+      margin_mse  MarginMSELoss (similarity dot or cosine), labels = the data's teacher scores [b, 2]
+                  from which ST takes the margin t(q, p) - t(q, n) (scores='data' only)
+      matryoshka  MatryoshkaLoss(MultipleNegativesRankingLoss(scale=1/T), dims, weights) over an
+                  infonce inner objective
+    """
+    o = cfg.objective
+    name = o.name
+
+    def mnrl(hp):
+        if hp.symmetric or hp.hard_negative_weight or hp.learn_temperature:
+            raise ValueError("the peer supports the plain (non-symmetric, unweighted, fixed-T) InfoNCE only.")
+        return losses.MultipleNegativesRankingLoss(model, scale=1.0 / hp.temperature)
+
+    if name == "infonce":
+        return mnrl(o)
+    if name == "softmax":
+        return losses.SoftmaxLoss(model, dim, num_labels=o.num_labels, **_concat_flags(o.concat))
+    if name == "gist":
+        guide = SentenceTransformer(guide_dir(cfg), device="cpu")
+        guide.eval()
+        guide.requires_grad_(False)
+        return losses.GISTEmbedLoss(model, guide=guide, temperature=o.temperature, margin_strategy=o.margin_strategy,
+                                    margin=o.margin, contrast_anchors=o.contrast_anchors,
+                                    contrast_positives=o.contrast_positives)
+    if name == "margin_mse":
+        if o.scores != "data":
+            raise ValueError("the peer's MarginMSE reads precomputed teacher scores (objective.scores='data').")
+        from sentence_transformers import util
+        sim = util.pairwise_dot_score if o.similarity == "dot" else util.pairwise_cos_sim
+        return losses.MarginMSELoss(model, similarity_fct=sim)
+    if name == "matryoshka":
+        inner = o.inner
+        if inner.name != "infonce":
+            raise ValueError("the peer's Matryoshka wraps InfoNCE (MultipleNegativesRankingLoss) only.")
+        dims = list(o.dims)
+        return losses.MatryoshkaLoss(model, mnrl(inner), matryoshka_dims=dims,
+                                     matryoshka_weights=list(o.weights) or [1] * len(dims))
+    raise ValueError(f"objective {name!r}: the peer covers {sorted(ST_LOSSES)}.")
+
+
+ST_LOSSES = ("infonce", "softmax", "gist", "margin_mse", "matryoshka")
+
+
+def st_labels(cfg, b: dict):
+    """The ``labels`` argument of the ST loss for batch texts ``b`` (None where the loss takes none)."""
+    import torch
+    if cfg.objective.name == "softmax":
+        return torch.tensor(b["label"], dtype=torch.long)
+    if cfg.objective.name == "margin_mse":
+        # [b, 2] raw teacher scores in float32 (as sentjax's pipeline gives them); ST takes the margin
+        return torch.tensor(np.asarray(b["score"], np.float32))
+    return None
+
+
+def st_fields(b: dict, objective=None) -> list[str]:
+    """The embedded columns in ST's order: (anchor, positive[, negative]), as sentjax's objectives;
+    with ``objective``, only the columns it embeds (``objective.fields``)."""
+    return [f for f in ("anchor", "positive", "negative") if f in b and (objective is None or f in objective.fields)]
 
 
 # ----------------------------------------------------------------------------- sentence-transformers
@@ -179,8 +318,8 @@ def train_st(cfg, smoke: bool, log=print, threads: int = 2) -> dict:
     t_start = time.time()
     if cfg.accum_steps != 1 or cfg.dtype != "float32":
         raise ValueError("the peer loop runs float32 without gradient accumulation.")
-    path = model_dir(cfg)
     sj_model, objective, sj_params = sentjax_initial(cfg)
+    path = model_dir(cfg, sj_model)
     sj_params = {k: _to_np(v) for k, v in sj_params.items()}
 
     torch.manual_seed(cfg.seed)
@@ -203,25 +342,19 @@ def train_st(cfg, smoke: bool, log=print, threads: int = 2) -> dict:
     model = SentenceTransformer(modules=mods, device="cpu")
 
     name = cfg.objective.name
-    if name == "infonce":
-        if cfg.objective.symmetric or cfg.objective.hard_negative_weight:
-            raise ValueError("the peer supports the plain (non-symmetric, unweighted) InfoNCE only.")
-        loss_mod = losses.MultipleNegativesRankingLoss(model, scale=1.0 / cfg.objective.temperature)
-    elif name == "softmax":
-        loss_mod = losses.SoftmaxLoss(model, dim, num_labels=cfg.objective.num_labels,
-                                      **_concat_flags(cfg.objective.concat))
+    loss_mod = make_st_loss(cfg, model, losses, SentenceTransformer, dim)
+    if name == "softmax":
         head = sj_params.get("head")
         if head is not None and tuple(head["kernel"].shape) == tuple(loss_mod.classifier.weight.T.shape):
             with torch.no_grad():
                 loss_mod.classifier.weight.copy_(torch.tensor(head["kernel"].T.copy()))
                 loss_mod.classifier.bias.copy_(torch.tensor(head["bias"].copy()))
             heads_copied.append("softmax classifier")
-    else:
-        raise ValueError(f"objective {name!r}: the peer covers 'infonce' (SimCSE) and 'softmax' (Sentence-BERT).")
 
     tokenizer = Tokenizer.from_dir(path, max_length=cfg.model.max_length)
     pipeline = build_pipeline(cfg, tokenizer, dedup=objective.in_batch_negatives)
     check = initial_check(cfg, sj_model, model, tokenizer, pipeline, smoke)
+    check.update(loss_check(cfg, sj_model, objective, sj_params, model, loss_mod, pipeline))
 
     no_decay = lambda n: "bias" in n or "LayerNorm" in n  # noqa: E731  (HF convention = optim.decay_mask)
     named = [(n, p) for n, p in loss_mod.named_parameters() if p.requires_grad]
@@ -239,10 +372,8 @@ def train_st(cfg, smoke: bool, log=print, threads: int = 2) -> dict:
     step_losses, t0 = [], time.time()
     for s in range(total):
         b = batch_texts(pipeline, s)
-        fields = [f for f in ("anchor", "positive", "negative") if f in b]
-        features = [model.preprocess(b[f]) for f in fields]
-        labels = torch.tensor(b["label"], dtype=torch.long) if name == "softmax" else None
-        value = loss_mod(features, labels)
+        features = [model.preprocess(b[f]) for f in st_fields(b, objective)]
+        value = loss_mod(features, st_labels(cfg, b))
         opt.zero_grad(set_to_none=True)
         value.backward()
         if o.clip_norm > 0:
@@ -274,16 +405,16 @@ def _to_np(tree):
 
 
 def initial_check(cfg, sj_model, st_model, tokenizer, pipeline, smoke: bool) -> dict:
-    """Same start? Token ids of the first batch under both tokenizers, and (not smoke: sentjax is then
-    the same MiniLM) the largest |difference| between the untrained encoders' embeddings of it."""
+    """Same start? Token ids of the first batch under both tokenizers, and the largest |difference|
+    between the untrained encoders' embeddings of it (both load the same weights: ``model_dir``)."""
     import torch
     b = batch_texts(pipeline, 0)
     texts = b["anchor"][:16]
     sj_ids = tokenizer.encode_ids(texts)
     st_feat = st_model.preprocess(texts)
     st_ids = [row[m.bool()].tolist() for row, m in zip(st_feat["input_ids"], st_feat["attention_mask"])]
-    out = {"same_token_ids": sj_ids == st_ids}
-    if not smoke:
+    out: dict[str, Any] = {"same_token_ids": sj_ids == st_ids}
+    if True:  # smoke runs too: ST starts from the export of sentjax's tiny random encoder
         was = st_model.training
         st_model.eval()
         with torch.no_grad():
@@ -302,6 +433,46 @@ def initial_check(cfg, sj_model, st_model, tokenizer, pipeline, smoke: bool) -> 
         sj_emb = np.asarray(enc.encode(texts, show_progress=False))
         out["max_abs_embedding_diff"] = float(np.max(np.abs(sj_emb - st_emb)))
     return out
+
+
+def loss_check(cfg, sj_model, objective, sj_params, st_model, loss_mod, pipeline, rows: int = 8) -> dict:
+    """The same loss? sentjax's objective (``objective.loss_fn`` on sentjax's embeddings of the first
+    ``rows`` rows of batch 0, the guide's ``teacher:<column>`` embeddings added for GIST) and the ST loss
+    module (``loss_mod(features, labels)``) on the same texts, both models fresh with dropout off
+    (``model.eval()``; sentjax's ``encode`` is deterministic). Returns ``{"loss_sentjax", "loss_st",
+    "loss_abs_diff"}``: they agree to float32 rounding when init, columns and loss rules match."""
+    import torch
+    import sentjax
+    b = batch_texts(pipeline, 0)
+    sub = {f: b[f][:rows] for f in st_fields(b, objective)}
+    for extra in ("label", "score"):
+        if extra in b:
+            sub[extra] = np.asarray(b[extra])[:rows]
+    # the training-time embedding: SimCSE's MLP is applied in training even when not at inference
+    module = sj_model.module.clone(mlp_at_inference=True) if cfg.model.pooling == "cls_mlp" else sj_model.module
+    enc = sentjax.SentenceModel(module, sj_params["model"], sj_model.tokenizer, sj_model.source_dir)
+    emb: dict[str, Any] = {}
+    for f in objective.fields:
+        if f in sub:
+            emb[f] = np.asarray(enc.encode(sub[f], show_progress=False), np.float32)
+    if objective.teacher_fields:
+        from sentjax.train.train import load_teacher
+        guide = load_teacher(cfg, sj_model)
+        for f in objective.teacher_fields:
+            if f in sub:
+                emb[f"teacher:{f}"] = np.asarray(guide.encode(sub[f], show_progress=False), np.float32)
+    if "score" in sub:
+        emb["score"] = np.asarray(sub["score"], np.float32)
+    if "label" in sub:
+        emb["label"] = np.asarray(sub["label"], np.int32)
+    sj_loss = float(objective.loss_fn(sj_params, emb, None)[0])
+    was = st_model.training
+    st_model.eval()
+    with torch.no_grad():
+        st_loss = float(loss_mod([st_model.preprocess(sub[f]) for f in st_fields(sub)], st_labels(cfg, sub)))
+    st_model.train(was)
+    return {"loss_sentjax": sj_loss, "loss_st": st_loss, "loss_abs_diff": abs(sj_loss - st_loss),
+            "loss_check_rows": rows}
 
 
 # ----------------------------------------------------------------------------- one seed
@@ -325,6 +496,8 @@ def run_st(mod, cfg, smoke: bool, log=print, threads: int = 2) -> dict:
         c = out["loss_module"].classifier
         head = {"kernel": c.weight.detach().numpy().T.copy(), "bias": c.bias.detach().numpy().copy()}
         r.update(mod.extra_eval(enc, {"state": {"params": {"head": head}}}, cfg, baseline=False))
+    elif hasattr(mod, "extra_eval"):  # e.g. matryoshka: STS-B dev at each truncation
+        r.update(mod.extra_eval(enc, None, cfg, baseline=False))
     r.update(losses=out["losses"], train_wall_s=out["train_wall_s"], eval_wall_s=time.time() - t1,
              loop_s=out["loop_s"], pairs_per_s=out["pairs_per_s"], heads_copied=out["heads_copied"],
              initial_check=out["initial_check"], lr_first_last=out["lr_first_last"])
@@ -333,7 +506,7 @@ def run_st(mod, cfg, smoke: bool, log=print, threads: int = 2) -> dict:
 
 
 def _short(r: dict) -> str:
-    return ", ".join(f"{k} {r[k]:.2f}" for k in METRICS if k in r)
+    return ", ".join(f"{k} {r[k]:.2f}" for k in r if k in METRICS or k.startswith("stsb_dev_"))
 
 
 # ----------------------------------------------------------------------------- report
@@ -368,9 +541,10 @@ def spread_check(results: dict, metric: str) -> dict | None:
 
 def make_section(name: str, mod, row: str, results: dict, seeds, smoke: bool, cfg, cmd: str, total_s: float,
                  versions: str) -> str:
-    metrics = [m for m in METRICS if any(m in r for rs in results.values() for r in rs)]
-    head = ("| engine | " + " | ".join(f"{run.METRIC_NAMES[m]} (mean ± std)" for m in metrics) + " | "
-            + " | ".join(f"{run.METRIC_NAMES[m]} per seed" for m in metrics)
+    metrics = [m for m in metrics_of(mod) if any(m in r for rs in results.values() for r in rs)]
+    names = metric_names(mod)
+    head = ("| engine | " + " | ".join(f"{names[m]} (mean ± std)" for m in metrics) + " | "
+            + " | ".join(f"{names[m]} per seed" for m in metrics)
             + " | train s/seed | train pairs/s | eval s/seed |")
     lines = [head, "|" + "---|" * (2 * len(metrics) + 4)]
     for eng in ENGINES:
@@ -388,7 +562,7 @@ def make_section(name: str, mod, row: str, results: dict, seeds, smoke: bool, cf
                  f"OUTSIDE by {c['distance']:.2f} ({'below' if c['sentjax_mean'] < c['peer_min'] else 'above'})")
         welch = (f"; difference of means {c['sentjax_mean'] - c['peer_mean']:+.2f}, Welch's t-test p = "
                  f"{c['welch_p']:.2f}" if "welch_p" in c else "")
-        verdict.append(f"{run.METRIC_NAMES[m]}: sentjax mean {c['sentjax_mean']:.2f} is {where} the peer's seed "
+        verdict.append(f"{names[m]}: sentjax mean {c['sentjax_mean']:.2f} is {where} the peer's seed "
                        f"spread [{c['peer_min']:.2f}, {c['peer_max']:.2f}] (peer mean {c['peer_mean']:.2f}{welch})")
     n = len(seeds)
     if n < 3:
@@ -398,6 +572,9 @@ def make_section(name: str, mod, row: str, results: dict, seeds, smoke: bool, cf
     checks = f"same token ids: {ic.get('same_token_ids')}"
     if "max_abs_embedding_diff" in ic:
         checks += f"; untrained embeddings max |diff| {ic['max_abs_embedding_diff']:.1e}"
+    if "loss_sentjax" in ic:
+        checks += (f"; loss on the first {ic['loss_check_rows']} rows of batch 0 (dropout off, fresh models): "
+                   f"sentjax {ic['loss_sentjax']:.7f}, ST {ic['loss_st']:.7f} (|diff| {ic['loss_abs_diff']:.1e})")
     first = (f"first-step loss sentjax {sj0['losses'][0]:.4f} vs ST {st0['losses'][0]:.4f}, last "
              f"{sj0['losses'][-1]:.4f} vs {st0['losses'][-1]:.4f} (seed {seeds[0]})") if sj0.get("losses") else ""
     o = cfg.optim
@@ -436,7 +613,7 @@ def write_outputs(name, mod, row, results, seeds, smoke, cfg, cmd, total_s, out,
     """peer.json, peer.md and (not smoke) the RESULTS.md section; ``versions`` defaults to this process's."""
     versions = versions or f"{run.versions()}; {st_versions()}"
     section = make_section(name, mod, row, results, seeds, smoke, cfg, cmd, total_s, versions)
-    checks = {m: spread_check(results, m) for m in METRICS}
+    checks = {m: spread_check(results, m) for m in metrics_of(mod)}
     with open(os.path.join(out, "peer.json"), "w", encoding="utf-8") as f:
         json.dump({"experiment": name, "row": row, "seeds": list(seeds), "smoke": smoke, "command": cmd,
                    "results": results, "spread_check": {k: v for k, v in checks.items() if v},
@@ -454,9 +631,8 @@ def write_outputs(name, mod, row, results, seeds, smoke, cfg, cmd, total_s, out,
 
 def compare(name: str, seeds: Sequence[int] = (0, 1, 2), smoke: bool = False, out: str | None = None,
             workroot: str | None = None, results_md: str | None = None, log=print, threads: int = 2) -> dict:
-    mod = importlib.import_module(name)
-    row = main_row(mod)
-    out = out or os.path.join(HERE, "results", name)
+    mod, row = peer_of(name)
+    out = out or default_out(name)
     workroot = workroot or os.path.join(REPO, "runs", "peer", name)
     os.makedirs(out, exist_ok=True)
     cmd = (f"python experiments/peer_st.py {name} --seeds {','.join(map(str, seeds))}" + (" --smoke" if smoke else "")
@@ -477,13 +653,13 @@ def compare(name: str, seeds: Sequence[int] = (0, 1, 2), smoke: bool = False, ou
 
 def report(name: str, out: str | None = None, results_md: str | None = None) -> str:
     """Rewrites peer.md and the RESULTS.md section from ``out/peer.json`` (no training)."""
-    out = out or os.path.join(HERE, "results", name)
+    out = out or default_out(name)
     path = os.path.join(out, "peer.json")
     if not os.path.isfile(path):
         raise SystemExit(f"error: {path} does not exist; run `python experiments/peer_st.py {name}` first.")
     with open(path, encoding="utf-8") as f:
         saved = json.load(f)
-    mod = importlib.import_module(name)
+    mod, _ = peer_of(name)
     seeds = saved["seeds"][:len(saved["results"]["sentjax"])]
     cfg = run.build_config(mod, saved["row"], seeds[0], saved["smoke"], os.path.join(REPO, "runs", "peer", name))
     return write_outputs(name, mod, saved["row"], saved["results"], seeds, saved["smoke"], cfg, saved["command"],

@@ -5,8 +5,8 @@ models, writes ``experiments/results/recipes/<row>.json`` and its section of
 ``experiments/RESULTS.md`` (between ``<!-- BEGIN recipes-<row> -->`` / ``<!-- END ... -->``).
 ``--smoke`` swaps in a tiny random encoder and 2 steps into a temporary folder (checks the path only).
 
-  matryoshka   STS-B dev Spearman at 384/256/128/64/32 dims: untrained MiniLM truncated, InfoNCE-trained,
-               Matryoshka(InfoNCE)-trained (same data, steps, seed)
+  matryoshka   moved to ``python experiments/run.py matryoshka`` (experiments/matryoshka.py); this name
+               forwards there (``--with-infonce`` adds its InfoNCE row)
   multipos     one vs several positives per anchor: NLI premises with two entailed hypotheses
 
 Row sets other experiment modules import (``experiments/sigmoid_ablation.py``, run by
@@ -66,34 +66,23 @@ def _sts(model_dir: str | None, dims: tuple[int, ...], smoke: bool) -> dict[str,
 
 
 # ============================================================================ matryoshka
+# The Matryoshka recipe is the run.py experiment module experiments/matryoshka.py (one place for it:
+# seeds, the plain-InfoNCE row, STS-B dev at every truncation, the sentence-transformers peer).
 
-MATRYOSHKA_DIMS = (384, 256, 128, 64, 32)
 
-
-def matryoshka(out: str, smoke: bool, with_infonce: bool = False) -> dict:
-    """NLI-CAD triplets (the demo's data), batch 32, 12 steps, T = 0.05: Matryoshka(InfoNCE) at dims
-    384..32 with weights 1 (sentence-transformers' defaults) vs the untrained model truncated
-    (``with_infonce``: also plain InfoNCE with the same data and steps)."""
-    from sentjax.losses import registry
-    dims = (32, 16, 8) if smoke else MATRYOSHKA_DIMS
-    steps = {} if smoke else {"total_steps": 12}
-    inner = registry.defaults("infonce")  # the demo's objective block: T 0.05, hard negatives on
-    rows = {} if smoke else {"MiniLM untrained, truncated": _sts(None, dims, smoke)}
-    if with_infonce:  # the same training with plain InfoNCE (doubles the run time)
-        plain = _train_and_export(os.path.join(out, "infonce"), steps, smoke)
-        rows["InfoNCE, truncated"] = {**_sts(plain["final_model"], dims, smoke), "loss": plain["loss"],
-                                      "train_s": plain["train_s"]}
-    mat = _train_and_export(os.path.join(out, "matryoshka"), steps, smoke,
-                            objective={"name": "matryoshka", "dims": dims, "weights": (), "inner": inner})
-    rows["Matryoshka(InfoNCE)"] = {**_sts(mat["final_model"], dims, smoke), "loss": mat["loss"],
-                                   "train_s": mat["train_s"]}
-    cols = [f"spearman_{m}" for m in dims]
-    lines = ["| model | " + " | ".join(f"{m} dims" for m in dims) + " | train s |",
-             "|---|" + "---|" * (len(dims) + 1)]
-    for name, r in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{r[c]:.2f}" for c in cols) + f" | {r.get('train_s', '')} |")
-    return {"rows": rows, "table": "\n".join(lines),
-            "title": "Matryoshka: STS-B dev Spearman at each truncation (all-MiniLM-L6-v2, NLI-CAD, 12 steps of 32)"}
+def matryoshka(out: str | None, smoke: bool, with_infonce: bool = False, seeds: tuple[int, ...] = (0,)) -> dict:
+    """``python experiments/run.py matryoshka``: rows "Matryoshka(InfoNCE)" (and with ``with_infonce``
+    "InfoNCE") of ``experiments/matryoshka.py`` into ``out`` (None: run.py's default folders); run.py
+    writes the ``matryoshka`` section of RESULTS.md (not in smoke runs). Returns run.run's dict
+    (``results``, ``section``, ``out``)."""
+    if HERE not in sys.path:
+        sys.path.insert(0, HERE)
+    import run
+    import matryoshka as module
+    rows = [module.MAIN] + (["InfoNCE"] if with_infonce else [])
+    return run.run("matryoshka", seeds=seeds, rows=rows, smoke=smoke,
+                   out=None if out is None else os.path.join(out, "results"),
+                   workroot=None if out is None else os.path.join(out, "runs"), fresh=True)
 
 
 # ============================================================================ several positives
@@ -126,7 +115,7 @@ def multipos(out: str, smoke: bool) -> dict:
 
 # ============================================================================ driver
 
-RECIPES: dict[str, Callable[[str, bool], dict]] = {"matryoshka": matryoshka, "multipos": multipos}
+RECIPES: dict[str, Callable[[str, bool], dict]] = {"multipos": multipos}
 
 
 def _write_section(row: str, result: dict, command: str, wall: float) -> None:
@@ -147,11 +136,16 @@ def _write_section(row: str, result: dict, command: str, wall: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("row", choices=sorted(RECIPES))
+    p.add_argument("row", choices=sorted([*RECIPES, "matryoshka"]))
     p.add_argument("--smoke", action="store_true", help="tiny random encoder, 2 steps, temporary folder")
     p.add_argument("--out", default=os.path.join("runs", "recipes"))
     p.add_argument("--with-infonce", action="store_true", help="matryoshka: also train plain InfoNCE")
     a = p.parse_args(argv)
+    if a.row == "matryoshka":  # the run.py experiment module; its own outputs and RESULTS.md section
+        with tempfile.TemporaryDirectory() as tmp:
+            res = matryoshka(tmp if a.smoke else None, a.smoke, a.with_infonce)
+        print(res["section"])
+        return 0
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp if a.smoke else a.out, a.row)

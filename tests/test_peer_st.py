@@ -106,3 +106,45 @@ def test_peer_smoke_end_to_end(tmp_path):
     (out / "peer.md").unlink()
     assert peer_st.main(["simcse_unsup", "--report", "--out", str(out)]) == 0  # no training: same section
     assert (out / "peer.md").read_text() == md
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["gist", "margin_mse", "matryoshka"])
+def test_new_peer_smoke_and_loss_equality(tmp_path, monkeypatch, name):
+    """The issue-16 peers (GISTEmbedLoss, MarginMSELoss, MatryoshkaLoss(MNRL)) end to end in smoke mode.
+    The ST student loads the export of sentjax's seeded random encoder, so the untrained embeddings agree
+    to float rounding, and on the first 8 rows of batch 0 (fresh models, dropout off) sentjax's objective
+    and the ST loss module give the same loss: init, columns (anchor, positive, negative in that order),
+    labels (teacher margins) and the loss rules (GIST's masking, Matryoshka's sum over truncations) match."""
+    import recipes_distill
+    monkeypatch.setattr(recipes_distill, "TRIPLETS_USED", 64)  # teacher scores for 64 triplets, not 1,667
+    out, work = tmp_path / "out", tmp_path / "work"
+    assert peer_st.main([name, "--seeds", "0", "--smoke", "--out", str(out), "--workroot", str(work),
+                         "--threads", "1"]) == 0
+    data = json.loads((out / "peer.json").read_text())
+    assert data["smoke"] and data["row"] == peer_st.peer_of(name)[1]
+    for engine in ("sentjax", "sentence-transformers"):
+        (r,) = data["results"][engine]
+        assert math.isfinite(r["stsb_dev"]), engine
+        assert len(r["losses"]) == 3 and all(math.isfinite(x) for x in r["losses"]), engine
+        if name == "matryoshka":  # STS-B dev at each smoke truncation, both engines
+            assert math.isfinite(r["stsb_dev_16"]) and math.isfinite(r["stsb_dev_8"]), engine
+    ic = data["results"]["sentence-transformers"][0]["initial_check"]
+    assert ic["same_token_ids"] is True
+    assert ic["max_abs_embedding_diff"] < 1e-5
+    assert ic["loss_sentjax"] > 0 and math.isfinite(ic["loss_st"])
+    assert ic["loss_st"] == pytest.approx(ic["loss_sentjax"], rel=1e-5, abs=1e-6), ic
+    md = (out / "peer.md").read_text()
+    assert f"peer_st.py {name} --seeds 0 --smoke" in md and "loss on the first 8 rows" in md
+
+
+def test_peer_table_and_default_folders():
+    """Every peer names an existing row; two peers of one module get separate output folders."""
+    outs = set()
+    for name in peer_st.EXPERIMENTS:
+        mod, row = peer_st.peer_of(name)
+        assert row in mod.ROWS
+        outs.add(peer_st.default_out(name))
+    assert len(outs) == len(peer_st.EXPERIMENTS)
+    mod, _ = peer_st.peer_of("matryoshka")
+    assert {"stsb_dev_256", "stsb_dev_32"} <= set(peer_st.metrics_of(mod))
