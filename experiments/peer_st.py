@@ -133,6 +133,28 @@ def default_out(name: str) -> str:
                                                                                    f"peer_{name}")
 
 
+# The reading of a finished comparison (written after looking at its numbers; ``--report`` puts it in
+# the section). Empty for a peer that has not been run with 3 seeds.
+READINGS: dict[str, str] = {
+    "gist": (
+        "Reading: on both metrics the sentjax mean lies inside the peer's seed spread, and the difference of means "
+        "(-0.10 STS-B dev, +0.14 SICK-R) is smaller than either engine's seed std, so 3 seeds show no difference "
+        "between sentjax's gist objective and GISTEmbedLoss in this setting. The masking rule is the same "
+        "(absolute, margin 0: a candidate leaves the softmax when the guide scores it above the guide's "
+        "anchor-positive score; the positive itself never), over the same blocks (anchor-positive, anchor-anchor, "
+        "positive-positive, anchor-negative); with dropout off the two losses agree to 2.4e-7 on the first batch "
+        "(start check). The first-step losses differ (dropout masks differ between the frameworks). Train seconds "
+        "were measured with other jobs on the 2 cores (load average 8-10) and are not a speed comparison."),
+    "margin_mse": (
+        "Reading: on both metrics the sentjax mean lies inside the peer's seed spread (differences of means +0.25 "
+        "STS-B dev, +0.24 SICK-R; Welch p ~0.8). This random 2-layer student is noisy across seeds (std 0.7-1.4 "
+        "points), so 3 seeds would only show a difference of roughly 2 points or more; none is seen. With dropout "
+        "off the two losses agree to 3e-8 on the first batch, so the teacher margins (ST takes t(q, p) - t(q, n) "
+        "from the same [b, 2] float32 scores) and the dot-product scores of the unit-norm embeddings match. Train "
+        "seconds were measured on a shared, loaded machine and are not a speed comparison."),
+}
+
+
 def metrics_of(mod) -> tuple[str, ...]:
     """The table's columns: METRICS plus the module's ``EXTRA_METRICS`` (e.g. STS-B dev per truncation)."""
     return METRICS + tuple(getattr(mod, "EXTRA_METRICS", ()))
@@ -602,6 +624,7 @@ def make_section(name: str, mod, row: str, results: dict, seeds, smoke: bool, cf
         "ST: loading, the start check and the loop. Train pairs/s: the steps after the first (sentjax) / all "
         "steps (ST).  ",
         "; ".join(verdict) + ".", "",
+        *([READINGS[name], ""] if READINGS.get(name) and not smoke else []),
         "Same initial weights, batches (texts and order) and hyperparameters, learning rate of every step; "
         "dropout masks and float kernels differ between the frameworks (see `experiments/peer_st.py`), so the "
         "runs are compared by their seed spreads, not step by step.",
