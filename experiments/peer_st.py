@@ -448,24 +448,24 @@ def initial_check(cfg, sj_model, st_model, tokenizer, pipeline, smoke: bool) -> 
     st_feat = st_model.preprocess(texts)
     st_ids = [row[m.bool()].tolist() for row, m in zip(st_feat["input_ids"], st_feat["attention_mask"])]
     out: dict[str, Any] = {"same_token_ids": sj_ids == st_ids}
-    if True:  # smoke runs too: ST starts from the export of sentjax's tiny random encoder
-        was = st_model.training
-        st_model.eval()
-        with torch.no_grad():
-            feats = st_model(dict(st_feat))
-            # pre-MLP embedding (CLS / mean) of the ST side: the Pooling module's output
-            x = feats["token_embeddings"]
-            if cfg.model.pooling in ("cls", "cls_mlp"):
-                st_emb = x[:, 0].numpy()
-            else:
-                m = st_feat["attention_mask"].unsqueeze(-1).float()
-                st_emb = ((x * m).sum(1) / m.sum(1).clamp(min=1e-9)).numpy()
-        st_model.train(was)
-        import sentjax
-        enc = sentjax.SentenceModel(sj_model.module.clone(mlp_at_inference=False, normalize=False),
-                                    sj_model.params, sj_model.tokenizer, sj_model.source_dir)
-        sj_emb = np.asarray(enc.encode(texts, show_progress=False))
-        out["max_abs_embedding_diff"] = float(np.max(np.abs(sj_emb - st_emb)))
+    # smoke runs too: ST starts from the export of sentjax's tiny random encoder (model_dir)
+    was = st_model.training
+    st_model.eval()
+    with torch.no_grad():
+        feats = st_model(dict(st_feat))
+        # pre-MLP embedding (CLS / mean) of the ST side: the Pooling module's output
+        x = feats["token_embeddings"]
+        if cfg.model.pooling in ("cls", "cls_mlp"):
+            st_emb = x[:, 0].numpy()
+        else:
+            m = st_feat["attention_mask"].unsqueeze(-1).float()
+            st_emb = ((x * m).sum(1) / m.sum(1).clamp(min=1e-9)).numpy()
+    st_model.train(was)
+    import sentjax
+    enc = sentjax.SentenceModel(sj_model.module.clone(mlp_at_inference=False, normalize=False),
+                                sj_model.params, sj_model.tokenizer, sj_model.source_dir)
+    sj_emb = np.asarray(enc.encode(texts, show_progress=False))
+    out["max_abs_embedding_diff"] = float(np.max(np.abs(sj_emb - st_emb)))
     return out
 
 

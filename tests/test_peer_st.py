@@ -97,7 +97,11 @@ def test_peer_smoke_end_to_end(tmp_path):
         assert math.isfinite(r["stsb_dev"]), engine
         assert r["losses"] and all(math.isfinite(x) for x in r["losses"]), engine
         assert len(r["losses"]) == 3, engine  # one loss per step (smoke: log_every 1)
-    assert data["results"]["sentence-transformers"][0]["initial_check"]["same_token_ids"] is True
+    ic = data["results"]["sentence-transformers"][0]["initial_check"]
+    assert ic["same_token_ids"] is True
+    # ST starts from the export of sentjax's tiny random encoder, SimCSE's MLP head copied: same start, same loss
+    assert ic["max_abs_embedding_diff"] < 1e-5
+    assert ic["loss_st"] == pytest.approx(ic["loss_sentjax"], rel=1e-5, abs=1e-6), ic
     assert "stsb_dev" in data["spread_check"]
     md = (out / "peer.md").read_text()
     assert "| sentjax |" in md and "| sentence-transformers |" in md
