@@ -113,9 +113,10 @@ def test_peer_smoke_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["gist", "margin_mse", "matryoshka"])
+@pytest.mark.parametrize("name", ["gist", "margin_mse", "matryoshka", "sbert_nli"])
 def test_new_peer_smoke_and_loss_equality(tmp_path, monkeypatch, name):
-    """The issue-16 peers (GISTEmbedLoss, MarginMSELoss, MatryoshkaLoss(MNRL)) end to end in smoke mode.
+    """The issue-16 peers (GISTEmbedLoss, MarginMSELoss, MatryoshkaLoss(MNRL)) and SoftmaxLoss end to end in
+    smoke mode.
     The ST student loads the export of sentjax's seeded random encoder, so the untrained embeddings agree
     to float rounding, and on the first 8 rows of batch 0 (fresh models, dropout off) sentjax's objective
     and the ST loss module give the same loss: init, columns (anchor, positive, negative in that order),
