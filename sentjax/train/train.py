@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from sentjax import rng as rng_lib
 from sentjax.models import build as model_build
 from sentjax.models.build import resolve_bundled  # noqa: F401 (re-exported)
 from sentjax.parallel import distributed
@@ -191,15 +192,15 @@ def init_params(c, model, objective) -> dict:
         params = {"model": model.params}
     else:
         from sentjax.models.lora import init_adapters
-        params = {"lora": init_adapters(model.params, lcfg, jax.random.fold_in(jax.random.key(c.seed), 11))}
+        params = {"lora": init_adapters(model.params, lcfg, jax.random.fold_in(rng_lib.key(c.seed), 11))}
     head = None if objective.init_head is None else \
-        objective.init_head(jax.random.fold_in(jax.random.key(c.seed), 7), model.dim)
+        objective.init_head(jax.random.fold_in(rng_lib.key(c.seed), 7), model.dim)
     if head is not None:  # None: these hyperparameters train nothing besides the encoder
         params["head"] = head
     if objective.token_level:  # the MLM head: the checkpoint's (cls.predictions / lm_head) or fresh
         from sentjax.models.mlm_head import load_mlm_head
         params["mlm_head"], loaded = load_mlm_head(model.module.config, model.source_dir,
-                                                   jax.random.fold_in(jax.random.key(c.seed), 11))
+                                                   jax.random.fold_in(rng_lib.key(c.seed), 11))
         logger.info(f"MLM head: {'loaded from ' + str(model.source_dir) if loaded else 'initialised'}.")
     return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
 
