@@ -49,6 +49,10 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     for k in ("total_steps", "batch_size", "accum_steps", "log_every"):
         if c[k] <= 0:
             raise config_cli.ConfigError(f"config.{k} must be positive, got {c[k]}.")
+    if c.checkpoint.every_steps <= 0:  # a modulo by it decides when to save: 0 would crash after step 1
+        raise config_cli.ConfigError(
+            f"config.checkpoint.every_steps must be positive, got {c.checkpoint.every_steps}; to save only "
+            f"at the end set it to config.total_steps ({c.total_steps}).")
     from sentjax.data.prompts import column_prompts
     column_prompts(dict(c.data.prompts))  # unknown column names are an error before any work
     check_lora(c)
