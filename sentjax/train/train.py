@@ -459,8 +459,10 @@ def train(c: ml_collections.ConfigDict, resume: bool = False, progress: bool = T
     an exit with a save in flight would leave a torn checkpoint."""
     from sentjax import compile_cache
     from sentjax.train.workdir import WorkdirLock, check_writable
+    from sentjax.memory import trim_after_compile
     validate_config(c)
     compile_cache.enable(c.compile_cache)
+    trim_after_compile()
     with contextlib.ExitStack() as cleanup:
         if jax.process_index() == 0:
             check_writable(c.workdir)
