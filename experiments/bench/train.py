@@ -142,39 +142,40 @@ def run_packing(a) -> None:
         f.write(text)
 
 
-MEMORY_CASES = [  # (engine, batch, cache mini-batch); ST's uncached 512 (13 GB) and 4096 (~80 GB) are left out
-    ("st", 64, 0), ("sentjax", 64, 0), ("st", 64, 64), ("sentjax", 64, 64),
-    ("st", 512, 64), ("sentjax", 512, 64), ("st", 4096, 64), ("sentjax", 4096, 64)]
+# (batch, sentence-transformers' CachedMNRL mini-batch, sentjax GradCache chunk); 0 = uncached. ST's mini-batch
+# counts sentences of one column, sentjax's chunk counts examples (anchor + positive: twice the sentences),
+# so chunk 32 is the same token budget as mini-batch 64. ST's uncached 512 (13 GB) and 4096 (~80 GB) left out.
+MEMORY_PAIRS = [(64, 0, 0), (64, 64, 32), (64, 64, 64), (512, 64, 32), (512, 64, 64), (4096, 64, 32)]
 
 
 def run_memory(a) -> None:
     """Peak RSS over two steps (for sentjax the first includes compilation, which is part of every
     run's peak) per engine and batch, one process each; writes results/train-memory.md. Memory does not
     depend on the machine's load, so this runs on a busy machine; the times are not reported."""
-    rows = []
-    for engine, batch, cached in MEMORY_CASES:
-        if not a.min_batch <= batch <= a.max_batch:
-            continue
-        # two steps: PyTorch allocates AdamW's moments in the first optimizer step, so its peak comes later
-        r = common.run_child(__file__, [engine, "--batch", str(batch), "--cached", str(cached), "--devices", "1",
-                                        "--steps", "2", "--warmup", "0"])
-        rows.append((engine, batch, cached, r))
-        print(engine, batch, cached, r, flush=True)
+    pairs = [p for p in MEMORY_PAIRS if a.min_batch <= p[0] <= a.max_batch]
+    runs: dict[tuple, dict] = {}
+    for batch, mini, chunk in pairs:
+        for engine, cached in (("st", mini), ("sentjax", chunk)):
+            if (engine, batch, cached) in runs:
+                continue
+            # two steps: PyTorch allocates AdamW's moments in the first optimizer step, so its peak comes later
+            r = common.run_child(__file__, [engine, "--batch", str(batch), "--cached", str(cached), "--devices", "1",
+                                            "--steps", "2", "--warmup", "0"])
+            runs[(engine, batch, cached)] = r
+            print(engine, batch, cached, r, flush=True)
     lines = ["# Training step peak memory: sentjax vs sentence-transformers", "",
-             f"Command: `python experiments/bench/train.py --memory`  ",
+             "Command: `python experiments/bench/train.py --memory`  ",
              f"Workload: as train.md (all-MiniLM-L6-v2, max length {MAX_LEN}, InfoNCE / (Cached)MNRL, AdamW); "
              "two steps per process, peak RSS of the whole process (`ru_maxrss`); sentjax's includes jit compilation. "
-             "sentjax's state is donated to the step, as in `sentjax train`.  ",
+             "sentjax's state is donated to the step, as in `sentjax train`. ST's mini-batch counts sentences of one "
+             "column, sentjax's chunk examples (two sentences each): chunk 32 = the same token budget as mini-batch 64.  ",
              f"Machine: {json.dumps(common.machine())}", "",
-             "| batch | cache mini-batch | sentence-transformers MiB | sentjax MiB | sentjax / ST | sentjax XLA temp MiB |",
-             "|---|---|---|---|---|---|"]
-    by = {(e, b, c): r for e, b, c, r in rows}
-    for (engine, batch, cached, r) in rows:
-        if engine != "sentjax" or ("st", batch, cached) not in by:
-            continue
-        st = by[("st", batch, cached)]["peak_rss_mib"]
-        lines.append(f"| {batch} | {cached or '-'} | {st:.0f} | {r['peak_rss_mib']:.0f} | "
-                     f"{r['peak_rss_mib'] / st:.2f} | {r.get('xla_temp_mib', float('nan')):.0f} |")
+             "| batch | ST mini-batch | ST MiB | sentjax chunk | sentjax MiB | sentjax / ST | sentjax XLA temp MiB |",
+             "|---|---|---|---|---|---|---|"]
+    for batch, mini, chunk in pairs:
+        st, sj = runs[("st", batch, mini)], runs[("sentjax", batch, chunk)]
+        lines.append(f"| {batch} | {mini or '-'} | {st['peak_rss_mib']:.0f} | {chunk or '-'} | {sj['peak_rss_mib']:.0f} | "
+                     f"{sj['peak_rss_mib'] / st['peak_rss_mib']:.2f} | {sj.get('xla_temp_mib', float('nan')):.0f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     with open(a.out or os.path.join(common.HERE, "results", "train-memory.md"), "w") as f:
