@@ -111,3 +111,14 @@ def test_objective_impl_tiled_only_where_a_tiled_kernel_exists(tmp_path):
     with pytest.raises(config_cli.ConfigError, match="'cosine' has no field 'impl'"):
         train(tiny_config(str(tmp_path), **{"objective.name": "cosine", "objective.impl": "tiled"}),
               progress=False)
+
+
+@pytest.mark.parametrize("key,value,match", [("checkpoint.every_steps", 0, "checkpoint.every_steps must be positive"),
+                                             ("log_every", 0, "log_every must be positive"),
+                                             ("dtype", "float16", "dtype must be")])
+def test_validate_config_refuses_values_that_would_fail_mid_run(key, value, match):
+    from sentjax.configs import default
+    from sentjax.train.config_cli import apply_overrides
+    from sentjax.train.train import validate_config
+    with pytest.raises(config_cli.ConfigError, match=match):
+        validate_config(apply_overrides(default.get_config(), {key: value}))

@@ -22,19 +22,11 @@ from sentjax.parallel import guarded_update, make_grad_fn, make_mesh
 from sentjax.parallel.dropout_keys import row_keys
 from sentjax.parallel.global_grads import BACKENDS
 from sentjax.train import objectives as train_objectives
+from toy import random_tokens, toy_model_embed
 
 B, L, V, D = 16, 6, 50, 8
 
 
-def toy_embed(params, tokens, rng):
-    """Masked mean of token embeddings -> tanh(dense); dropout (p=0.2) on the pooled vector."""
-    e = params["model"]["emb"][tokens["input_ids"]]
-    m = tokens["attention_mask"][..., None].astype(jnp.float32)
-    h = jnp.sum(e * m, 1) / jnp.maximum(jnp.sum(m, 1), 1.0)
-    if rng is not None:
-        keep = jax.random.bernoulli(rng, 0.8, h.shape)
-        h = jnp.where(keep, h / 0.8, 0.0)
-    return jnp.tanh(h @ params["model"]["w"])
 
 
 @functools.lru_cache(maxsize=None)
@@ -42,9 +34,7 @@ def data():
     rng = np.random.default_rng(0)
 
     def tokens(n):
-        mask = (np.arange(L)[None] < rng.integers(2, L + 1, n)[:, None]).astype(np.int32)
-        return {"input_ids": jnp.asarray(rng.integers(1, V, (n, L)) * mask, jnp.int32),
-                "attention_mask": jnp.asarray(mask)}
+        return random_tokens(rng, n, L, V)
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
     params = {"model": {"emb": jax.random.normal(k1, (V, D)), "w": jax.random.normal(k2, (D, D)) / 3},
               "head": init_softmax_head(k3, D, 3)}
@@ -73,9 +63,9 @@ def reference(name, params, cols, rng):
     """Single device, written directly: per-row dropout keys as documented in dropout_keys."""
     def emb(p, column):
         if rng is None:
-            return toy_embed(p, cols[column], None)
+            return toy_model_embed(p, cols[column], None)
         keys = row_keys(rng, column, 0, B)
-        return jax.vmap(lambda t, k: toy_embed(p, jax.tree.map(lambda x: x[None], t), k)[0])(cols[column], keys)
+        return jax.vmap(lambda t, k: toy_model_embed(p, jax.tree.map(lambda x: x[None], t), k)[0])(cols[column], keys)
     return jax.value_and_grad(lambda p: OBJECTIVES[name][1](p, emb(p, "anchor"), emb(p, "positive"), cols))(params)
 
 
@@ -115,7 +105,7 @@ def test_objectives_every_engine_equal_single_device(name, gradcache, engine):
     mesh = make_mesh(8)
     backend = train_objectives.GRADIENT_METHODS.get(engine, engine)
     chunk = GC_CHUNK[engine] if gradcache else None
-    f = make_grad_fn(toy_embed, OBJECTIVES[name][0], mesh=mesh, backend=backend, gradcache_chunk=chunk)
+    f = make_grad_fn(toy_model_embed, OBJECTIVES[name][0], mesh=mesh, backend=backend, gradcache_chunk=chunk)
     if engine == "jit":  # the train step's jit: replicated parameters, the batch sharded on "data"
         rep = NamedSharding(mesh, P())
         f = jax.jit(f, in_shardings=(rep, NamedSharding(mesh, P("data")), rep), out_shardings=rep)
@@ -134,11 +124,11 @@ def test_chunked_embeddings_use_the_same_keys_as_the_whole_batch():
     params, cols = data()
     from sentjax.parallel.dropout_keys import embed_column
     rng = jax.random.key(5)
-    whole = embed_column(toy_embed, params, cols["anchor"], rng, "anchor", 0)
-    parts = [embed_column(toy_embed, params, jax.tree.map(lambda x: x[i:i + 4], cols["anchor"]), rng, "anchor", i)
+    whole = embed_column(toy_model_embed, params, cols["anchor"], rng, "anchor", 0)
+    parts = [embed_column(toy_model_embed, params, jax.tree.map(lambda x: x[i:i + 4], cols["anchor"]), rng, "anchor", i)
              for i in range(0, B, 4)]
     np.testing.assert_array_equal(np.asarray(whole), np.concatenate([np.asarray(p) for p in parts]))
-    other = embed_column(toy_embed, params, cols["anchor"], rng, "positive", 0)
+    other = embed_column(toy_model_embed, params, cols["anchor"], rng, "positive", 0)
     assert float(jnp.max(jnp.abs(other - whole))) > 1e-3  # another column draws other masks
 
 
@@ -152,7 +142,7 @@ def test_nonfinite_step_is_reported_and_skipped():
     tx = optax.adam(1e-2)
     opt_state = tx.init(params)
     for loss_fn, bad in ((exploding, 1.0), (make_column_loss("infonce"), 0.0)):
-        (_, metrics), grads = jax.jit(make_grad_fn(toy_embed, loss_fn, backend="none"))(params, cols, None)
+        (_, metrics), grads = jax.jit(make_grad_fn(toy_model_embed, loss_fn, backend="none"))(params, cols, None)
         assert float(metrics["nonfinite"]) == bad
         new_params, new_opt, flag = jax.jit(lambda g, o, p: guarded_update(tx, g, o, p))(grads, opt_state, params)
         assert float(flag) == bad

@@ -20,6 +20,7 @@ from sentjax.parallel import make_grad_fn, make_mesh
 from sentjax.parallel.dropout_keys import row_keys
 from sentjax.parallel.global_grads import BACKENDS
 from sentjax.train import objectives as train_objectives
+from toy import random_tokens, toy_model_embed
 
 B, L, V, D = 16, 6, 50, 8
 TERMS = ({"name": "infonce", "weight": 1.0, "temperature": 0.1, "learn_temperature": True},
@@ -28,14 +29,6 @@ TERMS = ({"name": "infonce", "weight": 1.0, "temperature": 0.1, "learn_temperatu
 WEIGHTS = (1.0, 0.5, 0.25)
 
 
-def toy_embed(params, tokens, rng):
-    """Masked mean of token embeddings -> tanh(dense); dropout (p=0.2) on the pooled vector."""
-    e = params["model"]["emb"][tokens["input_ids"]]
-    m = tokens["attention_mask"][..., None].astype(jnp.float32)
-    h = jnp.sum(e * m, 1) / jnp.maximum(jnp.sum(m, 1), 1.0)
-    if rng is not None:
-        h = jnp.where(jax.random.bernoulli(rng, 0.8, h.shape), h / 0.8, 0.0)
-    return jnp.tanh(h @ params["model"]["w"])
 
 
 @functools.lru_cache(maxsize=None)
@@ -43,9 +36,7 @@ def data():
     rng = np.random.default_rng(0)
 
     def tokens(n):
-        mask = (np.arange(L)[None] < rng.integers(2, L + 1, n)[:, None]).astype(np.int32)
-        return {"input_ids": jnp.asarray(rng.integers(1, V, (n, L)) * mask, jnp.int32),
-                "attention_mask": jnp.asarray(mask)}
+        return random_tokens(rng, n, L, V)
     k1, k2 = jax.random.split(jax.random.key(0))
     params = {"model": {"emb": jax.random.normal(k1, (V, D)), "w": jax.random.normal(k2, (D, D)) / 3},
               "head": {"infonce": init_temperature_head(0.1)}}
@@ -63,7 +54,7 @@ def reference(params, cols, rng):
     """Single device, written directly from the loss functions (no engine, no multi code)."""
     def emb(p, column):
         keys = row_keys(rng, column, 0, B)
-        return jax.vmap(lambda t, k: toy_embed(p, jax.tree.map(lambda x: x[None], t), k)[0])(cols[column], keys)
+        return jax.vmap(lambda t, k: toy_model_embed(p, jax.tree.map(lambda x: x[None], t), k)[0])(cols[column], keys)
 
     def loss(p):
         u, v = emb(p, "anchor"), emb(p, "positive")
@@ -92,14 +83,14 @@ def test_built_objective_unions_columns_and_flags():
 def test_gradient_of_sum_is_weighted_sum_of_term_gradients():
     params, cols = data()
     rng = jax.random.key(3)
-    (loss, metrics), grads = jax.jit(make_grad_fn(toy_embed, multi().loss_fn, backend="none"))(params, cols, rng)
+    (loss, metrics), grads = jax.jit(make_grad_fn(toy_model_embed, multi().loss_fn, backend="none"))(params, cols, rng)
     want_loss, want = 0.0, jax.tree.map(jnp.zeros_like, params)
     for w, term in zip(WEIGHTS, TERMS):
         block = {k: v for k, v in term.items() if k not in ("weight", "key")}
         alone = registry.build(block)
         sub = dict(params, head=params["head"]["infonce"]) if term["name"] == "infonce" else \
             {"model": params["model"]}
-        (l_k, _), g_k = jax.jit(make_grad_fn(toy_embed, alone.loss_fn, backend="none"))(sub, cols, rng)
+        (l_k, _), g_k = jax.jit(make_grad_fn(toy_model_embed, alone.loss_fn, backend="none"))(sub, cols, rng)
         key = term.get("key", term["name"])
         assert float(metrics[f"loss_{key}"]) == pytest.approx(float(l_k), rel=1e-6)  # logged per term
         want_loss += w * float(l_k)
@@ -130,7 +121,7 @@ def test_8_devices_equal_single_device(engine, gradcache):
     want_loss, want = reference_of()
     mesh = make_mesh(8)
     backend = train_objectives.GRADIENT_METHODS.get(engine, engine)
-    f = make_grad_fn(toy_embed, multi().loss_fn, mesh=mesh, backend=backend,
+    f = make_grad_fn(toy_model_embed, multi().loss_fn, mesh=mesh, backend=backend,
                      gradcache_chunk=GC_CHUNK[engine] if gradcache else None)
     if engine == "jit":
         rep = NamedSharding(mesh, P())

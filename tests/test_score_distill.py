@@ -23,6 +23,7 @@ from sentjax.parallel import make_grad_fn, make_mesh
 from sentjax.parallel.dropout_keys import row_keys
 from sentjax.parallel.global_grads import BACKENDS
 from sentjax.train import objectives as train_objectives
+from toy import random_tokens, toy_embed
 
 NAMES = ("margin_mse", "listwise_kl")
 
@@ -181,14 +182,6 @@ def test_bad_scores_and_configs_are_refused_clearly():
 B, L, V, D, K = 16, 6, 50, 8, 2
 
 
-def toy_embed(params, tokens, rng):
-    """Masked mean of token embeddings -> tanh(dense); dropout (p=0.2) on the pooled vector."""
-    e = params["emb"][tokens["input_ids"]]
-    m = tokens["attention_mask"][..., None].astype(jnp.float32)
-    h = jnp.sum(e * m, 1) / jnp.maximum(jnp.sum(m, 1), 1.0)
-    if rng is not None:
-        h = jnp.where(jax.random.bernoulli(rng, 0.8, h.shape), h / 0.8, 0.0)
-    return jnp.tanh(h @ params["w"])
 
 
 @functools.lru_cache(maxsize=None)
@@ -196,9 +189,7 @@ def toy_data():
     rng = np.random.default_rng(0)
 
     def tokens(n):
-        mask = (np.arange(L)[None] < rng.integers(2, L + 1, n)[:, None]).astype(np.int32)
-        return {"input_ids": jnp.asarray(rng.integers(1, V, (n, L)) * mask, jnp.int32),
-                "attention_mask": jnp.asarray(mask)}
+        return random_tokens(rng, n, L, V)
     k1, k2 = jax.random.split(jax.random.key(0))
     params = {"emb": jax.random.normal(k1, (V, D)), "w": jax.random.normal(k2, (D, D)) / 3}
     cols = {"anchor": tokens(B), "positive": tokens(B), "negative": tokens(B * K),

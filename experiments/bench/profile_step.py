@@ -19,6 +19,7 @@ fuses and the JAX source line they came from:
 
   python experiments/bench/profile_step.py                 # MiniLM, batch 64; writes results/profile-step.md
   python experiments/bench/profile_step.py --prng rbg      # the same step with jax_default_prng_impl=rbg
+  python experiments/bench/profile_step.py --dtype bfloat16 # bfloat16 compute, float32 parameters
 
 The split is a ratio inside one run, so it holds on a busy machine better than a throughput does;
 the absolute step time is printed for reference only.
@@ -114,7 +115,7 @@ def classify(name: str, instrs: dict, comps: dict) -> str:
     return "other"
 
 
-def build_step(batch: int, model=None, texts: list[str] | None = None):
+def build_step(batch: int, model=None, texts: list[str] | None = None, dtype: str = "float32"):
     """The jitted step (state donated), its state and one batch; ``model``: a SentenceModel
     (default all-MiniLM-L6-v2 at max length 32), ``texts``: default the frozen benchmark sentences."""
     import jax
@@ -125,7 +126,7 @@ def build_step(batch: int, model=None, texts: list[str] | None = None):
     from sentjax.models.sentence_model import embed_fn
     from sentjax.parallel.global_grads import make_grad_fn
     from sentjax.testing import minilm_dir
-    model = model or sentjax.load(minilm_dir(), max_length=MAX_LEN)
+    model = model or sentjax.load(minilm_dir(), max_length=MAX_LEN, dtype=dtype)
     mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
     rows, rep = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
     grad_fn = make_grad_fn(embed_fn(model.module), make_column_loss("infonce", temperature=TEMP),
@@ -146,12 +147,13 @@ def build_step(batch: int, model=None, texts: list[str] | None = None):
     return step, params, opt_state, {"anchor": tok, "positive": tok}
 
 
-def profile(batch: int, steps: int, trace_dir: str, model=None, texts: list[str] | None = None) -> dict:
+def profile(batch: int, steps: int, trace_dir: str, model=None, texts: list[str] | None = None,
+            dtype: str = "float32") -> dict:
     """Compiles and runs the step under the profiler; writes the trace, the compiled HLO and the
     step times to ``trace_dir`` and returns :func:`analyse` of it."""
     import jax
     os.makedirs(trace_dir, exist_ok=True)
-    step, params, opt_state, columns = build_step(batch, model, texts)
+    step, params, opt_state, columns = build_step(batch, model, texts, dtype)
     key = jax.random.key(0)
     t = time.perf_counter()
     compiled = step.lower(params, opt_state, columns, key).compile()
@@ -169,7 +171,7 @@ def profile(batch: int, steps: int, trace_dir: str, model=None, texts: list[str]
             times.append(time.perf_counter() - t)
     with open(os.path.join(trace_dir, "run.json"), "w") as f:
         json.dump({"batch": batch, "steps": steps, "step_ms": 1e3 * statistics.median(times), "compile_s": compile_s,
-                   "prng": str(jax.config.jax_default_prng_impl)}, f)
+                   "prng": str(jax.config.jax_default_prng_impl), "dtype": dtype}, f)
     return analyse(trace_dir)
 
 
@@ -207,11 +209,13 @@ def report(r: dict, out: str | None) -> str:
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     lines = ["# Where the training step's time goes (XLA:CPU trace)", "",
              f"Command: `python experiments/bench/profile_step.py --batch {r['batch']} --steps {r['steps']}"
-             f"{' --prng ' + r['prng'] if r['prng'] != 'threefry2x32' else ''}`  ",
+             f"{' --prng ' + r['prng'] if r['prng'] != 'threefry2x32' else ''}"
+             f"{' --dtype ' + r.get('dtype', 'float32') if r.get('dtype', 'float32') != 'float32' else ''}`  ",
              "Workload: all-MiniLM-L6-v2, max length 32, InfoNCE + AdamW, dropout on, 1 device (the step of "
              "train.py).  ", f"Machine: {json.dumps(common.machine())}  ", f"Load at the end: `{load}`.", "",
              f"Step {r['step_ms']:.0f} ms (median of {r['steps']}), compile {r['compile_s']:.1f} s; "
-             f"thunks account for {r['thunk_ms']:.0f} ms; dropout PRNG: `{r['prng']}`.", "",
+             f"thunks account for {r['thunk_ms']:.0f} ms; dropout PRNG: `{r['prng']}`; compute dtype "
+             f"`{r.get('dtype', 'float32')}`.", "",
              "| bucket | ms / step | share |", "|---|---|---|"]
     for b, ms in sorted(r["buckets_ms"].items(), key=lambda kv: -kv[1]):
         lines.append(f"| {b} | {ms:.1f} | {100 * ms / max(r['thunk_ms'], 1e-9):.1f}% |")
@@ -229,7 +233,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--prng", default=None, help="jax_default_prng_impl: threefry2x32 (default), rbg, unsafe_rbg")
-    p.add_argument("--out", default=None, help="results file (default results/profile-step[-PRNG].md)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
+    p.add_argument("--out", default=None, help="results file (default results/profile-step[-PRNG][-bfloat16].md)")
     p.add_argument("--trace-dir", default=None, help="where the trace and HLO go (default: a new temporary folder)")
     p.add_argument("--analyse", default=None, metavar="TRACE_DIR", help="re-analyse an earlier run's folder, no run")
     a = p.parse_args()
@@ -242,8 +247,8 @@ def main() -> None:
         trace_dir = a.trace_dir or tempfile.mkdtemp(prefix="sentjax-profile-")
         os.makedirs(trace_dir, exist_ok=True)
         print(f"trace and HLO: {trace_dir}", file=sys.stderr)
-        r = profile(a.batch, a.steps, trace_dir)
-    suffix = f"-{a.prng}" if a.prng and a.prng != "threefry2x32" else ""
+        r = profile(a.batch, a.steps, trace_dir, dtype=a.dtype)
+    suffix = (f"-{a.prng}" if a.prng and a.prng != "threefry2x32" else "") + ("-bfloat16" if a.dtype != "float32" else "")
     print(report(r, a.out or os.path.join(common.HERE, "results", f"profile-step{suffix}.md")))
 
 

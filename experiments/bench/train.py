@@ -8,6 +8,7 @@ peak RSS), 2 threads; time = median step time after --warmup steps (the first in
   python experiments/bench/train.py                       # batch 64: ST MNRL vs sentjax, 1 vs 8 devices
   python experiments/bench/train.py --gradcache           # + batch 512/4096, cached and uncached
   python experiments/bench/train.py --packing             # sentjax batch 64: padded vs packed rows
+  python experiments/bench/train.py --memory              # peak RSS only, every batch, cached and uncached
 """
 from __future__ import annotations
 
@@ -73,13 +74,16 @@ def child_sentjax(batch: int, steps: int, warmup: int, cached: int, devices: int
                            mesh=mesh, backend="shard_map", gradcache_chunk=cached or None)
     tx = optax.adamw(LR)
 
-    @jax.jit
     def step(params, opt_state, columns, rng):
         (loss, metrics), grads = grad_fn(params, columns, rng)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
+    # The state donated, as sentjax's train step does (jit_train_step): without it the old and the new
+    # parameters + AdamW moments coexist during the step (~430 MiB more peak RSS for MiniLM).
+    step = jax.jit(step, donate_argnums=(0, 1))
     params = jax.device_put(model.params, rep)
+    model.params = None  # the trainer keeps no host copy of the state either
     opt_state = jax.device_put(tx.init(params), rep)
     texts = common.read_sentences()
     times, tokens_real = [], 0
@@ -101,9 +105,13 @@ def child_sentjax(batch: int, steps: int, warmup: int, cached: int, devices: int
         if i >= warmup:
             tokens_real += real
     sec = statistics.median(times[warmup:])
-    return {"seconds_per_step": sec, "pairs_per_s": batch / sec, "peak_rss_mib": common.peak_rss_mib(),
+    peak = common.peak_rss_mib()
+    # XLA's scratch for one step (activations kept for the backward pass, ...), after the timed steps
+    stats = step.lower(params, opt_state, columns, key).compile().memory_analysis()
+    temp_mib = stats.temp_size_in_bytes / 2**20 if stats is not None else float("nan")
+    return {"seconds_per_step": sec, "pairs_per_s": batch / sec, "peak_rss_mib": peak,
             "loss": float(loss), "compile_s": times[0] - sec,
-            "real_tokens_per_step": tokens_real / steps}
+            "real_tokens_per_step": tokens_real / steps, "xla_temp_mib": temp_mib}
 
 
 def run_packing(a) -> None:
@@ -134,6 +142,46 @@ def run_packing(a) -> None:
         f.write(text)
 
 
+# (batch, sentence-transformers' CachedMNRL mini-batch, sentjax GradCache chunk); 0 = uncached. ST's mini-batch
+# counts sentences of one column, sentjax's chunk counts examples (anchor + positive: twice the sentences),
+# so chunk 32 is the same token budget as mini-batch 64. ST's uncached 512 (13 GB) and 4096 (~80 GB) left out.
+MEMORY_PAIRS = [(64, 0, 0), (64, 64, 32), (64, 64, 64), (512, 64, 32), (512, 64, 64), (4096, 64, 32)]
+
+
+def run_memory(a) -> None:
+    """Peak RSS over two steps (for sentjax the first includes compilation, which is part of every
+    run's peak) per engine and batch, one process each; writes results/train-memory.md. Memory does not
+    depend on the machine's load, so this runs on a busy machine; the times are not reported."""
+    pairs = [p for p in MEMORY_PAIRS if a.min_batch <= p[0] <= a.max_batch]
+    runs: dict[tuple, dict] = {}
+    for batch, mini, chunk in pairs:
+        for engine, cached in (("st", mini), ("sentjax", chunk)):
+            if (engine, batch, cached) in runs:
+                continue
+            # two steps: PyTorch allocates AdamW's moments in the first optimizer step, so its peak comes later
+            r = common.run_child(__file__, [engine, "--batch", str(batch), "--cached", str(cached), "--devices", "1",
+                                            "--steps", "2", "--warmup", "0"])
+            runs[(engine, batch, cached)] = r
+            print(engine, batch, cached, r, flush=True)
+    lines = ["# Training step peak memory: sentjax vs sentence-transformers", "",
+             "Command: `python experiments/bench/train.py --memory`  ",
+             f"Workload: as train.md (all-MiniLM-L6-v2, max length {MAX_LEN}, InfoNCE / (Cached)MNRL, AdamW); "
+             "two steps per process, peak RSS of the whole process (`ru_maxrss`); sentjax's includes jit compilation. "
+             "sentjax's state is donated to the step, as in `sentjax train`. ST's mini-batch counts sentences of one "
+             "column, sentjax's chunk examples (two sentences each): chunk 32 = the same token budget as mini-batch 64.  ",
+             f"Machine: {json.dumps(common.machine())}", "",
+             "| batch | ST mini-batch | ST MiB | sentjax chunk | sentjax MiB | sentjax / ST | sentjax XLA temp MiB |",
+             "|---|---|---|---|---|---|---|"]
+    for batch, mini, chunk in pairs:
+        st, sj = runs[("st", batch, mini)], runs[("sentjax", batch, chunk)]
+        lines.append(f"| {batch} | {mini or '-'} | {st['peak_rss_mib']:.0f} | {chunk or '-'} | {sj['peak_rss_mib']:.0f} | "
+                     f"{sj['peak_rss_mib'] / st['peak_rss_mib']:.2f} | {sj.get('xla_temp_mib', float('nan')):.0f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    with open(a.out or os.path.join(common.HERE, "results", "train-memory.md"), "w") as f:
+        f.write(text)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -147,6 +195,8 @@ def main() -> None:
     p.add_argument("--min-batch", type=int, default=0, help="skip cases below this batch (rerun one size)")
     p.add_argument("--packing", action="store_true",
                    help="only sentjax batch 64, padded vs packed (config.data.packing), 1 device")
+    p.add_argument("--memory", action="store_true", help="peak RSS only: batch 64 uncached and cached, 512 and "
+                                                           "4096 cached, both engines (results/train-memory.md)")
     p.add_argument("--out", default=None)
     a = p.parse_args()
     if a.child == "st":
@@ -157,6 +207,9 @@ def main() -> None:
         return
     if a.packing:
         run_packing(a)
+        return
+    if a.memory:
+        run_memory(a)
         return
 
     np_rate = common.numpy_matmul_gflops()

@@ -35,6 +35,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 
+from sentjax import rng as rng_lib
 from sentjax.data.pipeline import BatchOrder, Pipeline
 from sentjax.data.sources import DataError, Source
 from sentjax.errors import ConfigError
@@ -187,7 +188,7 @@ class MixedPipeline(Pipeline):
         return {s.columns[f][i] for f in s.text_fields}
 
     def _substitutes(self, part: int, step: int):
-        key = jax.random.fold_in(jax.random.key(self.seed + 1000 * part + 500), step)
+        key = jax.random.fold_in(rng_lib.key(self.seed + 1000 * part + 500), step)
         yield from (int(i) for i in np.asarray(jax.random.permutation(key, len(self.parts[part]))))
 
     def global_indices(self, step: int) -> tuple[int, int, np.ndarray]:

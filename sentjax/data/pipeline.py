@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 import jax
 import numpy as np
 
+from sentjax import rng as rng_lib
 from sentjax.data.sources import DataError, Source, load_source  # noqa: F401 (load_source: old import path)
 from sentjax.tokenization import bucket_length
 
@@ -59,7 +60,7 @@ class BatchOrder:
         self._plans: list[np.ndarray] = []
 
     def _epoch_plan(self, epoch: int) -> np.ndarray:
-        key = jax.random.fold_in(jax.random.key(self.seed), epoch)
+        key = jax.random.fold_in(rng_lib.key(self.seed), epoch)
         perm = np.asarray(jax.random.permutation(key, len(self.source)))
         b = self.batch_size
         if not self.dedup:
@@ -294,7 +295,7 @@ class Pipeline:
             cached = getattr(self, "_choices", None)
             if cached is not None and cached[0] == block:
                 return cached[1]
-        key = jax.random.fold_in(jax.random.key(self.seed), block)
+        key = jax.random.fold_in(rng_lib.key(self.seed), block)
         choices = np.asarray(jax.random.choice(key, len(self.sources), (self._BLOCK,), p=self.weights))
         with self._lock:
             self._choices = (block, choices)

@@ -285,6 +285,8 @@ def load(path_or_hub_id: str, *, max_length: int | None = None, pooling: str | N
       include_prompt: override the Pooling module's ``include_prompt`` (False: prompt tokens are
         left out of the pooling). The folder's prompts (config_sentence_transformers.json) load too.
     """
+    from sentjax.memory import trim_after_compile
+    trim_after_compile()  # encode's compilations leave the heap as the trainer's do
     folder = _resolve(path_or_hub_id)
     modules = _read_modules(folder)
     base = folder

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
+from sentjax import rng as rng_lib
 from sentjax.errors import ConfigError
 from sentjax.models import registry
 from sentjax.models.api import SentenceModel, init_model, load
@@ -38,7 +39,7 @@ def build_model(m: Mapping[str, Any], *, dtype: str = "float32", seed: int = 0) 
             model = dataclasses.replace(model, module=model.module.clone(**pooling))
             if m["pooling"] == "cls_mlp" and "pooler" not in model.params:
                 # SimCSE's MLP is new on top of a pretrained encoder: initialise it from the seed.
-                fresh = init_params(model.module, jax.random.key(seed))
+                fresh = init_params(model.module, rng_lib.key(seed))
                 model.params = dict(model.params, pooler=fresh["pooler"])
         if m["vocab_from"]:
             model = transfer_vocab(model, m["vocab_from"], m["max_length"])
@@ -50,7 +51,7 @@ def build_model(m: Mapping[str, Any], *, dtype: str = "float32", seed: int = 0) 
         raise ConfigError("A random init needs a tokenizer folder: --config.model.tokenizer=DIR.")
     tok = Tokenizer.from_dir(resolve_bundled(m["tokenizer"], "model.tokenizer"), max_length=m["max_length"])
     config = registry.config_from_dict(dict(m["encoder"]), source="model.encoder")
-    return init_model(config, tok, jax.random.key(seed), dtype=compute, **pooling)
+    return init_model(config, tok, rng_lib.key(seed), dtype=compute, **pooling)
 
 
 def transfer_vocab(model: SentenceModel, vocab_from: str, max_length: int) -> SentenceModel:

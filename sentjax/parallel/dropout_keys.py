@@ -16,14 +16,17 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
+from sentjax.rng import check_key
+
 __all__ = ["column_key", "row_keys", "embed_column"]
 
 EmbedFn = Callable[[Any, Mapping[str, jax.Array], Any], jax.Array]
 
 
 def column_key(rng: jax.Array, column: str) -> jax.Array:
-    """The key of a column: ``fold_in(rng, crc32(column))`` (stable across processes and runs)."""
-    return jax.random.fold_in(rng, zlib.crc32(column.encode()) & 0x7FFFFFFF)
+    """The key of a column: ``fold_in(rng, crc32(column))`` (stable across processes and runs).
+    ``rng`` must be a threefry key (``sentjax.rng``: other impls are not vmap-invariant)."""
+    return jax.random.fold_in(check_key(rng), zlib.crc32(column.encode()) & 0x7FFFFFFF)
 
 
 def row_keys(rng: jax.Array, column: str, first_row: jax.Array | int, n: int) -> jax.Array:

@@ -23,6 +23,8 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from sentjax import rng as rng_lib
+
 GradFn = Callable[[Any, dict, jax.Array], tuple[tuple[jax.Array, dict], Any]]
 
 
@@ -67,13 +69,13 @@ def check_global_batch(global_batch: int, mesh, accum_steps: int = 1) -> None:
 def init_state(params: Any, tx: optax.GradientTransformation, seed: int) -> dict:
     """Fresh state dict (host arrays); place it with ``jax.device_put(state, replicated(mesh))``."""
     return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
-            "rng": jax.random.key_data(jax.random.key(seed)).astype(jnp.uint32),
+            "rng": jax.random.key_data(rng_lib.key(seed)).astype(jnp.uint32),
             "data_pos": jnp.zeros((), jnp.int32)}
 
 
 def step_rng(state_rng: jax.Array, step: int | jax.Array) -> jax.Array:
     """Dropout key of a step: fold_in(key(seed), step); a pure function of (seed, step)."""
-    return jax.random.fold_in(jax.random.wrap_key_data(state_rng), step)
+    return jax.random.fold_in(rng_lib.wrap(state_rng), step)
 
 
 # ----------------------------------------------------------------------------- gradients

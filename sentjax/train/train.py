@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from sentjax import rng as rng_lib
 from sentjax.models import build as model_build
 from sentjax.models.build import resolve_bundled  # noqa: F401 (re-exported)
 from sentjax.parallel import distributed
@@ -48,6 +49,10 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     for k in ("total_steps", "batch_size", "accum_steps", "log_every"):
         if c[k] <= 0:
             raise config_cli.ConfigError(f"config.{k} must be positive, got {c[k]}.")
+    if c.checkpoint.every_steps <= 0:  # a modulo by it decides when to save: 0 would crash after step 1
+        raise config_cli.ConfigError(
+            f"config.checkpoint.every_steps must be positive, got {c.checkpoint.every_steps}; to save only "
+            f"at the end set it to config.total_steps ({c.total_steps}).")
     from sentjax.data.prompts import column_prompts
     column_prompts(dict(c.data.prompts))  # unknown column names are an error before any work
     check_lora(c)
@@ -191,15 +196,15 @@ def init_params(c, model, objective) -> dict:
         params = {"model": model.params}
     else:
         from sentjax.models.lora import init_adapters
-        params = {"lora": init_adapters(model.params, lcfg, jax.random.fold_in(jax.random.key(c.seed), 11))}
+        params = {"lora": init_adapters(model.params, lcfg, jax.random.fold_in(rng_lib.key(c.seed), 11))}
     head = None if objective.init_head is None else \
-        objective.init_head(jax.random.fold_in(jax.random.key(c.seed), 7), model.dim)
+        objective.init_head(jax.random.fold_in(rng_lib.key(c.seed), 7), model.dim)
     if head is not None:  # None: these hyperparameters train nothing besides the encoder
         params["head"] = head
     if objective.token_level:  # the MLM head: the checkpoint's (cls.predictions / lm_head) or fresh
         from sentjax.models.mlm_head import load_mlm_head
         params["mlm_head"], loaded = load_mlm_head(model.module.config, model.source_dir,
-                                                   jax.random.fold_in(jax.random.key(c.seed), 11))
+                                                   jax.random.fold_in(rng_lib.key(c.seed), 11))
         logger.info(f"MLM head: {'loaded from ' + str(model.source_dir) if loaded else 'initialised'}.")
     return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
 
@@ -454,8 +459,10 @@ def train(c: ml_collections.ConfigDict, resume: bool = False, progress: bool = T
     an exit with a save in flight would leave a torn checkpoint."""
     from sentjax import compile_cache
     from sentjax.train.workdir import WorkdirLock, check_writable
+    from sentjax.memory import trim_after_compile
     validate_config(c)
     compile_cache.enable(c.compile_cache)
+    trim_after_compile()
     with contextlib.ExitStack() as cleanup:
         if jax.process_index() == 0:
             check_writable(c.workdir)
