@@ -7,7 +7,9 @@ models, writes ``experiments/results/recipes/<row>.json`` and its section of
 
   matryoshka   STS-B dev Spearman at 384/256/128/64/32 dims: untrained MiniLM truncated, InfoNCE-trained,
                Matryoshka(InfoNCE)-trained (same data, steps, seed)
-  multipos     one vs several positives per anchor: NLI premises with two entailed hypotheses
+
+One vs several positives per anchor (NLI premises with two entailed hypotheses) is the run.py module
+``experiments/multipos.py``:  python experiments/run.py multipos --seeds 0,1,2
 
 Row sets other experiment modules import (``experiments/sigmoid_ablation.py``, run by
 ``python experiments/run.py sigmoid_ablation``): ``contrastive_objective_rows`` (InfoNCE vs learned T vs SigLIP).
@@ -96,37 +98,9 @@ def matryoshka(out: str, smoke: bool, with_infonce: bool = False) -> dict:
             "title": "Matryoshka: STS-B dev Spearman at each truncation (all-MiniLM-L6-v2, NLI-CAD, 12 steps of 32)"}
 
 
-# ============================================================================ several positives
-
-MULTIPOS_DATA = "nli-multipos:2:snli-dev,snli-test,bundled/nli_cad/all_combined/train.tsv"
-
-
-def multipos(out: str, smoke: bool) -> dict:
-    """The 541 premises of SNLI dev + test and NLI-CAD train with two entailed hypotheses, batch 32,
-    17 steps (one epoch), T = 0.05, no hard negatives; the same batches in every row (the k = 1 row
-    ignores the second positive column)."""
-    steps = {} if smoke else {"total_steps": 17}
-    variants = {
-        "k = 1 (InfoNCE, first entailment)": {"positives": 1, "form": "mean_log_prob"},
-        "k = 2, mean_log_prob (SupCon L_out, default)": {"positives": 2, "form": "mean_log_prob"},
-        "k = 2, log_sum_prob (L_in)": {"positives": 2, "form": "log_sum_prob"},
-    }
-    rows = {} if smoke else {"MiniLM untrained": _sts(None, (), smoke)}
-    for i, (name, v) in enumerate(variants.items()):
-        r = _train_and_export(os.path.join(out, f"row{i}"), {"data.datasets": (MULTIPOS_DATA,), **steps}, smoke,
-                              objective={"name": "multipos", "temperature": 0.05, "use_hard_negatives": False, **v})
-        rows[name] = {**_sts(r["final_model"], (), smoke), "loss": r["loss"], "train_s": r["train_s"]}
-    lines = ["| row | STS-B dev Spearman | STS-B dev Pearson | final loss | train s |", "|---|---|---|---|---|"]
-    for name, r in rows.items():
-        lines.append(f"| {name} | {r['spearman']:.2f} | {r['pearson']:.2f} | {r.get('loss', float('nan')):.3f} | "
-                     f"{r.get('train_s', '')} |")
-    return {"rows": rows, "table": "\n".join(lines),
-            "title": "Several positives per anchor: one vs two entailed hypotheses (all-MiniLM-L6-v2, 17 steps of 32)"}
-
-
 # ============================================================================ driver
 
-RECIPES: dict[str, Callable[[str, bool], dict]] = {"matryoshka": matryoshka, "multipos": multipos}
+RECIPES: dict[str, Callable[[str, bool], dict]] = {"matryoshka": matryoshka}
 
 
 def _write_section(row: str, result: dict, command: str, wall: float) -> None:

@@ -1,5 +1,5 @@
-"""experiments/recipes.py rows of this branch (matryoshka, multipos) run end to end on a tiny encoder,
-so they cannot rot; smoke runs never touch RESULTS.md."""
+"""experiments/recipes.py matryoshka runs end to end on a tiny encoder, so it cannot rot; smoke runs never
+touch RESULTS.md. (multipos is the run.py module experiments/multipos.py, smoke-tested in test_experiments.py.)"""
 import os
 import sys
 
