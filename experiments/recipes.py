@@ -1,13 +1,12 @@
-"""Short recipes on bundled data, one function per row group:  python experiments/recipes.py <row> [--smoke]
+"""Recipe entry points kept for their old command lines:  python experiments/recipes.py matryoshka [--smoke]
 
-Each recipe trains from all-MiniLM-L6-v2 for a tiny budget on 2 CPU cores, evaluates the exported
-models, writes ``experiments/results/recipes/<row>.json`` and its section of
-``experiments/RESULTS.md`` (between ``<!-- BEGIN recipes-<row> -->`` / ``<!-- END ... -->``).
-``--smoke`` swaps in a tiny random encoder and 2 steps into a temporary folder (checks the path only).
+The recipes are run.py experiment modules now (seeds, mean ± std, RESULTS.md sections):
 
   matryoshka   moved to ``python experiments/run.py matryoshka`` (experiments/matryoshka.py); this name
                forwards there (``--with-infonce`` adds its InfoNCE row)
-  multipos     one vs several positives per anchor: NLI premises with two entailed hypotheses
+
+One vs several positives per anchor (NLI premises with two entailed hypotheses) is the run.py module
+``experiments/multipos.py``:  python experiments/run.py multipos --seeds 0,1,2
 
 Row sets other experiment modules import (``experiments/sigmoid_ablation.py``, run by
 ``python experiments/run.py sigmoid_ablation``): ``contrastive_objective_rows`` (InfoNCE vs learned T vs SigLIP).
@@ -15,54 +14,12 @@ Row sets other experiment modules import (``experiments/sigmoid_ablation.py``, r
 from __future__ import annotations
 
 import argparse
-import inspect
-import json
 import os
-import platform
 import sys
 import tempfile
-import time
-from typing import Any, Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS_MD = os.path.join(HERE, "RESULTS.md")
-SMOKE = {"total_steps": 2, "batch_size": 8, "log_every": 1, "model.init_from": "",
-         "model.encoder.vocab_size": 30522, "model.encoder.hidden_size": 32,
-         "model.encoder.num_hidden_layers": 1, "model.encoder.num_attention_heads": 4,
-         "model.encoder.intermediate_size": 64, "model.encoder.max_position_embeddings": 64,
-         "model.max_length": 16, "model.tokenizer": "minilm"}
-
-
-def _train_and_export(workdir: str, overrides: dict[str, Any], smoke: bool, objective: dict | None = None) -> dict:
-    """Trains the demo setting (MiniLM, mean pooling, lr 5e-5) with ``overrides``; returns the summary."""
-    from sentjax.configs import demo
-    from sentjax.train.config_cli import apply_overrides
-    from sentjax.train.train import train
-    base = {"workdir": workdir, "evals.sts_dev.every_steps": 0, "best_metric": "", "log_every": 4,
-            "checkpoint.every_steps": 10_000}
-    c = apply_overrides(demo.get_config(), {**base, **overrides, **(SMOKE if smoke else {})})
-    if objective is not None:  # a whole block (matryoshka's nested inner block)
-        c.unlock()
-        c.objective = objective
-        c.lock()
-    t0 = time.time()
-    s = train(c, progress=False)
-    return {"final_model": s["final_model"], "loss": float(s["final"]["loss"]), "train_s": round(time.time() - t0, 1)}
-
-
-def _minilm() -> str:
-    from sentjax.models.bundled import minilm_dir
-    return minilm_dir()
-
-
-def _sts(model_dir: str | None, dims: tuple[int, ...], smoke: bool) -> dict[str, float]:
-    """STS-B dev (SentEval's file) Spearman x100 at full size and at each of ``dims``."""
-    import sentjax
-    from sentjax.eval.evaluators import EVALUATORS
-    model = sentjax.load(model_dir or _minilm())
-    cfg = {"type": "sts", "data": "stsbenchmark-dev", "limit": 64 if smoke else 0}
-    ev = EVALUATORS.build({**cfg, "type": "sts_dims", "dims": dims} if dims else cfg)
-    return ev(lambda texts: model.encode(texts, batch_size=128))
+RESULTS_MD = os.path.join(HERE, "RESULTS.md")  # tests check a smoke run leaves it unchanged
 
 
 # ============================================================================ matryoshka
@@ -85,79 +42,17 @@ def matryoshka(out: str | None, smoke: bool, with_infonce: bool = False, seeds: 
                    workroot=None if out is None else os.path.join(out, "runs"), fresh=True)
 
 
-# ============================================================================ several positives
-
-MULTIPOS_DATA = "nli-multipos:2:snli-dev,snli-test,bundled/nli_cad/all_combined/train.tsv"
-
-
-def multipos(out: str, smoke: bool) -> dict:
-    """The 541 premises of SNLI dev + test and NLI-CAD train with two entailed hypotheses, batch 32,
-    17 steps (one epoch), T = 0.05, no hard negatives; the same batches in every row (the k = 1 row
-    ignores the second positive column)."""
-    steps = {} if smoke else {"total_steps": 17}
-    variants = {
-        "k = 1 (InfoNCE, first entailment)": {"positives": 1, "form": "mean_log_prob"},
-        "k = 2, mean_log_prob (SupCon L_out, default)": {"positives": 2, "form": "mean_log_prob"},
-        "k = 2, log_sum_prob (L_in)": {"positives": 2, "form": "log_sum_prob"},
-    }
-    rows = {} if smoke else {"MiniLM untrained": _sts(None, (), smoke)}
-    for i, (name, v) in enumerate(variants.items()):
-        r = _train_and_export(os.path.join(out, f"row{i}"), {"data.datasets": (MULTIPOS_DATA,), **steps}, smoke,
-                              objective={"name": "multipos", "temperature": 0.05, "use_hard_negatives": False, **v})
-        rows[name] = {**_sts(r["final_model"], (), smoke), "loss": r["loss"], "train_s": r["train_s"]}
-    lines = ["| row | STS-B dev Spearman | STS-B dev Pearson | final loss | train s |", "|---|---|---|---|---|"]
-    for name, r in rows.items():
-        lines.append(f"| {name} | {r['spearman']:.2f} | {r['pearson']:.2f} | {r.get('loss', float('nan')):.3f} | "
-                     f"{r.get('train_s', '')} |")
-    return {"rows": rows, "table": "\n".join(lines),
-            "title": "Several positives per anchor: one vs two entailed hypotheses (all-MiniLM-L6-v2, 17 steps of 32)"}
-
-
 # ============================================================================ driver
-
-RECIPES: dict[str, Callable[[str, bool], dict]] = {"multipos": multipos}
-
-
-def _write_section(row: str, result: dict, command: str, wall: float) -> None:
-    import jax
-    body = (f"<!-- BEGIN recipes-{row} -->\n## {result['title']}\n\n`{command}` "
-            f"({time.strftime('%Y-%m-%d', time.gmtime())}, one seed, {wall:.0f} s wall on 2 shared CPU cores, "
-            f"jax {jax.__version__}, Python {platform.python_version()})\n\n{result['table']}\n\n"
-            f"{inspect.cleandoc(RECIPES[row].__doc__ or '')}\n<!-- END recipes-{row} -->")
-    text = open(RESULTS_MD, encoding="utf-8").read() if os.path.exists(RESULTS_MD) else ""
-    begin, end = f"<!-- BEGIN recipes-{row} -->", f"<!-- END recipes-{row} -->"
-    if begin in text:
-        text = text[:text.index(begin)] + body + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + body + "\n"
-    with open(RESULTS_MD, "w", encoding="utf-8") as f:
-        f.write(text)
-
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("row", choices=sorted([*RECIPES, "matryoshka"]))
+    p.add_argument("row", choices=["matryoshka"])
     p.add_argument("--smoke", action="store_true", help="tiny random encoder, 2 steps, temporary folder")
-    p.add_argument("--out", default=os.path.join("runs", "recipes"))
     p.add_argument("--with-infonce", action="store_true", help="matryoshka: also train plain InfoNCE")
     a = p.parse_args(argv)
-    if a.row == "matryoshka":  # the run.py experiment module; its own outputs and RESULTS.md section
-        with tempfile.TemporaryDirectory() as tmp:
-            res = matryoshka(tmp if a.smoke else None, a.smoke, a.with_infonce)
-        print(res["section"])
-        return 0
-    t0 = time.time()
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp if a.smoke else a.out, a.row)
-        extra = {"with_infonce": True} if a.with_infonce and a.row == "matryoshka" else {}
-        result = RECIPES[a.row](out, a.smoke, **extra)
-    wall = time.time() - t0
-    print(result["table"])
-    if not a.smoke:
-        os.makedirs(os.path.join(HERE, "results", "recipes"), exist_ok=True)
-        with open(os.path.join(HERE, "results", "recipes", f"{a.row}.json"), "w", encoding="utf-8") as f:
-            json.dump({"rows": result["rows"], "wall_s": round(wall, 1)}, f, indent=2)
-        _write_section(a.row, result, f"python experiments/recipes.py {a.row}", wall)
+    with tempfile.TemporaryDirectory() as tmp:  # the run.py module writes its own outputs and section
+        res = matryoshka(tmp if a.smoke else None, a.smoke, a.with_infonce)
+    print(res["section"])
     return 0
 
 

@@ -175,3 +175,41 @@ def test_smoke_sigmoid_ablation_learned_scalars_reach_the_table(tmp_path):
     # 3 smoke steps at lr 3e-5 x 200: t = exp(t') has left its start of 10, b its start of -10
     assert r["logit_scale"] != pytest.approx(10.0, abs=1e-3) and r["logit_bias"] != pytest.approx(-10.0, abs=1e-3)
     assert "1/T or t (last step)" in res["section"]
+
+
+@needs_tok
+@pytest.mark.slow
+def test_smoke_mlm_aux_rows_differ_only_in_the_mlm_term(tmp_path):
+    """The two rows train the same config except the objective (same data, steps, seed), the MLM row's
+    objective is InfoNCE (the plain row's block) + 0.1 MLM on the anchors, and its loss terms reach the table."""
+    import mlm_aux
+    plain = run.build_config(mlm_aux, mlm_aux.MAIN, 0, True, str(tmp_path / "a")).to_dict()
+    multi = run.build_config(mlm_aux, mlm_aux.WITH_MLM, 0, True, str(tmp_path / "a")).to_dict()
+    obj_plain, obj_multi = plain.pop("objective"), multi.pop("objective")
+    plain.pop("workdir"), multi.pop("workdir")
+    assert plain == multi
+    infonce, mlm = obj_multi["terms"]
+    from sentjax.losses import registry
+    term = {k: v for k, v in infonce.items() if k != "weight"}
+    assert {**registry.defaults("infonce"), **term} == obj_plain and infonce["weight"] == 1.0
+    assert (mlm["name"], mlm["weight"], mlm["source"]) == ("mlm", mlm_aux.MLM_WEIGHT, "mlm")
+    res, saved = _smoke(tmp_path, "mlm_aux", list(mlm_aux.ROWS))
+    r0, r1 = saved["results"][mlm_aux.MAIN][0], saved["results"][mlm_aux.WITH_MLM][0]
+    assert "mlm_first" not in r0 and math.isfinite(r0["infonce_last"])
+    # a fresh head over MiniLM's 30,522 words: the masked-token cross-entropy starts near ln(30522) = 10.3
+    assert 5.0 < r1["mlm_first"] < 15.0 and math.isfinite(r1["mlm_last"])
+    assert r1["final_loss"] > r1["infonce_last"]  # the total includes 0.1 x MLM
+    assert "| MLM CE, first 5 steps |" in res["section"]
+
+
+@needs_tok
+@pytest.mark.slow
+def test_smoke_multipos_rows(tmp_path):
+    """k = 1 / k = 2 in both forms on the nli-multipos data, the same batches in every row."""
+    import multipos
+    cfgs = {r: run.build_config(multipos, r, 0, True, str(tmp_path / "a")) for r in multipos.ROWS}
+    assert {(c.objective.positives, c.objective.form) for c in cfgs.values()} == {
+        (1, "mean_log_prob"), (2, "mean_log_prob"), (2, "log_sum_prob")}
+    assert {c.data.datasets for c in cfgs.values()} == {(multipos.MULTIPOS_DATA,)}
+    assert not any(c.objective.use_hard_negatives for c in cfgs.values())
+    _smoke(tmp_path, "multipos", list(multipos.ROWS))

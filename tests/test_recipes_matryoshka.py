@@ -1,6 +1,6 @@
 """The Matryoshka recipe (experiments/matryoshka.py, run by ``run.py matryoshka``; ``recipes.py
 matryoshka`` forwards there) runs end to end on a tiny encoder, so it cannot rot; smoke runs never
-touch RESULTS.md."""
+touch RESULTS.md. (multipos is the run.py module experiments/multipos.py, smoke-tested in test_experiments.py.)"""
 import math
 import os
 import sys
