@@ -3,8 +3,9 @@
 XLA:CPU allocates a few hundred MiB of compiler data structures while compiling a training step and
 frees them when done, but glibc keeps the freed pages of its (per-thread) arenas mapped, so they stay in
 the process's resident set and the step's own buffers are allocated on top of them. Measured on the
-MiniLM batch-64 step (``experiments/bench/results/train-memory.md``): RSS after compilation 909 ->
-714 MiB, peak RSS of the run 2443 -> 2266 MiB. The trim runs in a ``jax.monitoring`` listener on
+MiniLM batch-64 step of ``experiments/bench/train.py`` (state donated), one process each: RSS after
+compilation 909 -> 719 MiB, peak RSS over three steps 2443 -> 2186 MiB (the peak with both engines:
+``experiments/bench/results/train-memory.md``). The trim runs in a ``jax.monitoring`` listener on
 XLA's backend-compile event, i.e. after every compilation (once per shape) and before the first
 execution; it costs milliseconds. Elsewhere than glibc (macOS, musl) it is a no-op.
 Disable with ``SENTJAX_MALLOC_TRIM=0``.

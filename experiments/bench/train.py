@@ -83,7 +83,6 @@ def child_sentjax(batch: int, steps: int, warmup: int, cached: int, devices: int
     # parameters + AdamW moments coexist during the step (~430 MiB more peak RSS for MiniLM).
     step = jax.jit(step, donate_argnums=(0, 1))
     params = jax.device_put(model.params, rep)
-    model.params = None  # the trainer keeps no host copy of the state either
     opt_state = jax.device_put(tx.init(params), rep)
     texts = common.read_sentences()
     times, tokens_real = [], 0
@@ -114,6 +113,13 @@ def child_sentjax(batch: int, steps: int, warmup: int, cached: int, devices: int
             "real_tokens_per_step": tokens_real / steps, "xla_temp_mib": temp_mib}
 
 
+def _write_report(lines: list[str], out: str | None, default_name: str) -> None:
+    text = "\n".join(lines) + "\n"
+    print(text)
+    with open(out or os.path.join(common.HERE, "results", default_name), "w") as f:
+        f.write(text)
+
+
 def run_packing(a) -> None:
     """sentence-transformers MNRL vs sentjax padded vs sentjax packed, batch 64, in one run (same-run
     ratios); writes results/train-packing.md."""
@@ -136,10 +142,7 @@ def run_packing(a) -> None:
     for name, r in out.items():
         lines.append(f"| {name} | {r['pairs_per_s']:.1f} | {r['pairs_per_s'] / peer:.2f} | "
                      f"{r['seconds_per_step']:.2f} | {r['peak_rss_mib']:.0f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with open(a.out or os.path.join(common.HERE, "results", "train-packing.md"), "w") as f:
-        f.write(text)
+    _write_report(lines, a.out, "train-packing.md")
 
 
 # (batch, sentence-transformers' CachedMNRL mini-batch, sentjax GradCache chunk); 0 = uncached. ST's mini-batch
@@ -176,10 +179,7 @@ def run_memory(a) -> None:
         st, sj = runs[("st", batch, mini)], runs[("sentjax", batch, chunk)]
         lines.append(f"| {batch} | {mini or '-'} | {st['peak_rss_mib']:.0f} | {chunk or '-'} | {sj['peak_rss_mib']:.0f} | "
                      f"{sj['peak_rss_mib'] / st['peak_rss_mib']:.2f} | {sj.get('xla_temp_mib', float('nan')):.0f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with open(a.out or os.path.join(common.HERE, "results", "train-memory.md"), "w") as f:
-        f.write(text)
+    _write_report(lines, a.out, "train-memory.md")
 
 
 def main() -> None:
@@ -270,11 +270,7 @@ def main() -> None:
         ratio = f"{r['pairs_per_s'] / peer64:.2f}" if peer64 else "-"
         lines.append(f"| {name} | {batch} | {cached or '-'} | {devices} | {r['pairs_per_s']:.1f} | {ratio} | "
                      f"{r['seconds_per_step']:.2f} | {r['peak_rss_mib']:.0f} | {util} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    out = a.out or os.path.join(common.HERE, "results", "train.md")
-    with open(out, "w") as f:
-        f.write(text)
+    _write_report(lines, a.out, "train.md")
 
 
 if __name__ == "__main__":
