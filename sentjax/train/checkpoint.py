@@ -366,15 +366,23 @@ class _probe_noise:
         return cls.damaged_seen and tb is not None and f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename
 
     @classmethod
+    def leftover_os_error(cls, value) -> bool:
+        """Another write of a save whose OS error (full / read-only disk) was already reported.
+        TensorStore sets these on bare futures, so their traceback has no Orbax frame to go by."""
+        from sentjax.train.workdir import as_os_error
+        return cls.damaged_seen and value is not None and as_os_error(value) is not None
+
+    @classmethod
     def unraisable(cls, u) -> bool:
-        return cls.closed_loop(u.exc_value) or cls.from_orbax(u.exc_value)
+        return cls.closed_loop(u.exc_value) or cls.from_orbax(u.exc_value) or cls.leftover_os_error(u.exc_value)
 
 
 class _QuietProbeFutures(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         return not ("never retrieved" in record.getMessage()
-                    and (_probe_noise.closed_loop(exc) or _probe_noise.from_orbax(exc)))
+                    and (_probe_noise.closed_loop(exc) or _probe_noise.from_orbax(exc)
+                         or _probe_noise.leftover_os_error(exc)))
 
 
 logging.getLogger("asyncio").addFilter(_QuietProbeFutures())
