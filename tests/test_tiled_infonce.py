@@ -145,14 +145,20 @@ CASES = [  # (global batch, k hard negatives, symmetric, hard_negative_weight)
 # one device
 
 
-@pytest.mark.parametrize("big_b,k,symmetric,weight", CASES)
-def test_single_device_matches_float64_reference(big_b, k, symmetric, weight):
+# kernels of the one-directional loss: the row panel (default budget) and the [tile, tile] ring
+PANEL, RING = 256.0, 0.0
+KERNEL_CASES = [c + (PANEL,) for c in CASES] + [c + (RING,) for c in CASES if not c[2]]
+
+
+@pytest.mark.parametrize("big_b,k,symmetric,weight,panel_mib", KERNEL_CASES)
+def test_single_device_matches_float64_reference(big_b, k, symmetric, weight, panel_mib):
     a, p, n = make_batch(big_b * 10 + k, big_b, 16, k)
     kw = dict(temperature=T, symmetric=symmetric, weight=weight)
     want_loss, want_acc, want_grads = torch_reference(a, p, n, **kw)
     assert want_loss == pytest.approx(numpy_loss(a, p, n, **kw), rel=1e-12)
     (loss, metrics), grads = tiled_value_and_grad(a, p, n, temperature=T, symmetric=symmetric,
-                                                  hard_negative_weight=weight, tile_size=TILE)
+                                                  hard_negative_weight=weight, tile_size=TILE,
+                                                  panel_mib=panel_mib)
     assert float(loss) == pytest.approx(want_loss, rel=1e-5)
     assert float(metrics["accuracy"]) == pytest.approx(want_acc, abs=1e-6)
     assert 0.0 < want_acc < 1.0  # the accuracy check is not vacuous
@@ -169,6 +175,34 @@ def test_tile_larger_than_batch_and_tile_one():
         assert float(loss) == pytest.approx(want_loss, rel=1e-5)
         for g, w in zip(grads, want_grads):
             assert_close(g, w, 1e-5, f"tile {tile}")
+
+
+@pytest.mark.parametrize("temperature", [0.05, 0.01, 0.002])
+@pytest.mark.parametrize("big_b,tile,masked", [(37, 16, True), (40, 20, False)])
+def test_fixed_shift_and_online_max_paths(temperature, big_b, tile, masked):
+    """T = 0.05 sums exp(logit - 1/T) in one pass (a fixed shift); T = 0.01 and 0.002 span more than
+    float32's exp range, so they keep the online max. Both are exact, padded (masked) or not. At
+    T = 0.002 logits reach 500: a fixed shift would underflow whole rows to 0, an unshifted exp overflow."""
+    from sentjax.losses.tiled_infonce import _fixed_shift, _tile_size
+    assert (_fixed_shift(1 / temperature, 0.5) is not None) == (temperature == 0.05)
+    assert (big_b % _tile_size(big_b, tile) != 0) == masked
+    a, p, n = make_batch(5, big_b, 16, 1)
+    want_loss, want_acc, want_grads = torch_reference(a, p, n, temperature=temperature, symmetric=True, weight=0.5)
+    (loss, metrics), grads = tiled_value_and_grad(a, p, n, temperature=temperature, symmetric=True,
+                                                  hard_negative_weight=0.5, tile_size=tile)
+    assert np.isfinite(float(loss)) and float(loss) == pytest.approx(want_loss, rel=1e-5, abs=1e-6)
+    assert float(metrics["accuracy"]) == pytest.approx(want_acc, abs=1e-6)
+    for name, g, w in zip(("anchors", "positives", "negatives"), grads, want_grads):
+        assert_close(g, w, 1e-5, name)
+
+
+def test_tile_size_avoids_padding_when_a_divisor_fits():
+    from sentjax.losses.tiled_infonce import _tile_size
+    assert _tile_size(64, 1024) == 64           # one tile, no padding
+    assert _tile_size(3000, 1024) == 1000       # largest divisor in (512, 1024]
+    assert _tile_size(2 ** 16, 1024) == 1024
+    assert _tile_size(1031, 1024) == 1024       # prime: padded tiles
+    assert _tile_size(5, 2) == 2                # divisors only above half the tile
 
 
 def test_accuracy_ties_follow_argmax_first_index():
@@ -217,12 +251,13 @@ def data_mesh():
     return jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
 
 
-@pytest.mark.parametrize("big_b,k,symmetric,weight", [(104, 0, True, 0.0), (104, 2, False, 0.9),
-                                                      (104, 1, True, 0.4)])
-def test_eight_devices_match_single_device(big_b, k, symmetric, weight):
+@pytest.mark.parametrize("big_b,k,symmetric,weight,panel_mib", [
+    (104, 0, True, 0.0, PANEL), (104, 2, False, 0.9, PANEL), (104, 2, False, 0.9, RING), (104, 0, False, 0.0, PANEL),
+    (104, 1, True, 0.4, PANEL)])
+def test_eight_devices_match_single_device(big_b, k, symmetric, weight, panel_mib):
     mesh = data_mesh()  # local batch 13, tile 8: neither multiple of the other
     a, p, n = make_batch(big_b + k, big_b, 16, k)
-    kw = dict(temperature=T, symmetric=symmetric, hard_negative_weight=weight)
+    kw = dict(temperature=T, symmetric=symmetric, hard_negative_weight=weight, panel_mib=panel_mib)
 
     def local(a, p, n):
         loss, metrics = tiled_infonce_loss(a, p, n, axis_name="data", tile_size=8, **kw)
@@ -244,8 +279,9 @@ def test_eight_devices_match_single_device(big_b, k, symmetric, weight):
         assert_close(g, o, 1e-5, "8 devices vs 1 device")
 
 
-def torch_weighted_reference(a, p, n, w_rows, *, temperature, weight):
-    """Symmetric loss with row i's forward term and column i's backward term weighted by w_rows[i]."""
+def torch_weighted_reference(a, p, n, w_rows, *, temperature, weight, symmetric=True):
+    """Symmetric loss with row i's forward term and column i's backward term weighted by w_rows[i]
+    (one-directional: row i's term only)."""
     ta, tp, tn = (torch.tensor(np.asarray(x, np.float64), requires_grad=True) for x in (a, p, n))
     norm = torch.nn.functional.normalize
     an, pn = norm(ta, dim=-1), norm(tp, dim=-1)
@@ -256,7 +292,10 @@ def torch_weighted_reference(a, p, n, w_rows, *, temperature, weight):
     labels = torch.arange(big_b)
     ce = lambda x: torch.nn.functional.cross_entropy(x, labels, reduction="none")  # noqa: E731
     w = torch.tensor(np.asarray(w_rows, np.float64))
-    loss = (w * (ce(an @ cands.T / temperature + bias) + ce(pn @ an.T / temperature))).sum() / (2 * big_b)
+    if symmetric:
+        loss = (w * (ce(an @ cands.T / temperature + bias) + ce(pn @ an.T / temperature))).sum() / (2 * big_b)
+    else:
+        loss = (w * ce(an @ cands.T / temperature + bias)).sum() / big_b
     loss.backward()
     return loss.item(), [ta.grad.numpy(), tp.grad.numpy(), tn.grad.numpy()]
 
@@ -267,12 +306,12 @@ def test_custom_vjp_weights_each_device_share_by_its_own_cotangent():
     (1 under shard_map, N under pmap). Check it is the exact VJP for DIFFERENT per-device cotangents:
     anchor rows are weighted by their device's, symmetric positive columns by their owner's, which
     travels around the ring with the block."""
-    from sentjax.losses.tiled_infonce import _Config, _l2_normalize, _tiled_core
+    from sentjax.losses.tiled_infonce import _Config, _fixed_shift, _l2_normalize, _tiled_core
     mesh = data_mesh()
     big_b, k, d, weight = 24, 1, 8, 0.6  # local batch 3, tile 2
     a, p, n = make_batch(21, big_b, d, k)
     w = np.arange(1.0, 9.0, dtype=np.float32)  # device r's share enters with weight r + 1
-    cfg = _Config(1.0 / T, weight, True, "data", 2, k)
+    cfg = _Config(1.0 / T, weight, True, "data", 2, k, masked=True, shift=_fixed_shift(1.0 / T, weight))
 
     def local(a, p, n, w):
         share, _ = _tiled_core(_l2_normalize(a), _l2_normalize(p), _l2_normalize(n).reshape(-1, d), cfg)
@@ -287,7 +326,51 @@ def test_custom_vjp_weights_each_device_share_by_its_own_cotangent():
         assert_close(g, wg, 1e-5, name)
 
 
-def test_pmap_per_device_gradient_is_n_times_its_share():
+def test_panel_vjp_weights_each_device_share_by_its_own_cotangent():
+    """The row-panel kernel computes its gradient in the forward pass for a unit cotangent; the
+    backward scales each device's rows by that device's cotangent before the candidate gradients
+    are summed at their owners (psum_scatter). Exact for DIFFERENT per-device cotangents, with
+    padded panels (local batch 5, 4 rows per panel)."""
+    from sentjax.losses.panel_infonce import PanelConfig, panel_core
+    from sentjax.losses.tiled_infonce import _l2_normalize
+    mesh = data_mesh()
+    big_b, k, d, weight = 40, 2, 8, 0.6
+    a, p, n = make_batch(23, big_b, d, k)
+    w = np.arange(1.0, 9.0, dtype=np.float32)
+    cfg = PanelConfig(1.0 / T, weight, "data", 4, k)
+
+    def local(a, p, n, w):
+        share, _ = panel_core(_l2_normalize(a), _l2_normalize(p), _l2_normalize(n).reshape(-1, d), cfg)
+        return jax.lax.psum(w[0] * share, "data")
+
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P("data"),) * 4, out_specs=P())
+    loss, grads = jax.jit(jax.value_and_grad(sharded, argnums=(0, 1, 2)))(a, p, n, w)
+    want_loss, want_grads = torch_weighted_reference(a, p, n, np.repeat(w, big_b // 8), temperature=T,
+                                                     weight=weight, symmetric=False)
+    assert float(loss) == pytest.approx(want_loss, rel=1e-5)
+    for name, g, wg in zip(("anchors", "positives", "negatives"), grads, want_grads):
+        assert_close(g, wg, 1e-5, name)
+
+
+def test_panel_rows_budget_and_padding():
+    from sentjax.losses.panel_infonce import panel_rows
+    assert panel_rows(64, 64 * 8 * 2, 256 * 2 ** 20) == 64          # the whole local batch fits
+    assert panel_rows(2 ** 16, 2 ** 16, 256 * 2 ** 20) == 512        # 2 x 4 B x 512 x 65536 = 256 MiB
+    assert panel_rows(37, 111, 32 * 8 * 111) == 32                  # no divisor of 37 above 16: padded
+    assert panel_rows(100, 300, 60 * 8 * 300) == 50                 # a divisor: no padding
+    assert panel_rows(4096, 2 ** 20, 16 * 8 * 2 ** 20) == 0         # under 32 rows: the ring kernel
+    a, p, n = make_batch(31, 37, 16, 2)
+    want_loss, want_acc, want_grads = torch_reference(a, p, n, temperature=T, symmetric=False, weight=0.4)
+    (loss, metrics), grads = tiled_value_and_grad(a, p, n, temperature=T, hard_negative_weight=0.4,
+                                                  panel_mib=32 * 8 * 111 / 2 ** 20)  # 32-row panels
+    assert float(loss) == pytest.approx(want_loss, rel=1e-5)
+    assert float(metrics["accuracy"]) == pytest.approx(want_acc, abs=1e-6)
+    for name, g, w in zip(("anchors", "positives", "negatives"), grads, want_grads):
+        assert_close(g, w, 1e-5, name)
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["ring", "panel"])
+def test_pmap_per_device_gradient_is_n_times_its_share(symmetric):
     """Under jax.pmap (gradient taken per device, sentjax.parallel.global_grads' pmap backend) JAX
     transposes the loss's psum into a psum, so each device's gradient is N times its share of the
     global gradient -- as for the dense loss -- and the pmean of parameter gradients is exact
@@ -296,7 +379,7 @@ def test_pmap_per_device_gradient_is_n_times_its_share():
         pytest.skip("needs 8 (fake) devices")
     big_b, k = 40, 2  # local batch 5, tile 2: three tiles, the last one padded
     a, p, n = make_batch(17, big_b, 8, k)
-    kw = dict(temperature=T, symmetric=True, hard_negative_weight=0.5, tile_size=2, axis_name="data")
+    kw = dict(temperature=T, symmetric=symmetric, hard_negative_weight=0.5, tile_size=2, axis_name="data")
 
     def device_step(a, p, n):
         (loss, m), g = jax.value_and_grad(lambda *x: tiled_infonce_loss(*x, **kw), (0, 1, 2), has_aux=True)(a, p, n)
@@ -304,7 +387,7 @@ def test_pmap_per_device_gradient_is_n_times_its_share():
 
     split = lambda x: x.reshape((8, -1) + x.shape[1:])  # noqa: E731
     loss, acc, grads = jax.pmap(device_step, axis_name="data")(split(a), split(p), split(n))
-    want_loss, want_acc, want_grads = torch_reference(a, p, n, temperature=T, symmetric=True, weight=0.5)
+    want_loss, want_acc, want_grads = torch_reference(a, p, n, temperature=T, symmetric=symmetric, weight=0.5)
     assert float(loss[0]) == pytest.approx(want_loss, rel=1e-5)
     assert float(acc[0]) == pytest.approx(want_acc, abs=1e-6)
     for name, g, wg in zip(("anchors", "positives", "negatives"), grads, want_grads):

@@ -127,6 +127,7 @@ class Config:
     use_hard_negatives: bool = True    # embed the batch's "negative" column when the data has one
     impl: str = "dense"                # "dense" [b, B] logits, or "tiled": never builds them (tiled_infonce.py)
     tile_size: int = 1024              # rows per tile of impl="tiled"
+    panel_mib: float = 256.0           # impl="tiled", not symmetric: 3-matmul row panels when they fit (0: ring)
     learn_temperature: bool = False    # CLIP: train log(1/T) from 1/temperature (params["head"]["log_scale"])
     max_logit_scale: float = 100.0     # CLIP's clip of the learned 1/T (kept in [1, max_logit_scale])
 
@@ -136,6 +137,8 @@ class Config:
         check_temperature(self.temperature)
         if self.tile_size <= 0:
             raise ValueError(f"objective.tile_size must be positive, got {self.tile_size}.")
+        if not self.panel_mib >= 0:
+            raise ValueError(f"objective.panel_mib must be >= 0 (0: always the [tile, tile] ring), got {self.panel_mib}.")
         if self.learn_temperature:
             if self.impl == "tiled":
                 raise ValueError("objective.learn_temperature=True needs impl='dense': the tiled kernel "
@@ -159,7 +162,7 @@ def clip_temperature_head(head: dict[str, jax.Array], max_logit_scale: float = 1
 
 def column_loss(*, temperature: float = 0.05, symmetric: bool = False, hard_negative_weight: float = 0.0,
                 impl: str = "dense", tile_size: int = 1024, learn_temperature: bool = False,
-                max_logit_scale: float = 100.0):
+                max_logit_scale: float = 100.0, panel_mib: float = 256.0):
     """``loss_fn(params, embeddings, axis_name)`` over the columns ``anchor`` / ``positive`` ``[b, d]``
     and optionally ``negative`` ``[b * k, d]`` (anchor-major: anchor i's k negatives are rows
     ``i*k .. i*k+k-1``; reshaped to ``[b, k, d]`` here). With ``learn_temperature`` the logit scale
@@ -175,7 +178,7 @@ def column_loss(*, temperature: float = 0.05, symmetric: bool = False, hard_nega
             assert logit_scale is None  # refused above: the tiled kernel takes a fixed temperature
             return tiled_infonce_loss(a, p, n, temperature=temperature, symmetric=symmetric,
                                       hard_negative_weight=hard_negative_weight, tile_size=tile_size,
-                                      axis_name=axis_name)
+                                      panel_mib=panel_mib, axis_name=axis_name)
     else:
         def kernel(a, p, n, axis_name, logit_scale=None):
             return infonce_loss(a, p, n, temperature=temperature, symmetric=symmetric,
@@ -231,7 +234,7 @@ OBJECTIVE = ObjectiveSpec(
     loss=lambda hp: column_loss(temperature=hp.temperature, symmetric=hp.symmetric,
                                 hard_negative_weight=hp.hard_negative_weight, impl=hp.impl,
                                 tile_size=hp.tile_size, learn_temperature=hp.learn_temperature,
-                                max_logit_scale=hp.max_logit_scale),
+                                max_logit_scale=hp.max_logit_scale, panel_mib=hp.panel_mib),
     columns=lambda hp: ("anchor", "positive") + (("negative",) if hp.use_hard_negatives else ()),
     in_batch_negatives=True,
     init_head=lambda hp, rng, dim: init_temperature_head(hp.temperature) if hp.learn_temperature else None,

@@ -59,11 +59,13 @@ from jax import lax
 
 from sentjax.losses import ring
 from sentjax.losses.checks import check_embedding_pair, check_negatives
+from sentjax.losses.panel_infonce import PanelConfig, panel_core, panel_rows
 from sentjax.ops import l2_normalize
 
 __all__ = ["tiled_infonce_loss", "DEFAULT_TILE_SIZE"]
 
 DEFAULT_TILE_SIZE = 1024
+DEFAULT_PANEL_MIB = 256.0
 _NEG_INF = -jnp.inf
 
 
@@ -75,6 +77,8 @@ class _Config(NamedTuple):
     axis_name: str | None
     tile: int
     k: int  # hard negatives per anchor
+    masked: bool  # some tile holds padding rows (b or b*k not a multiple of tile)
+    shift: float | None  # fixed log-sum-exp shift (a bound on every logit), or None: online max
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,8 +129,36 @@ def _pad_rows(x: jax.Array, tile: int) -> jax.Array:
     return jnp.pad(x, ((0, pad), (0, 0))) if pad else x
 
 
-def _lse_update(m: jax.Array, s: jax.Array, x: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
-    """Online log-sum-exp: (m, s) with lse = m + log(s) absorbs the block x along ``axis``."""
+def _tile_size(b: int, tile_size: int) -> int:
+    """The tile side actually used: b itself when it fits in one tile, else the largest divisor of b
+    in (tile_size / 2, tile_size] (no padding rows, no masks), else tile_size (padded)."""
+    if b <= tile_size:
+        return max(b, 1)
+    return next((t for t in range(tile_size, tile_size // 2, -1) if b % t == 0), tile_size)
+
+
+# exp(x - shift) keeps float32's full precision down to exp(-87); with |cos| <= 1 every logit lies
+# in [-1/T - |w|, 1/T + max(w, 0)], so a fixed shift at the top is safe while the span stays below this.
+_MAX_FIXED_SHIFT_SPAN = 64.0
+
+
+def _fixed_shift(inv_temperature: float, hard_negative_weight: float) -> float | None:
+    """The upper bound of every logit when a fixed shift cannot underflow a row's sum (the row's
+    label logit is >= the lower bound), else None (use the online max). The bound has a 1% margin
+    for unit vectors rounded in bfloat16, whose cosines can exceed 1 by ~2^-8."""
+    top = 1.01 * inv_temperature + max(hard_negative_weight, 0.0)
+    span = top + 1.01 * inv_temperature + abs(min(hard_negative_weight, 0.0))
+    return top if span <= _MAX_FIXED_SHIFT_SPAN else None
+
+
+def _lse_update(m: jax.Array, s: jax.Array, x: jax.Array, axis: int,
+                shift: float | None = None) -> tuple[jax.Array, jax.Array]:
+    """Online log-sum-exp: (m, s) with lse = m + log(s) absorbs the block x along ``axis``.
+
+    With a fixed ``shift``, lse = shift + log(s) and the sum needs no rescale (nor the running max
+    first: m is still the running max, kept for the accuracy)."""
+    if shift is not None:
+        return jnp.maximum(m, jnp.max(x, axis=axis)), s + jnp.sum(jnp.exp(x - shift), axis=axis)
     m_new = jnp.maximum(m, jnp.max(x, axis=axis))
     # A row/column that has seen only masked (-inf) entries keeps m = -inf; shift by 0 there.
     shift = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
@@ -164,7 +196,8 @@ def _tile_logits(q, q_id, kblk, k_id, k_neg, k_valid, cfg: _Config):
     if cfg.hard_negative_weight != 0.0:
         own_neg = k_neg[None, :] & (k_id[None, :] == q_id[:, None])
         logits = logits + jnp.where(own_neg, jnp.float32(cfg.hard_negative_weight), 0.0)
-    logits = jnp.where(k_valid[None, :], logits, _NEG_INF)
+    if cfg.masked:
+        logits = jnp.where(k_valid[None, :], logits, _NEG_INF)
     return s, logits
 
 
@@ -209,7 +242,7 @@ def _forward_stats(a: jax.Array, p: jax.Array, n: jax.Array, cfg: _Config):
                 sl = lambda x: lax.dynamic_slice_in_dim(x, ci * t, t)  # noqa: E731
                 k_id, k_neg, k_valid = sl(c_id_all), sl(lay.c_is_neg), sl(lay.c_valid)
                 raw, logits = _tile_logits(q, q_id, sl(cands), k_id, k_neg, k_valid, cfg)
-                m, s = _lse_update(m, s, logits, axis=1)
+                m, s = _lse_update(m, s, logits, axis=1, shift=cfg.shift)
                 # accuracy as jnp.argmax (first maximum) over [positives..., negatives...]: correct iff
                 # the label logit is the row max and no candidate ranked before it ties. Only positive
                 # tiles that reach an id <= the tile's largest query id can hold a label or an earlier one.
@@ -225,7 +258,8 @@ def _forward_stats(a: jax.Array, p: jax.Array, n: jax.Array, cfg: _Config):
                 if cfg.symmetric:
                     cm, cs = (lax.dynamic_slice_in_dim(x, ci * t, t) for x in col)
                     # positives as queries, anchors as candidates: the un-biased cosines, columns
-                    cm, cs = _lse_update(cm, cs, jnp.where(q_valid[:, None], raw, _NEG_INF), axis=0)
+                    col_logits = jnp.where(q_valid[:, None], raw, _NEG_INF) if cfg.masked else raw
+                    cm, cs = _lse_update(cm, cs, col_logits, axis=0, shift=cfg.shift)
                     col = tuple(lax.dynamic_update_slice_in_dim(x, v, ci * t, 0)
                                 for x, v in zip(col, (cm, cs)))
                 return (m, s, lab, mb), col
@@ -243,14 +277,14 @@ def _forward_stats(a: jax.Array, p: jax.Array, n: jax.Array, cfg: _Config):
     row, _, col = lax.fori_loop(0, n_dev, ring_step, (row, lay.cands, col))
 
     m, s, lab, mb = (x[:b] for x in row)
-    lse_row = m + jnp.log(s)
+    lse_row = (m if cfg.shift is None else cfg.shift) + jnp.log(s)
     correct = jnp.sum(((lab >= m) & (lab > mb)).astype(jnp.float32))
     sym = cfg.symmetric
     c_f = 0.5 / big_b if sym else 1.0 / big_b
     c_b = 0.5 / big_b if sym else 0.0
     local = c_f * jnp.sum(lse_row) - (c_f + c_b) * jnp.sum(lab)
     if sym:
-        lse_col = col[0][:b] + jnp.log(col[1][:b])
+        lse_col = (col[0][:b] if cfg.shift is None else cfg.shift) + jnp.log(col[1][:b])
         local = local + c_b * jnp.sum(lse_col)
     else:
         lse_col = jnp.zeros((0,), jnp.float32)
@@ -286,47 +320,58 @@ def _backward(a, p, n, lse_row, lse_col, g, cfg: _Config):
     lse_col_all = ring.match_vma(jnp.pad(lse_col, (0, lay.cands.shape[0] - lse_col.shape[0])), a)
     d = a.shape[1]
     d_q = ring.match_vma(jnp.zeros((nq * t, d), jnp.float32), a)
-    d_c = ring.match_vma(jnp.zeros(lay.cands.shape, jnp.float32), a)
+    # Candidate gradients are accumulated transposed, [d, candidates]: dk^T = q^T ds is a plain
+    # [d, t] x [t, t] matmul on a once-transposed query block, where dk = ds^T q (contracting the
+    # tile's rows) takes XLA:CPU's slower transposed-operand path (116 vs 169 GFLOP/s at t = 1024).
+    d_ct = ring.match_vma(jnp.zeros((d, lay.cands.shape[0]), jnp.float32), a)
+    queries_t = lay.queries.T
     cdt = lay.cands.dtype
 
     def ring_step(step, carry):
-        d_q, cands, c_lse, c_g, d_c = carry
+        d_q, cands, c_lse, c_g, d_ct = carry
         src = (rank - step) % n_dev
         c_id_all = lay.c_owner + src * b
 
         def q_body(qi, carry):
-            d_q, d_c = carry
+            d_q, d_ct = carry
             q = lax.dynamic_slice_in_dim(lay.queries, qi * t, t)
+            q_t = lax.dynamic_slice_in_dim(queries_t, qi * t, t, axis=1)
             q_id = lax.dynamic_slice_in_dim(q_ids_all, qi * t, t)
             q_valid = lax.dynamic_slice_in_dim(q_valid_all, qi * t, t)
             q_lse = lax.dynamic_slice_in_dim(lse_row_all, qi * t, t)
 
             def c_body(ci, carry):
-                dq_acc, d_c = carry
+                dq_acc, d_ct = carry
                 sl = lambda x: lax.dynamic_slice_in_dim(x, ci * t, t)  # noqa: E731
                 kblk, k_id, k_neg, k_valid = sl(cands), sl(c_id_all), sl(lay.c_is_neg), sl(lay.c_valid)
                 raw, logits = _tile_logits(q, q_id, kblk, k_id, k_neg, k_valid, cfg)
-                live = q_valid[:, None] & k_valid[None, :]
-                dlog = jnp.where(live, jnp.exp(logits - q_lse[:, None]), 0.0) * (g * c_f)
+                dlog = jnp.exp(logits - q_lse[:, None])
+                if cfg.masked:
+                    live = q_valid[:, None] & k_valid[None, :]
+                    dlog = jnp.where(live, dlog, 0.0)
+                dlog = dlog * (g * c_f)
                 if sym:
-                    col_live = live & ~k_neg[None, :]
-                    dlog = dlog + jnp.where(col_live, jnp.exp(raw - sl(c_lse)[None, :]), 0.0) * (c_g * c_b)
+                    col = jnp.exp(raw - sl(c_lse)[None, :])
+                    col_live = ~k_neg[None, :] & (live if cfg.masked else True)
+                    dlog = dlog + jnp.where(col_live, col, 0.0) * (c_g * c_b)
                 ds = (dlog * cfg.inv_temperature).astype(cdt)
                 dq_acc = dq_acc + jnp.dot(ds, kblk, preferred_element_type=jnp.float32)
-                dk = lax.dot_general(ds, q, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-                d_c = lax.dynamic_update_slice_in_dim(d_c, sl(d_c) + dk, ci * t, 0)
-                return dq_acc, d_c
+                dk_t = jnp.dot(q_t, ds, preferred_element_type=jnp.float32)
+                old = lax.dynamic_slice_in_dim(d_ct, ci * t, t, axis=1)
+                d_ct = lax.dynamic_update_slice_in_dim(d_ct, old + dk_t, ci * t, 1)
+                return dq_acc, d_ct
 
             dq0 = lax.dynamic_slice_in_dim(d_q, qi * t, t)
-            dq_acc, d_c = lax.fori_loop(0, nc, c_body, (dq0, d_c))
-            return lax.dynamic_update_slice_in_dim(d_q, dq_acc, qi * t, 0), d_c
+            dq_acc, d_ct = lax.fori_loop(0, nc, c_body, (dq0, d_ct))
+            return lax.dynamic_update_slice_in_dim(d_q, dq_acc, qi * t, 0), d_ct
 
-        d_q, d_c = lax.fori_loop(0, nq, q_body, (d_q, d_c))
-        cands, c_lse, c_g, d_c = ring.rotate((cands, c_lse, c_g, d_c), cfg.axis_name, n_dev)
-        return d_q, cands, c_lse, c_g, d_c
+        d_q, d_ct = lax.fori_loop(0, nq, q_body, (d_q, d_ct))
+        cands, c_lse, c_g, d_ct = ring.rotate((cands, c_lse, c_g, d_ct), cfg.axis_name, n_dev)
+        return d_q, cands, c_lse, c_g, d_ct
 
     # the block owner's cotangent rides with the block (only the symmetric column term uses it)
-    d_q, _, _, _, d_c = lax.fori_loop(0, n_dev, ring_step, (d_q, lay.cands, lse_col_all, g, d_c))
+    d_q, _, _, _, d_ct = lax.fori_loop(0, n_dev, ring_step, (d_q, lay.cands, lse_col_all, g, d_ct))
+    d_c = d_ct.T
     # the label logit cos(a_i, p_i)/T enters with weight -(c_f + c_b); row i and column i are local
     lab_coef = g * (c_f + c_b) * cfg.inv_temperature
     a32, p32 = a.astype(jnp.float32), p.astype(jnp.float32)
@@ -387,7 +432,8 @@ def _check_inputs(anchors, positives, negatives, temperature, tile_size, axis_na
 def tiled_infonce_loss(anchors: jax.Array, positives: jax.Array, negatives: jax.Array | None = None, *,
                        temperature: float = 0.05, symmetric: bool = False,
                        hard_negative_weight: float = 0.0, axis_name: str | None = None,
-                       tile_size: int = DEFAULT_TILE_SIZE) -> tuple[jax.Array, dict[str, jax.Array]]:
+                       tile_size: int = DEFAULT_TILE_SIZE,
+                       panel_mib: float = DEFAULT_PANEL_MIB) -> tuple[jax.Array, dict[str, jax.Array]]:
     """InfoNCE over [tile, tile] blocks with an exact custom gradient; same result as ``infonce_loss``.
 
     Args:
@@ -399,6 +445,9 @@ def tiled_infonce_loss(anchors: jax.Array, positives: jax.Array, negatives: jax.
       hard_negative_weight: w added to the logits of each anchor's own hard negatives (SimCSE z3_weight).
       axis_name: mesh axis of the enclosing ``jax.shard_map`` whose devices hold the other shards.
       tile_size: side of the similarity blocks; memory O(b (1 + k) d + tile_size^2) per device.
+      panel_mib: with ``symmetric=False``, use the row-panel kernel (:mod:`sentjax.losses.panel_infonce`:
+        3 matmuls instead of 4, candidates gathered) when at least 32 rows (or the whole local batch)
+        against all B (1 + k) candidates fit in this many MiB; 0 always uses the [tile, tile] ring.
 
     Returns:
       (loss, {"accuracy": ...}): float32 scalars, both global means over the B = b * devices anchors.
@@ -406,6 +455,8 @@ def tiled_infonce_loss(anchors: jax.Array, positives: jax.Array, negatives: jax.
       run in the embeddings' dtype with float32 accumulation, statistics are float32.
     """
     temperature = _check_inputs(anchors, positives, negatives, temperature, tile_size, axis_name)
+    if not panel_mib >= 0:
+        raise ValueError(f"panel_mib must be >= 0, got {panel_mib!r}.")
     dtype = jnp.result_type(anchors.dtype, positives.dtype,
                             *(() if negatives is None else (negatives.dtype,)))
     b, d = anchors.shape
@@ -416,7 +467,7 @@ def tiled_infonce_loss(anchors: jax.Array, positives: jax.Array, negatives: jax.
             spec = jax.sharding.PartitionSpec(axis)
             local = functools.partial(tiled_infonce_loss, temperature=temperature, symmetric=symmetric,
                                       hard_negative_weight=hard_negative_weight, axis_name=axis,
-                                      tile_size=tile_size)
+                                      tile_size=tile_size, panel_mib=panel_mib)
             if negatives is None:
                 return jax.shard_map(lambda a, p: local(a, p), mesh=mesh, in_specs=(spec, spec),
                                      out_specs=jax.sharding.PartitionSpec())(anchors, positives)
@@ -426,11 +477,16 @@ def tiled_infonce_loss(anchors: jax.Array, positives: jax.Array, negatives: jax.
     p = _l2_normalize(positives.astype(dtype))
     n = (ring.match_vma(jnp.zeros((0, d), dtype), a) if negatives is None
          else _l2_normalize(negatives.astype(dtype).reshape(b * k, d)))
-    cfg = _Config(1.0 / temperature, float(hard_negative_weight), bool(symmetric), axis_name,
-                  int(tile_size), k)
-    loss, correct = _tiled_core(a, p, n, cfg)
-    n_dev = 1
+    n_dev = 1 if axis_name is None else lax.axis_size(axis_name)
+    rows = 0 if symmetric else panel_rows(b, b * n_dev * (1 + k), panel_mib * 2 ** 20)
+    if rows:
+        loss, correct = panel_core(a, p, n, PanelConfig(1.0 / temperature, float(hard_negative_weight),
+                                                        axis_name, rows, k))
+    else:
+        tile = _tile_size(b, int(tile_size))
+        cfg = _Config(1.0 / temperature, float(hard_negative_weight), bool(symmetric), axis_name, tile, k,
+                      masked=b % tile != 0, shift=_fixed_shift(1.0 / temperature, float(hard_negative_weight)))
+        loss, correct = _tiled_core(a, p, n, cfg)
     if axis_name is not None:  # outside the custom VJP: JAX transposes it per backend (see _tiled_core)
         loss, correct = lax.psum((loss, correct), axis_name)
-        n_dev = lax.axis_size(axis_name)
     return loss, {"accuracy": correct / (b * n_dev)}
