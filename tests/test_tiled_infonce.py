@@ -300,30 +300,37 @@ def torch_weighted_reference(a, p, n, w_rows, *, temperature, weight, symmetric=
     return loss.item(), [ta.grad.numpy(), tp.grad.numpy(), tn.grad.numpy()]
 
 
-def test_custom_vjp_weights_each_device_share_by_its_own_cotangent():
-    """The custom VJP covers each device's unreduced share of the loss (the psum to the global mean
-    is outside it), so its backward gets whatever cotangent the caller's transpose hands each device
-    (1 under shard_map, N under pmap). Check it is the exact VJP for DIFFERENT per-device cotangents:
-    anchor rows are weighted by their device's, symmetric positive columns by their owner's, which
-    travels around the ring with the block."""
-    from sentjax.losses.tiled_infonce import _Config, _fixed_shift, _l2_normalize, _tiled_core
+def check_weighted_device_shares(core, cfg, big_b, k, seed, weight, symmetric):
+    """Device r's unreduced loss share enters with weight r + 1 (psum outside the custom VJP); the
+    value and gradients must equal the float64 loss with those per-row weights."""
+    from sentjax.losses.tiled_infonce import _l2_normalize
     mesh = data_mesh()
-    big_b, k, d, weight = 24, 1, 8, 0.6  # local batch 3, tile 2
-    a, p, n = make_batch(21, big_b, d, k)
-    w = np.arange(1.0, 9.0, dtype=np.float32)  # device r's share enters with weight r + 1
-    cfg = _Config(1.0 / T, weight, True, "data", 2, k, masked=True, shift=_fixed_shift(1.0 / T, weight))
+    d = 8
+    a, p, n = make_batch(seed, big_b, d, k)
+    w = np.arange(1.0, 9.0, dtype=np.float32)
 
     def local(a, p, n, w):
-        share, _ = _tiled_core(_l2_normalize(a), _l2_normalize(p), _l2_normalize(n).reshape(-1, d), cfg)
+        share, _ = core(_l2_normalize(a), _l2_normalize(p), _l2_normalize(n).reshape(-1, d), cfg)
         return jax.lax.psum(w[0] * share, "data")
 
     sharded = jax.shard_map(local, mesh=mesh, in_specs=(P("data"),) * 4, out_specs=P())
     loss, grads = jax.jit(jax.value_and_grad(sharded, argnums=(0, 1, 2)))(a, p, n, w)
     want_loss, want_grads = torch_weighted_reference(a, p, n, np.repeat(w, big_b // 8), temperature=T,
-                                                     weight=weight)
+                                                     weight=weight, symmetric=symmetric)
     assert float(loss) == pytest.approx(want_loss, rel=1e-5)
     for name, g, wg in zip(("anchors", "positives", "negatives"), grads, want_grads):
         assert_close(g, wg, 1e-5, name)
+
+
+def test_custom_vjp_weights_each_device_share_by_its_own_cotangent():
+    """The custom VJP covers each device's unreduced share of the loss (the psum to the global mean
+    is outside it), so its backward gets whatever cotangent the caller's transpose hands each device
+    (1 under shard_map, N under pmap). Check it is the exact VJP for DIFFERENT per-device cotangents:
+    anchor rows are weighted by their device's, symmetric positive columns by their owner's, which
+    travels around the ring with the block. Local batch 3, tile 2."""
+    from sentjax.losses.tiled_infonce import _Config, _fixed_shift, _tiled_core
+    cfg = _Config(1.0 / T, 0.6, True, "data", 2, 1, masked=True, shift=_fixed_shift(1.0 / T, 0.6))
+    check_weighted_device_shares(_tiled_core, cfg, big_b=24, k=1, seed=21, weight=0.6, symmetric=True)
 
 
 def test_panel_vjp_weights_each_device_share_by_its_own_cotangent():
@@ -332,24 +339,8 @@ def test_panel_vjp_weights_each_device_share_by_its_own_cotangent():
     are summed at their owners (psum_scatter). Exact for DIFFERENT per-device cotangents, with
     padded panels (local batch 5, 4 rows per panel)."""
     from sentjax.losses.panel_infonce import PanelConfig, panel_core
-    from sentjax.losses.tiled_infonce import _l2_normalize
-    mesh = data_mesh()
-    big_b, k, d, weight = 40, 2, 8, 0.6
-    a, p, n = make_batch(23, big_b, d, k)
-    w = np.arange(1.0, 9.0, dtype=np.float32)
-    cfg = PanelConfig(1.0 / T, weight, "data", 4, k)
-
-    def local(a, p, n, w):
-        share, _ = panel_core(_l2_normalize(a), _l2_normalize(p), _l2_normalize(n).reshape(-1, d), cfg)
-        return jax.lax.psum(w[0] * share, "data")
-
-    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P("data"),) * 4, out_specs=P())
-    loss, grads = jax.jit(jax.value_and_grad(sharded, argnums=(0, 1, 2)))(a, p, n, w)
-    want_loss, want_grads = torch_weighted_reference(a, p, n, np.repeat(w, big_b // 8), temperature=T,
-                                                     weight=weight, symmetric=False)
-    assert float(loss) == pytest.approx(want_loss, rel=1e-5)
-    for name, g, wg in zip(("anchors", "positives", "negatives"), grads, want_grads):
-        assert_close(g, wg, 1e-5, name)
+    check_weighted_device_shares(panel_core, PanelConfig(1.0 / T, 0.6, "data", 4, 2), big_b=40, k=2, seed=23,
+                                 weight=0.6, symmetric=False)
 
 
 def test_panel_rows_budget_and_padding():
