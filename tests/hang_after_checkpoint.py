@@ -1,6 +1,6 @@
 """``python tests/hang_after_checkpoint.py ARGS``: ``sentjax train ARGS`` that, once its first checkpoint
 is committed, prints ``CHECKPOINT_COMMITTED <step>`` and freezes, to be killed by the test
-(test_checkpoint.py, test_multiprocess.py). The freeze is patched in here; the trainer has no hook."""
+(test_multiprocess.py). The freeze is patched in here; the trainer has no hook."""
 import os
 import sys
 import time

@@ -127,7 +127,7 @@ def wait_for(pred, timeout=120.0, every=0.002):
 # ------------------------------------------------------------------------------- kills
 
 
-def test_sigkill_mid_save_and_after_commit_then_resume_is_exact(reference, tmp_path):
+def test_sigkill_mid_save_and_after_commit_then_resume_is_exact(reference, tmp_path, capsys):
     ref, root = reference
     cfg, work = fresh(tmp_path, root)
     ckdir = os.path.join(work, "checkpoints")
@@ -166,6 +166,11 @@ def test_sigkill_mid_save_and_after_commit_then_resume_is_exact(reference, tmp_p
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Resumed from step" in out.stderr  # a log line (stdout holds only the summary)
     assert_same_outcome(ref, work)
+    # starting again in the used workdir without --resume fails loudly (in-process: it stops before
+    # compiling anything)
+    from sentjax.train.train import main
+    assert main(["--config", cfg, "--no_progress"]) == 2
+    assert "pass --resume" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------- damage

@@ -52,7 +52,7 @@ def test_final_model_card_has_every_field(run):
     assert card.startswith("---\nlibrary_name: sentence-transformers\n")
     # base model, architecture, pooling
     assert f"random initialisation (`config.model.encoder`), tokenizer `{c.model.tokenizer}`" in card
-    assert "model type bert, layers 2, hidden size 32, attention heads 4, feed-forward size 64, vocabulary 100" in card
+    assert f"model type bert, layers {c.model.encoder.num_hidden_layers}, hidden size 32, attention heads 4, feed-forward size 64, vocabulary 100" in card
     n_params = sum(np.size(x) for x in __import__("jax").tree.leaves(sentjax.load(s["final_model"]).params))
     assert f"parameters {n_params:,}" in card
     assert "**Pooling:** `mean`" in card and "32-dimensional embeddings (not normalised)" in card

@@ -409,7 +409,7 @@ def test_global_batch_under_jit_on_explicit_mesh():
 def tiny_encoder():
     from sentjax.models.config import EncoderConfig
     from sentjax.models.sentence_model import SentenceEncoderModule
-    cfg = EncoderConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+    cfg = EncoderConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=64)
     module = SentenceEncoderModule(cfg, pooling="mean")
     rng = np.random.default_rng(0)

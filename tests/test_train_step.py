@@ -85,7 +85,8 @@ def test_pair_objective_compiles_once_per_length_bucket(tmp_path, monkeypatch):
     made = step_lib.make_train_step
     monkeypatch.setattr(step_lib, "make_train_step", lambda *a, **k: chex.assert_max_traces(made(*a, **k), n=2))
     c = tiny_config(str(tmp_path), **{"objective.name": "cosine", "data.datasets": (f"sts:{sts}",),
-                                      "total_steps": 12, "batch_size": 8, "checkpoint.every_steps": 12})
+                                      "total_steps": 12, "batch_size": 8, "checkpoint.every_steps": 12,
+                                      "mesh.data": 2})
     # the data really mixes lengths across fields (otherwise this test would prove nothing)
     p = Pipeline([load_source(f"sts:{sts}")], Tokenizer.from_dir(ws.tokenizer, max_length=16), 8, 0,
                  dedup=False, process_index=0, process_count=1)

@@ -83,6 +83,9 @@ def tiny_config(path: str, **overrides) -> ml_collections.ConfigDict:
     c.workdir = os.path.join(path, "run")
     c.model.tokenizer = ws.tokenizer
     c.model.max_length = 16
+    # one layer (Flax's examples test on 1-layer configs): every trainer test compiles its step, and
+    # the step's program grows with the layer count; what the tests check does not need a second one
+    c.model.encoder.num_hidden_layers = 1
     c.data.datasets = (f"text:{ws.sentences}",)
     c.batch_size = 16
     c.total_steps = 6
