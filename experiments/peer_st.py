@@ -75,8 +75,8 @@ Not matched (cannot be):
     and the start / loss agreement, not the numbers.
 
 Outputs: ``<out>/peer.json`` (per-seed numbers, losses per step, wall times, versions),
-``<out>/peer.md`` (the table) and, not in smoke mode, the ``<name>-peer`` section of
-``experiments/RESULTS.md``. Defaults: ``--out experiments/results/<module>`` for a module's main row,
+``<out>/peer.md`` (the table) and, not in smoke mode and only with the default ``--out``, the
+``<name>-peer`` section of ``experiments/RESULTS.md``. Defaults: ``--out experiments/results/<module>`` for a module's main row,
 ``experiments/results/<module>/peer_<name>`` for another row (``default_out``), ``--workroot
 runs/peer/<name>``.
 """
@@ -661,9 +661,18 @@ def write_outputs(name, mod, row, results, seeds, smoke, cfg, cmd, total_s, out,
                    "machine": platform.platform()}, f, indent=1, default=float)
     with open(os.path.join(out, "peer.md"), "w", encoding="utf-8") as f:  # only peer.* of <out> are written
         f.write(section + "\n")
-    if not smoke:
-        run.update_results_md(results_md or os.path.join(HERE, "RESULTS.md"), f"{name}-peer", section)
+    if not smoke and results_md:
+        run.update_results_md(results_md, f"{name}-peer", section)
     return section
+
+
+def results_md_for(out: str | None, results_md: str | None) -> str:
+    """The RESULTS.md to update: ``results_md`` if given ("" = none); else experiments/RESULTS.md only for
+    the default output folder (``--out DIR`` is a side run: a timing or trial run must not replace the
+    published section)."""
+    if results_md is not None:
+        return results_md
+    return os.path.join(HERE, "RESULTS.md") if out is None else ""
 
 
 # ----------------------------------------------------------------------------- main
@@ -672,6 +681,7 @@ def write_outputs(name, mod, row, results, seeds, smoke, cfg, cmd, total_s, out,
 def compare(name: str, seeds: Sequence[int] = (0, 1, 2), smoke: bool = False, out: str | None = None,
             workroot: str | None = None, results_md: str | None = None, log=print, threads: int = 2) -> dict:
     mod, row = peer_of(name)
+    results_md = results_md_for(out, results_md)
     out = out or default_out(name)
     workroot = workroot or os.path.join(REPO, "runs", "peer", name)
     os.makedirs(out, exist_ok=True)
@@ -693,6 +703,7 @@ def compare(name: str, seeds: Sequence[int] = (0, 1, 2), smoke: bool = False, ou
 
 def report(name: str, out: str | None = None, results_md: str | None = None) -> str:
     """Rewrites peer.md and the RESULTS.md section from ``out/peer.json`` (no training)."""
+    results_md = results_md_for(out, results_md)
     out = out or default_out(name)
     path = os.path.join(out, "peer.json")
     if not os.path.isfile(path):
@@ -711,12 +722,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("name", choices=EXPERIMENTS)
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--smoke", action="store_true", help="tiny sentjax model, 3 steps of batch 8, 64 STS pairs")
-    p.add_argument("--out", default=None, help="output folder (default experiments/results/<name>)")
+    p.add_argument("--out", default=None, help="output folder (default experiments/results/<name>; with another "
+                   "folder experiments/RESULTS.md is left unchanged)")
     p.add_argument("--workroot", default=None, help="run folders (default runs/peer/<name>)")
     p.add_argument("--threads", type=int, default=2,
                    help="torch CPU threads (default 2; 1 is much faster on an oversubscribed machine)")
     p.add_argument("--report", action="store_true",
-                   help="no training: rewrite peer.md and the RESULTS.md section from peer.json")
+                   help="no training: rewrite peer.md and the RESULTS.md section from peer.json (RESULTS.md only "
+                        "with the default --out)")
     a = p.parse_args(argv)
     if a.report:
         print(report(a.name, a.out))

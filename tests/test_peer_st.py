@@ -153,3 +153,13 @@ def test_peer_table_and_default_folders():
     assert len(outs) == len(peer_st.EXPERIMENTS)
     mod, _ = peer_st.peer_of("matryoshka")
     assert {"stsb_dev_256", "stsb_dev_32"} <= set(peer_st.metrics_of(mod))
+
+
+def test_side_runs_leave_results_md_alone(tmp_path):
+    """Only a run into the default folder rewrites experiments/RESULTS.md; ``--out DIR`` (a timing or
+    trial run) writes its peer.md alone, unless a RESULTS.md is named explicitly."""
+    default = os.path.join(peer_st.HERE, "RESULTS.md")
+    assert peer_st.results_md_for(None, None) == default
+    assert peer_st.results_md_for(str(tmp_path), None) == ""
+    assert peer_st.results_md_for(str(tmp_path), str(tmp_path / "R.md")) == str(tmp_path / "R.md")
+    assert peer_st.results_md_for(None, "") == ""
