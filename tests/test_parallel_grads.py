@@ -28,9 +28,9 @@ from sentjax.train.objectives import GRADIENT_METHODS
 
 N_DEV, B, L, K = 8, 16, 8, 2
 TOL = 1e-5
-# The loss is a float32 sum over 16 rows of log-sum-exps over up to 48 candidates; with 1-row tiles
-# the tiled kernel adds them one at a time, so orderings differ by O(48 eps) = 3e-6 relative.
-LOSS_TOL = 5e-6
+# Loss values agree to 1e-6 relative, except the tiled kernel's: with 1-row tiles it adds a row's up
+# to 48 exps one at a time, so its float32 sum differs from the dense one's by O(48 eps) = 3e-6.
+LOSS_TOL = {"dense": 1e-6, "tiled": 5e-6, "tiled-ring": 5e-6}
 # Every way a step's gradient is computed: each make_grad_fn backend, plus each trainer
 # gradient.method that is not one itself ('jit': backend 'none' on the global batch, sharded over
 # the mesh as the jit-compiled train step shards it, XLA inserting the collectives).
@@ -169,7 +169,7 @@ def test_every_engine_equals_single_device(case, impl, gradcache, engine):
     want_loss, want = reference(case)
     f = grad_fn(case, engine, chunk_of(engine, gradcache), impl)
     (loss, metrics), grads = f(params, case_columns(columns, CASES[case][1]), None)
-    assert float(loss) == pytest.approx(float(want_loss), rel=LOSS_TOL)
+    assert float(loss) == pytest.approx(float(want_loss), rel=LOSS_TOL[impl])
     assert float(metrics["accuracy"]) == pytest.approx(reference_accuracy(case), abs=1e-6)
     assert float(metrics["nonfinite"]) == 0.0
     assert rel_err(grads, want) < TOL
@@ -190,7 +190,7 @@ def test_tiled_pmap_gradient_is_not_divided_by_device_count(case, gradcache):
     chunk = chunk_of("pmap", gradcache)
     (dense_loss, _), dense = grad_fn(case, "pmap", chunk, "dense")(params, cols, None)
     (tiled_loss, _), tiled = grad_fn(case, "pmap", chunk, "tiled")(params, cols, None)
-    assert float(tiled_loss) == pytest.approx(float(dense_loss), rel=LOSS_TOL)
+    assert float(tiled_loss) == pytest.approx(float(dense_loss), rel=LOSS_TOL["tiled"])
     assert rel_err(tiled, dense) < TOL
     assert rel_err(tiled, want) < TOL
     assert rel_err(dense, want) < TOL
@@ -355,7 +355,7 @@ def test_trainable_loss_parameters_every_engine_equals_single_device(case, impl,
     want_loss, want_acc, want = head_reference(case)
     f = head_grad_fn(case, impl, engine, chunk_of(engine, gradcache))
     (loss, metrics), grads = f(head_params(case), case_columns(columns, HEAD_CASES[case][1]), None)
-    assert float(loss) == pytest.approx(float(want_loss), rel=LOSS_TOL)
+    assert float(loss) == pytest.approx(float(want_loss), rel=LOSS_TOL[impl])
     assert float(metrics["accuracy"]) == pytest.approx(want_acc, abs=1e-6)
     assert float(metrics["nonfinite"]) == 0.0
     assert rel_err(grads["model"], want["model"]) < TOL

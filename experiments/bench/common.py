@@ -81,11 +81,15 @@ def machine() -> dict:
             "versions": versions}
 
 
+def child_env(threads: int = 2) -> dict:
+    """The environment of a benchmark's child process: ``threads`` BLAS/OpenMP threads, offline hub."""
+    return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+                TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+
+
 def run_child(script: str, args: list[str], threads: int = 2) -> dict:
     """Runs ``script --child ...`` in a fresh process (clean peak-RSS) and parses its JSON line."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, script, "--child", *args], env=env,
+    proc = subprocess.run([sys.executable, script, "--child", *args], env=child_env(threads),
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"child {args} failed:\n{proc.stderr[-3000:]}")

@@ -51,8 +51,7 @@ print("FIRST_STEP_DONE", float(loss), flush=True)
 
 
 def _env(cache: str | None) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="2", MKL_NUM_THREADS="2", TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env = dict(common.child_env(2), PYTHONUNBUFFERED="1")
     env.pop("XLA_FLAGS", None)
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     if cache is not None:
