@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from sentjax.rng import check_key
 
-__all__ = ["column_key", "row_keys", "embed_column"]
+__all__ = ["column_key", "row_keys", "embed_column", "embed_rows"]
 
 EmbedFn = Callable[[Any, Mapping[str, jax.Array], Any], jax.Array]
 
@@ -42,9 +42,17 @@ def embed_column(embed_fn: EmbedFn, params: Any, tokens: Mapping[str, jax.Array]
     Without ``rng`` (dropout off) it is one plain call of ``embed_fn(params, tokens, None)``.
     """
     if rng is None:
-        return embed_fn(params, tokens, None)
+        return embed_rows(embed_fn, params, tokens, None)
     n = next(iter(tokens.values())).shape[0]
-    keys = row_keys(rng, column, first_row, n)
+    return embed_rows(embed_fn, params, tokens, row_keys(rng, column, first_row, n))
+
+
+def embed_rows(embed_fn: EmbedFn, params: Any, tokens: Mapping[str, jax.Array],
+               keys: jax.Array | None) -> jax.Array:
+    """``[n, L] -> [n, dim]``: row i under ``keys[i]`` (``jax.vmap`` over rows), or one plain call
+    of ``embed_fn(params, tokens, None)`` when ``keys`` is None (dropout off)."""
+    if keys is None:
+        return embed_fn(params, tokens, None)
 
     def one(row, key):
         return embed_fn(params, jax.tree.map(lambda x: x[None], row), key)[0]
