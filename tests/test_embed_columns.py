@@ -63,3 +63,25 @@ def test_gradients_through_the_shared_trace_equal_column_by_column():
     g_joint = jax.jit(jax.grad(lambda p: loss(p, True)))(params)
     g_sep = jax.jit(jax.grad(lambda p: loss(p, False)))(params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g_joint, g_sep)
+
+
+def test_gradcache_traces_the_encoder_once_per_chunk_shape_with_unchanged_gradients():
+    from sentjax.parallel.gradcache import gradcache_local
+    embed, params, columns = _setup()
+    key = srng.key(7)
+    calls = []
+
+    def counting(p, tokens, k):
+        calls.append(tokens["input_ids"].shape)
+        return embed(p, tokens, k)
+
+    def loss_fn(p, e, axis_name):
+        return sum(jnp.sum(jnp.sin(e[n]) * (i + 1)) for i, n in enumerate(("anchor", "positive", "negative"))), {}
+    (loss, _), grads = jax.jit(lambda p: gradcache_local(counting, loss_fn, p, columns, key, chunk=2))(params)
+    # forward chunks and their VJPs of anchor and positive share one [2, 8] trace; negative [2, 12] another
+    assert len(calls) == 2, calls
+    ref_loss, ref = jax.jit(jax.value_and_grad(
+        lambda p: loss_fn(p, {n: embed_column(embed, p, columns[n], key, n, 0)
+                              for n in ("anchor", "positive", "negative")}, None)[0]))(params)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads, ref)

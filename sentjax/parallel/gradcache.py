@@ -25,13 +25,14 @@ is the right reduction. Both rules are pinned by the 1-vs-8-device equivalence t
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sentjax.parallel.dropout_keys import EmbedFn, embed_column
+from sentjax.parallel.dropout_keys import EmbedFn, embed_rows, row_keys
 from sentjax.parallel.mesh import column_rows
 from sentjax.parallel.packed import split_packed, unpack
 
@@ -71,6 +72,13 @@ def gradcache_local(embed_fn: EmbedFn, loss_fn: LossFn, params: Any, columns: Ma
     """
     text, other = split_columns(columns)
     frozen = lax.stop_gradient(params)
+    # one jit for all columns (as in global_grads.embed_columns): the encoder's forward and its VJP
+    # are traced once per chunk shape instead of once per column
+    rows = jax.jit(functools.partial(embed_rows, embed_fn))
+
+    def embed_chunk(p, tokens, name, first):
+        keys = None if rng is None else row_keys(rng, name, first, chunk)
+        return rows(p, tokens, keys)
     chunked, firsts, embs, unpack_vjps = {}, {}, {}, {}
     for name, column in text.items():
         # packed column: chunks of packed rows; the [rows, k, d] output is unpacked to [n, d]
@@ -79,7 +87,7 @@ def gradcache_local(embed_fn: EmbedFn, loss_fn: LossFn, params: Any, columns: Ma
         m = n // chunk
         chunked[name] = jax.tree.map(lambda x: x.reshape((m, chunk) + x.shape[1:]), dict(tokens))
         firsts[name] = device_index * n + jnp.arange(m) * chunk
-        e = lax.map(lambda xs, name=name: embed_column(embed_fn, frozen, xs[0], rng, name, xs[1]),
+        e = lax.map(lambda xs, name=name: embed_chunk(frozen, xs[0], name, xs[1]),
                     (chunked[name], firsts[name]))
         embs[name], unpack_vjps[name] = jax.vjp(lambda e, index=index: unpack(e, index),
                                                 e.reshape((n,) + e.shape[2:]))
@@ -91,7 +99,7 @@ def gradcache_local(embed_fn: EmbedFn, loss_fn: LossFn, params: Any, columns: Ma
     for name in text:
         def body(acc, xs, name=name):
             tokens, first, g = xs
-            _, vjp = jax.vjp(lambda p: embed_column(embed_fn, p, tokens, rng, name, first), theta)
+            _, vjp = jax.vjp(lambda p: embed_chunk(p, tokens, name, first), theta)
             return jax.tree.map(jnp.add, acc, vjp(g)[0]), None
         g = unpack_vjps[name](g_embs[name])[0]  # cotangent of the raw (packed) rows
         g = g.reshape((firsts[name].shape[0], chunk) + g.shape[1:])
