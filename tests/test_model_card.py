@@ -6,6 +6,8 @@ import os
 import re
 import shutil
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -236,3 +238,21 @@ def test_plot_without_metrics_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "metrics.jsonl").write_text("")
     assert cli.main(["plot", str(tmp_path)]) == 2
     assert "no metric rows" in capsys.readouterr().err
+
+
+def test_metrics_log_does_not_import_torch_and_torch_still_imports_after(tmp_path):
+    # tensorboardX imports torch (~0.9 s of start-up) for a type alias only; MetricsLog hides it.
+    pytest.importorskip("torch")
+    code = (
+        "import sys\n"
+        "from sentjax.train.workdir import MetricsLog\n"
+        f"log = MetricsLog({str(tmp_path)!r})\n"
+        "log.write(1, {'loss': 0.5})\n"
+        "log.close()\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "import torch\n"
+        "assert torch.ones(2).sum().item() == 2.0\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    assert _events(os.path.join(str(tmp_path), "tensorboard")) == {"loss": [(1, 0.5)]}

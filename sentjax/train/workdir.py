@@ -170,6 +170,27 @@ class WorkdirLock:
         self.release()
 
 
+def _summary_writer_class() -> type:
+    """tensorboardX's ``SummaryWriter``, imported without importing torch.
+
+    tensorboardX's writer imports torch, where installed, only to widen a type alias (torch tensors
+    as "numpy compatible"); that import costs ~0.9 s of every run's start-up (a tenth of a warm
+    start: experiments/bench/results/startup.md). We log Python floats, so torch is hidden
+    (``sys.modules["torch"] = None`` makes its import fail) for that one import and restored after:
+    a later ``import torch`` works as usual. Nothing else imported there (protobuf, multiprocessing)
+    looks for torch. If torch or tensorboardX is already loaded, this is a plain import."""
+    import sys
+    if "torch" in sys.modules or "tensorboardX" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricsLog:
     """``metrics.jsonl`` and TensorBoard scalars of one run (process 0 only).
 
@@ -180,7 +201,7 @@ class MetricsLog:
     def __init__(self, workdir: str, start_step: int = 0):
         import logging
 
-        from tensorboardX import SummaryWriter
+        SummaryWriter = _summary_writer_class()
         # A non-finite loss is logged as is (and reported by the loop); tensorboardX would add a
         # warning per scalar.
         logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
