@@ -10,6 +10,7 @@ with and without caching; re-drawing keys between the passes is GradCache issues
 """
 from __future__ import annotations
 
+import functools
 import zlib
 from typing import Any, Callable, Mapping
 
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 
 from sentjax.rng import check_key
 
-__all__ = ["column_key", "row_keys", "embed_column", "embed_rows"]
+__all__ = ["column_key", "row_keys", "embed_column", "embed_rows", "column_embedder"]
 
 EmbedFn = Callable[[Any, Mapping[str, jax.Array], Any], jax.Array]
 
@@ -57,3 +58,24 @@ def embed_rows(embed_fn: EmbedFn, params: Any, tokens: Mapping[str, jax.Array],
     def one(row, key):
         return embed_fn(params, jax.tree.map(lambda x: x[None], row), key)[0]
     return jax.vmap(one)(dict(tokens), keys)
+
+
+def column_embedder(embed_fn: EmbedFn, rng: jax.Array | None
+                    ) -> Callable[[Any, Mapping[str, jax.Array], str, Any], jax.Array]:
+    """``f(params, tokens, column, first_row) -> [n, dim]``, equal to :func:`embed_column`, with
+    one ``jax.jit`` of :func:`embed_rows` shared by every call.
+
+    Why: a train step embeds several columns (anchor / positive / negatives; GradCache: every
+    chunk forward and VJP) of one shape. Through one jit JAX traces, differentiates and lowers
+    the encoder once per distinct shape instead of once per call. XLA inlines the calls, so the
+    program is the same as with one inlined encoder per call (the columns stay independent, and
+    XLA:CPU runs them concurrently). Build it inside the traced function: a new jit per trace,
+    so nothing outlives that trace.
+    """
+    rows = jax.jit(functools.partial(embed_rows, embed_fn))
+
+    def f(params: Any, tokens: Mapping[str, jax.Array], column: str, first_row: Any) -> jax.Array:
+        n = next(iter(tokens.values())).shape[0]
+        keys = None if rng is None else row_keys(rng, column, first_row, n)
+        return rows(params, dict(tokens), keys)
+    return f

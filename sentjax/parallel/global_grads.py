@@ -42,7 +42,6 @@ finite); the train step must then skip the update (:func:`sentjax.parallel.finit
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, Mapping
 
 import jax
@@ -50,7 +49,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from sentjax.parallel.dropout_keys import EmbedFn, embed_rows, row_keys
+from sentjax.parallel.dropout_keys import EmbedFn, column_embedder
 from sentjax.parallel.finite import all_finite
 from sentjax.parallel.gradcache import LossFn, gradcache_local, split_columns
 from sentjax.parallel.packed import split_packed, unpack
@@ -68,20 +67,14 @@ def embed_columns(embed_fn: EmbedFn, params: Any, columns: Mapping[str, Any], rn
     the other columns through unchanged. A packed column (:mod:`sentjax.parallel.packed`) is
     embedded per packed row (dropout keys per packed row) and unpacked to ``[n, d]``.
 
-    The encoder is traced once for all columns of one shape: each column is a call of one
-    ``jax.jit`` of :func:`embed_rows` (a new one per trace, so nothing outlives it), which JAX
-    traces, differentiates and lowers once per distinct shape. XLA inlines the calls, so the
-    program is the same as with one inlined encoder per column (columns stay independent, and
-    XLA:CPU runs them concurrently); only the Python tracing of the second and third copy goes.
+    Columns of one shape share one trace of the encoder (:func:`column_embedder`).
     """
     text, other = split_columns(columns)
     out = dict(other)
-    rows = jax.jit(functools.partial(embed_rows, embed_fn))
+    embed = column_embedder(embed_fn, rng)
     for name, column in text.items():
         tokens, index = split_packed(column)  # packed: embed the rows, then unpack to [n, d]
-        n = column_rows(tokens)
-        keys = None if rng is None else row_keys(rng, name, device_index * n, n)
-        out[name] = unpack(rows(params, dict(tokens), keys), index)
+        out[name] = unpack(embed(params, tokens, name, device_index * column_rows(tokens)), index)
     return out
 
 

@@ -25,14 +25,13 @@ is the right reduction. Both rules are pinned by the 1-vs-8-device equivalence t
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sentjax.parallel.dropout_keys import EmbedFn, embed_rows, row_keys
+from sentjax.parallel.dropout_keys import EmbedFn, column_embedder
 from sentjax.parallel.mesh import column_rows
 from sentjax.parallel.packed import split_packed, unpack
 
@@ -72,13 +71,7 @@ def gradcache_local(embed_fn: EmbedFn, loss_fn: LossFn, params: Any, columns: Ma
     """
     text, other = split_columns(columns)
     frozen = lax.stop_gradient(params)
-    # one jit for all columns (as in global_grads.embed_columns): the encoder's forward and its VJP
-    # are traced once per chunk shape instead of once per column
-    rows = jax.jit(functools.partial(embed_rows, embed_fn))
-
-    def embed_chunk(p, tokens, name, first):
-        keys = None if rng is None else row_keys(rng, name, first, chunk)
-        return rows(p, tokens, keys)
+    embed_chunk = column_embedder(embed_fn, rng)  # forwards and VJPs: one encoder trace per chunk shape
     chunked, firsts, embs, unpack_vjps = {}, {}, {}, {}
     for name, column in text.items():
         # packed column: chunks of packed rows; the [rows, k, d] output is unpacked to [n, d]

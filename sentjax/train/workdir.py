@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import threading
 import time
 from typing import Callable
@@ -179,7 +180,6 @@ def _summary_writer_class() -> type:
     (``sys.modules["torch"] = None`` makes its import fail) for that one import and restored after:
     a later ``import torch`` works as usual. Nothing else imported there (protobuf, multiprocessing)
     looks for torch. If torch or tensorboardX is already loaded, this is a plain import."""
-    import sys
     if "torch" in sys.modules or "tensorboardX" in sys.modules:
         from tensorboardX import SummaryWriter
         return SummaryWriter
